@@ -1,0 +1,38 @@
+# paystream: make help lists the targets.
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+# Fuzz targets whose seed corpora run in `make test`; `make fuzz` explores them.
+FUZZ_TIME ?= 30s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build ingest, worker and the other binaries into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: test
+test: ## go vet, then the whole suite under -race (fuzz seed corpora included)
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 8m $(PKGS)
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
+	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZ_TIME)
+	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZ_TIME)
+
+.PHONY: run
+run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox
+	$(BIN)/demo
+
+.PHONY: bench
+bench: build ## Go benchmarks and the load generator against the real binaries
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+.PHONY: clean
+clean: ## remove build output and demo data
+	rm -rf $(BIN) data .run

@@ -1,0 +1,76 @@
+// Command ingest receives Cobo webhooks, verifies them and stores them on
+// NATS JetStream before answering.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/ingest"
+)
+
+func main() {
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "ingest:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := cli.NewFlags("ingest", getenv, stdout)
+	listen := fs.String("listen", "PAYSTREAM_LISTEN", ingest.DefaultListen, "public webhook listener")
+	adminListen := fs.String("admin-listen", "PAYSTREAM_ADMIN_LISTEN", ingest.DefaultAdminListen, "admin listener: health, metrics, orders")
+	adminTokenFile := fs.String("admin-token-file", "PAYSTREAM_ADMIN_TOKEN_FILE", "", "file holding the admin Bearer token; empty disables admin auth")
+	natsURL := fs.String("nats-url", "PAYSTREAM_NATS_URL", "", "NATS server list; empty starts an embedded JetStream server")
+	natsListen := fs.String("nats-listen", "PAYSTREAM_NATS_LISTEN", ingest.DefaultNATSListen, "embedded server's client listener")
+	dataDir := fs.String("data-dir", "PAYSTREAM_DATA_DIR", ingest.DefaultDataDir, "embedded server's storage directory")
+	coboEnv := fs.String("cobo-env", "PAYSTREAM_COBO_ENV", ingest.DefaultCoboEnv, "trust Cobo's published webhook key for dev or prod")
+	coboPubKey := fs.String("cobo-pubkey", "PAYSTREAM_COBO_PUBKEY", "", "comma-separated hex Ed25519 keys replacing the trusted set")
+	maxSkew := fs.Duration("max-skew", "PAYSTREAM_MAX_SKEW", 0, "reject Biz-Timestamp outside now±skew; 0 disables")
+	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for streams and buckets (3 on a cluster)")
+	maxAge := fs.Duration("stream-max-age", "PAYSTREAM_STREAM_MAX_AGE", events.DefaultMaxAge, "how long events are kept for replay")
+	dedup := fs.Duration("dedup-window", "PAYSTREAM_DEDUP_WINDOW", events.DefaultDuplicateWindow, "how long event_ids are remembered for dedup")
+	storeTimeout := fs.Duration("store-timeout", "PAYSTREAM_STORE_TIMEOUT", 1500*time.Millisecond, "deadline to store an event before answering 503")
+	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
+	natsFlags := cli.NATSAuthFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := cli.NewLogger(stdout, *logLevel, *logFormat, "ingest")
+	if err != nil {
+		return err
+	}
+	natsOpts, err := natsFlags.Options()
+	if err != nil {
+		return err
+	}
+	cfg := ingest.Config{
+		Listen:       *listen,
+		AdminListen:  *adminListen,
+		NATSURL:      *natsURL,
+		NATSOptions:  natsOpts,
+		NATSListen:   *natsListen,
+		DataDir:      *dataDir,
+		CoboEnv:      *coboEnv,
+		CoboPubKeys:  cobo.ParseKeyList(*coboPubKey),
+		MaxSkew:      *maxSkew,
+		StoreTimeout: *storeTimeout,
+		Stream:       events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
+		Logger:       log,
+	}
+	if *adminTokenFile != "" {
+		if cfg.AdminToken, err = cli.ReadSecretFile(*adminTokenFile); err != nil {
+			return fmt.Errorf("-admin-token-file: %w", err)
+		}
+	}
+	return ingest.Run(ctx, cfg, 10*time.Second)
+}

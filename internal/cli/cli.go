@@ -1,0 +1,122 @@
+// Package cli holds what paystream's commands share: flags that fall back
+// to environment variables, logger set-up and signal handling.
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Flags wraps a FlagSet whose defaults come from environment variables.
+type Flags struct {
+	*flag.FlagSet
+	getenv func(string) string
+	errs   []error
+}
+
+// NewFlags returns a FlagSet named name reading env through getenv.
+func NewFlags(name string, getenv func(string) string, out io.Writer) *Flags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return &Flags{FlagSet: fs, getenv: getenv}
+}
+
+func (f *Flags) env(name, env string) (string, bool) {
+	v := f.getenv(env)
+	return v, v != ""
+}
+
+func usage(u, env string) string { return u + " (env " + env + ")" }
+
+// String defines a string flag defaulting to env, then def.
+func (f *Flags) String(name, env, def, u string) *string {
+	if v, ok := f.env(name, env); ok {
+		def = v
+	}
+	return f.FlagSet.String(name, def, usage(u, env))
+}
+
+// Duration defines a duration flag defaulting to env, then def.
+func (f *Flags) Duration(name, env string, def time.Duration, u string) *time.Duration {
+	if v, ok := f.env(name, env); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: %w", env, v, err))
+		}
+		def = d
+	}
+	return f.FlagSet.Duration(name, def, usage(u, env))
+}
+
+// Int defines an int flag defaulting to env, then def.
+func (f *Flags) Int(name, env string, def int, u string) *int {
+	if v, ok := f.env(name, env); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: %w", env, v, err))
+		}
+		def = n
+	}
+	return f.FlagSet.Int(name, def, usage(u, env))
+}
+
+// Parse parses args and reports bad environment values first.
+func (f *Flags) Parse(args []string) error {
+	if len(f.errs) > 0 {
+		return f.errs[0]
+	}
+	return f.FlagSet.Parse(args)
+}
+
+// ReadSecretFile reads a one-line secret, such as a token, from path.
+func ReadSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read secret file: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("secret file %s is empty", path)
+	}
+	return s, nil
+}
+
+// NewLogger returns a zerolog logger writing JSON (or console text) to w.
+func NewLogger(w io.Writer, level, format, service string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("log level %q: %w", level, err)
+	}
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+	} else if format != "json" {
+		return zerolog.Nop(), fmt.Errorf("log format %q: want json or console", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Str("service", service).Logger(), nil
+}
+
+// SignalContext returns a context cancelled on the first SIGINT or SIGTERM,
+// for a soft stop. A second signal exits the process at once (hard stop).
+func SignalContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ch
+		cancel()
+		<-ch
+		fmt.Fprintln(os.Stderr, "second signal: stopping now")
+		os.Exit(1)
+	}()
+	return ctx, func() { signal.Stop(ch); cancel() }
+}

@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// NATSAuth holds the NATS authentication and TLS flags both commands share.
+type NATSAuth struct {
+	creds, nkey, user, passwordFile, ca, cert, key *string
+}
+
+// NATSAuthFlags defines the NATS auth flags on fs.
+func NATSAuthFlags(fs *Flags) *NATSAuth {
+	return &NATSAuth{
+		creds:        fs.String("nats-creds", "PAYSTREAM_NATS_CREDS", "", "NATS credentials file (JWT + nkey seed)"),
+		nkey:         fs.String("nats-nkey", "PAYSTREAM_NATS_NKEY", "", "NATS nkey seed file"),
+		user:         fs.String("nats-user", "PAYSTREAM_NATS_USER", "", "NATS user name (with -nats-password-file)"),
+		passwordFile: fs.String("nats-password-file", "PAYSTREAM_NATS_PASSWORD_FILE", "", "file holding the NATS user's password"),
+		ca:           fs.String("nats-ca", "PAYSTREAM_NATS_CA", "", "CA file to verify the NATS servers' TLS certificates"),
+		cert:         fs.String("nats-cert", "PAYSTREAM_NATS_CERT", "", "client certificate for NATS mutual TLS"),
+		key:          fs.String("nats-key", "PAYSTREAM_NATS_KEY", "", "client key for NATS mutual TLS"),
+	}
+}
+
+// Options turns the flags into connection options.
+func (a *NATSAuth) Options() ([]nats.Option, error) {
+	var opts []nats.Option
+	n := 0
+	if *a.creds != "" {
+		opts = append(opts, nats.UserCredentials(*a.creds))
+		n++
+	}
+	if *a.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(*a.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("-nats-nkey: %w", err)
+		}
+		opts = append(opts, o)
+		n++
+	}
+	if *a.user != "" {
+		if *a.passwordFile == "" {
+			return nil, errors.New("-nats-user needs -nats-password-file")
+		}
+		pw, err := ReadSecretFile(*a.passwordFile)
+		if err != nil {
+			return nil, fmt.Errorf("-nats-password-file: %w", err)
+		}
+		opts = append(opts, nats.UserInfo(*a.user, pw))
+		n++
+	}
+	if n > 1 {
+		return nil, errors.New("use one of -nats-creds, -nats-nkey or -nats-user")
+	}
+	if *a.ca != "" {
+		opts = append(opts, nats.RootCAs(*a.ca))
+	}
+	if (*a.cert == "") != (*a.key == "") {
+		return nil, errors.New("-nats-cert and -nats-key go together")
+	}
+	if *a.cert != "" {
+		opts = append(opts, nats.ClientCert(*a.cert, *a.key))
+	}
+	return opts, nil
+}

@@ -1,0 +1,280 @@
+package cobo
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// Webhook event types paystream acts on.
+const (
+	EventOrderStatusUpdated   = "payment.order.status.updated"
+	EventLegacyStatusUpdated  = "payment.status.updated"
+	EventOrderUpdated         = "payment.order.updated"
+	EventTransactionLate      = "payment.transaction.late"
+	EventTransactionCompleted = "payment.transaction.completed"
+)
+
+// NoticeLatePaymentReceived is the payment.order.updated notice_type that
+// reports a late deposit.
+const NoticeLatePaymentReceived = "LatePaymentReceived"
+
+// ErrMalformedEvent means a webhook body is not a usable Cobo event.
+var ErrMalformedEvent = errors.New("malformed event")
+
+// Envelope is the part of Cobo's webhook envelope paystream relies on. Data
+// is kept raw; handlers decode the payload they need.
+type Envelope struct {
+	EventID          string          `json:"event_id"`
+	Type             string          `json:"type"`
+	CreatedTimestamp Int64           `json:"created_timestamp"`
+	Data             json.RawMessage `json:"data"`
+	// DataType and OrderID are lifted from Data when present.
+	DataType string `json:"-"`
+	OrderID  string `json:"-"`
+}
+
+// ParseEnvelope decodes a webhook body. It fails, wrapping ErrMalformedEvent,
+// when the body is not a JSON object or lacks event_id, type or an object
+// data. Unknown fields and unknown types are accepted.
+func ParseEnvelope(body []byte) (Envelope, error) {
+	var raw struct {
+		EventID          json.RawMessage `json:"event_id"`
+		Type             json.RawMessage `json:"type"`
+		CreatedTimestamp json.RawMessage `json:"created_timestamp"`
+		Data             json.RawMessage `json:"data"`
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Envelope{}, fmt.Errorf("%w: body is not a JSON object", ErrMalformedEvent)
+	}
+	if err := json.Unmarshal(trimmed, &raw); err != nil {
+		return Envelope{}, fmt.Errorf("%w: body is not valid JSON: %v", ErrMalformedEvent, err)
+	}
+	var env Envelope
+	var ok bool
+	if env.EventID, ok = nonEmptyString(raw.EventID); !ok {
+		return Envelope{}, fmt.Errorf("%w: event_id is missing or not a non-empty string", ErrMalformedEvent)
+	}
+	if env.Type, ok = nonEmptyString(raw.Type); !ok {
+		return Envelope{}, fmt.Errorf("%w: type is missing or not a non-empty string", ErrMalformedEvent)
+	}
+	data := bytes.TrimSpace(raw.Data)
+	if len(data) == 0 || data[0] != '{' {
+		return Envelope{}, fmt.Errorf("%w: data is missing or not an object", ErrMalformedEvent)
+	}
+	env.Data = data
+	// created_timestamp is informational; a malformed one is not fatal.
+	_ = env.CreatedTimestamp.UnmarshalJSON(raw.CreatedTimestamp)
+
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return Envelope{}, fmt.Errorf("%w: data: %v", ErrMalformedEvent, err)
+	}
+	env.DataType, _ = nonEmptyString(fields["data_type"])
+	env.OrderID, _ = nonEmptyString(fields["order_id"])
+	return env, nil
+}
+
+func nonEmptyString(raw json.RawMessage) (string, bool) {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "" {
+		return "", false
+	}
+	return s, true
+}
+
+// Amount is a decimal amount from the wire. It accepts a JSON string or
+// number, and treats null, "" and absence as not set. It never goes through
+// a float.
+type Amount struct {
+	decimal.NullDecimal
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (a *Amount) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || string(b) == "null" || string(b) == `""` {
+		a.NullDecimal = decimal.NullDecimal{}
+		return nil
+	}
+	if b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return fmt.Errorf("amount: %w", err)
+		}
+		b = []byte(s)
+	}
+	d, err := decimal.NewFromString(string(b))
+	if err != nil {
+		return fmt.Errorf("amount %q: %w", b, err)
+	}
+	a.NullDecimal = decimal.NewNullDecimal(d)
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler: a string, or null when not set.
+func (a Amount) MarshalJSON() ([]byte, error) {
+	if !a.Valid {
+		return []byte("null"), nil
+	}
+	return json.Marshal(a.Decimal.String())
+}
+
+// Int64 is an integer from the wire that may arrive as a number or a string.
+type Int64 int64
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (n *Int64) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || string(b) == "null" {
+		*n = 0
+		return nil
+	}
+	if b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		b = []byte(s)
+	}
+	v, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return fmt.Errorf("integer %q: %w", b, err)
+	}
+	*n = Int64(v)
+	return nil
+}
+
+// OrderData is the data of payment.order.status.updated (data_type
+// PaymentOrder), which is also the Order returned by GET /payments/orders/{id}.
+type OrderData struct {
+	DataType            string `json:"data_type,omitempty"`
+	OrderID             string `json:"order_id"`
+	MerchantID          string `json:"merchant_id,omitempty"`
+	PSPOrderCode        string `json:"psp_order_code,omitempty"`
+	MerchantOrderCode   string `json:"merchant_order_code,omitempty"`
+	PricingCurrency     string `json:"pricing_currency,omitempty"`
+	PricingAmount       Amount `json:"pricing_amount"`
+	FeeAmount           Amount `json:"fee_amount"`
+	PayableCurrency     string `json:"payable_currency,omitempty"`
+	ChainID             string `json:"chain_id,omitempty"`
+	PayableAmount       Amount `json:"payable_amount"`
+	ExchangeRate        Amount `json:"exchange_rate"`
+	AmountTolerance     Amount `json:"amount_tolerance"`
+	ReceiveAddress      string `json:"receive_address,omitempty"`
+	Status              string `json:"status"`
+	ReceivedTokenAmount Amount `json:"received_token_amount"`
+	ExpiredAt           Int64  `json:"expired_at,omitempty"`
+	CreatedTimestamp    Int64  `json:"created_timestamp,omitempty"`
+	UpdatedTimestamp    Int64  `json:"updated_timestamp,omitempty"`
+	// Deprecated fields still sent by Cobo and used as fallbacks.
+	Currency    string `json:"currency,omitempty"`
+	OrderAmount Amount `json:"order_amount"`
+	TokenID     string `json:"token_id,omitempty"`
+
+	Transactions []OrderTransaction `json:"transactions,omitempty"`
+}
+
+// OrderTransaction is an item of Order.transactions.
+type OrderTransaction struct {
+	TxID             string `json:"tx_id"`
+	TxHash           string `json:"tx_hash,omitempty"`
+	TokenID          string `json:"token_id,omitempty"`
+	FromAddress      string `json:"from_address,omitempty"`
+	ToAddress        string `json:"to_address,omitempty"`
+	Amount           Amount `json:"amount"`
+	Status           string `json:"status"`
+	CreatedTimestamp Int64  `json:"created_timestamp,omitempty"`
+	UpdatedTimestamp Int64  `json:"updated_timestamp,omitempty"`
+}
+
+// TokenAmount is the {amount, token_id, chain_id} object of standard events.
+type TokenAmount struct {
+	Amount  Amount `json:"amount"`
+	TokenID string `json:"token_id,omitempty"`
+	ChainID string `json:"chain_id,omitempty"`
+}
+
+// OrderUpdateData is the data of payment.order.updated (data_type
+// PaymentOrderUpdate). Its amounts are truncated to two decimals.
+type OrderUpdateData struct {
+	DataType          string               `json:"data_type,omitempty"`
+	OrderID           string               `json:"order_id"`
+	PSPOrderCode      string               `json:"psp_order_code,omitempty"`
+	MerchantID        string               `json:"merchant_id,omitempty"`
+	MerchantOrderCode string               `json:"merchant_order_code,omitempty"`
+	Status            string               `json:"status"`
+	NoticeType        string               `json:"notice_type,omitempty"`
+	ReceiveAddress    string               `json:"receive_address,omitempty"`
+	ExpiredAt         Int64                `json:"expired_at,omitempty"`
+	RequestedAmount   *TokenAmount         `json:"requested_amount,omitempty"`
+	CreditedAmount    *TokenAmount         `json:"credited_amount,omitempty"`
+	OutstandingAmount *TokenAmount         `json:"outstanding_amount,omitempty"`
+	Transactions      []OrderUpdateTxEntry `json:"transactions,omitempty"`
+	CreatedTimestamp  Int64                `json:"created_timestamp,omitempty"`
+	UpdatedTimestamp  Int64                `json:"updated_timestamp,omitempty"`
+}
+
+// OrderUpdateTxEntry is a transaction inside payment.order.updated.
+type OrderUpdateTxEntry struct {
+	TransactionID string       `json:"transaction_id"`
+	TxHash        string       `json:"tx_hash,omitempty"`
+	Amount        *TokenAmount `json:"amount,omitempty"`
+	SourceAddress string       `json:"source_address,omitempty"`
+	IsLate        bool         `json:"is_late"`
+	Status        string       `json:"status,omitempty"`
+}
+
+// TransactionData is the data of payment.transaction.* events (data_type
+// PaymentTransaction). The received amount is Destination.Amount.
+type TransactionData struct {
+	DataType      string `json:"data_type,omitempty"`
+	TransactionID string `json:"transaction_id"`
+	WalletID      string `json:"wallet_id,omitempty"`
+	Status        string `json:"status,omitempty"`
+	ChainID       string `json:"chain_id,omitempty"`
+	TokenID       string `json:"token_id,omitempty"`
+	TxHash        string `json:"transaction_hash,omitempty"`
+	Source        *struct {
+		SourceType string   `json:"source_type,omitempty"`
+		Addresses  []string `json:"addresses,omitempty"`
+	} `json:"source,omitempty"`
+	Destination *struct {
+		DestinationType string `json:"destination_type,omitempty"`
+		Address         string `json:"address,omitempty"`
+		Amount          Amount `json:"amount"`
+	} `json:"destination,omitempty"`
+	AcquiringType    string `json:"acquiring_type,omitempty"`
+	OrderID          string `json:"order_id,omitempty"`
+	PSPOrderCode     string `json:"psp_order_code,omitempty"`
+	CreatedTimestamp Int64  `json:"created_timestamp,omitempty"`
+	UpdatedTimestamp Int64  `json:"updated_timestamp,omitempty"`
+}
+
+// DestinationAmount returns destination.amount, or not-set.
+func (t *TransactionData) DestinationAmount() decimal.NullDecimal {
+	if t.Destination == nil {
+		return decimal.NullDecimal{}
+	}
+	return t.Destination.Amount.NullDecimal
+}
+
+// Delivery is one verified webhook delivery: the parsed envelope plus
+// everything needed to verify it again and replay it byte for byte.
+type Delivery struct {
+	Envelope
+	// Body is the raw request body exactly as received.
+	Body []byte
+	// Timestamp and Signature are the Biz-Timestamp and Biz-Resp-Signature
+	// header values exactly as received.
+	Timestamp string
+	Signature string
+	// ReceivedAt is when ingest received the request.
+	ReceivedAt time.Time
+}

@@ -1,0 +1,124 @@
+// Package cobo speaks Cobo Payments' wire formats: webhook signatures, the
+// webhook envelope and its payloads, and (for allocations) API request
+// signing. It decodes only the fields paystream uses, tolerantly, so new or
+// partial payloads are never silently dropped.
+package cobo
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Cobo's published webhook verification keys (hex Ed25519 public keys).
+const (
+	DevWebhookKey  = "a04ea1d5fa8da71f1dcfccf972b9c4eba0a2d8aba1f6da26f49977b08a0d2718"
+	ProdWebhookKey = "8d4a482641adb2a34b726f05827dba9a9653e5857469b8749052bf4458a86729"
+)
+
+// Webhook signature headers. Cobo documents the hyphenated names; some
+// deliveries and proxies use the underscore spellings, which are accepted too.
+const (
+	HeaderTimestamp    = "Biz-Timestamp"
+	HeaderSignature    = "Biz-Resp-Signature"
+	HeaderTimestampAlt = "Biz_Timestamp"
+	HeaderSignatureAlt = "Biz_Resp_Signature"
+)
+
+// Signature verification errors, matched with errors.Is.
+var (
+	// ErrMissingSignature means a timestamp or signature header is absent.
+	ErrMissingSignature = errors.New("missing signature")
+	// ErrInvalidSignature means the signature is malformed or no trusted key
+	// verifies it.
+	ErrInvalidSignature = errors.New("invalid signature")
+)
+
+// Digest returns SHA256(SHA256(s)), the 32-byte message Cobo signs with
+// Ed25519 for both webhooks and API requests.
+func Digest(s []byte) []byte {
+	first := sha256.Sum256(s)
+	second := sha256.Sum256(first[:])
+	return second[:]
+}
+
+// WebhookMessage returns the bytes Cobo signs for a webhook: the raw body,
+// a "|" and the timestamp header value.
+func WebhookMessage(body []byte, timestamp string) []byte {
+	msg := make([]byte, 0, len(body)+1+len(timestamp))
+	msg = append(msg, body...)
+	msg = append(msg, '|')
+	msg = append(msg, timestamp...)
+	return msg
+}
+
+// SignWebhook signs a webhook body the way Cobo does and returns the hex
+// signature. The sandbox and tests use it; production only verifies.
+func SignWebhook(key ed25519.PrivateKey, body []byte, timestamp string) string {
+	return hex.EncodeToString(ed25519.Sign(key, Digest(WebhookMessage(body, timestamp))))
+}
+
+// Verifier checks Cobo webhook signatures against a set of trusted keys. A
+// signature valid under any key is accepted, which allows key rotation.
+// It is safe for concurrent use.
+type Verifier struct {
+	keys []ed25519.PublicKey
+}
+
+// NewVerifier returns a Verifier trusting the given hex Ed25519 public keys.
+func NewVerifier(hexKeys ...string) (*Verifier, error) {
+	if len(hexKeys) == 0 {
+		return nil, errors.New("no trusted webhook keys")
+	}
+	v := &Verifier{}
+	for i, k := range hexKeys {
+		raw, err := hex.DecodeString(strings.TrimSpace(k))
+		if err != nil {
+			return nil, fmt.Errorf("webhook key %d is not hex: %w", i, err)
+		}
+		if len(raw) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("webhook key %d has %d bytes, want %d", i, len(raw), ed25519.PublicKeySize)
+		}
+		v.keys = append(v.keys, ed25519.PublicKey(raw))
+	}
+	return v, nil
+}
+
+// ParseKeyList splits a comma-separated list of hex keys, ignoring blanks.
+func ParseKeyList(s string) []string {
+	var out []string
+	for _, k := range strings.Split(s, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Verify checks signatureHex over body and timestamp exactly as received.
+// It returns an error wrapping ErrMissingSignature or ErrInvalidSignature.
+func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
+	if timestamp == "" {
+		return fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderTimestamp)
+	}
+	if signatureHex == "" {
+		return fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderSignature)
+	}
+	sig, err := hex.DecodeString(signatureHex)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not hex", ErrInvalidSignature, HeaderSignature)
+	}
+	if len(sig) != ed25519.SignatureSize {
+		return fmt.Errorf("%w: %s has %d bytes, want %d", ErrInvalidSignature, HeaderSignature, len(sig), ed25519.SignatureSize)
+	}
+	digest := Digest(WebhookMessage(body, timestamp))
+	for _, k := range v.keys {
+		if ed25519.Verify(k, digest, sig) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no trusted key verifies it", ErrInvalidSignature)
+}

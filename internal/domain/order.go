@@ -1,0 +1,193 @@
+// Package domain holds paystream's domain types: pay-in orders, their
+// statuses and late payments. It has no dependencies on transport or storage.
+package domain
+
+import (
+	"errors"
+
+	"github.com/shopspring/decimal"
+)
+
+// Sentinel errors shared across adapters. Adapters wrap them with context;
+// callers match them with errors.Is.
+var (
+	// ErrNotFound means the requested entity does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a concurrent writer changed the entity first.
+	ErrConflict = errors.New("conflict")
+)
+
+// OrderStatus is a Cobo pay-in order status.
+type OrderStatus string
+
+// Cobo's pay-in order statuses.
+const (
+	StatusPending    OrderStatus = "Pending"
+	StatusProcessing OrderStatus = "Processing"
+	StatusCompleted  OrderStatus = "Completed"
+	StatusExpired    OrderStatus = "Expired"
+	StatusUnderpaid  OrderStatus = "Underpaid"
+)
+
+// Rank orders statuses by progress: Pending < Processing < final. Unknown
+// statuses rank below Pending so they never overwrite known state.
+func (s OrderStatus) Rank() int {
+	switch s {
+	case StatusPending:
+		return 1
+	case StatusProcessing:
+		return 2
+	case StatusCompleted, StatusExpired, StatusUnderpaid:
+		return 3
+	default:
+		return 0
+	}
+}
+
+// Final reports whether s is terminal (Completed, Expired or Underpaid).
+func (s OrderStatus) Final() bool { return s.Rank() == 3 }
+
+// Known reports whether s is one of Cobo's documented statuses.
+func (s OrderStatus) Known() bool { return s.Rank() > 0 }
+
+// Snapshot is an order's fields as one provider event reported them.
+// Optional amounts are NullDecimal so that "absent" differs from zero; the
+// allocation formula falls back through them.
+type Snapshot struct {
+	Status              OrderStatus         `json:"status"`
+	MerchantID          string              `json:"merchant_id,omitempty"`
+	PSPOrderCode        string              `json:"psp_order_code,omitempty"`
+	MerchantOrderCode   string              `json:"merchant_order_code,omitempty"`
+	PricingCurrency     string              `json:"pricing_currency,omitempty"`
+	PricingAmount       decimal.NullDecimal `json:"pricing_amount"`
+	FeeAmount           decimal.NullDecimal `json:"fee_amount"`
+	PayableCurrency     string              `json:"payable_currency,omitempty"`
+	PayableAmount       decimal.NullDecimal `json:"payable_amount"`
+	ReceivedTokenAmount decimal.NullDecimal `json:"received_token_amount"`
+	OrderAmount         decimal.NullDecimal `json:"order_amount"`
+	TokenID             string              `json:"token_id,omitempty"`
+	ChainID             string              `json:"chain_id,omitempty"`
+	// UpdatedTimestamp is the provider's updated_timestamp, in seconds.
+	UpdatedTimestamp int64 `json:"updated_timestamp"`
+}
+
+// LatePayment is a deposit that arrived after the order reached a final
+// status. It is recorded once per TransactionID and never changes the status.
+type LatePayment struct {
+	TransactionID string          `json:"transaction_id"`
+	Amount        decimal.Decimal `json:"amount"`
+	TokenID       string          `json:"token_id"`
+	// Precise is true when Amount came from a payment.transaction.late event
+	// (full precision) rather than a payment.order.updated notice, whose
+	// amounts Cobo truncates to two decimals.
+	Precise bool `json:"precise"`
+	// EventID is the event that first recorded this late payment.
+	EventID string `json:"event_id"`
+}
+
+// Deposit is a completed deposit towards an order.
+type Deposit struct {
+	TransactionID string          `json:"transaction_id"`
+	Amount        decimal.Decimal `json:"amount"`
+	TokenID       string          `json:"token_id"`
+}
+
+// Order is paystream's durable view of a pay-in order, merged from every
+// event seen for it. It is the value stored per order and returned by the
+// admin API.
+type Order struct {
+	OrderID string `json:"order_id"`
+	// Status is the merged status; a final status never changes.
+	Status OrderStatus `json:"status"`
+
+	// Snapshot is the best full-precision order snapshot (from
+	// payment.order.status.updated or the Cobo order API).
+	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	// Notice is the best snapshot from payment.order.updated, whose amounts
+	// are truncated; it only fills fields the full snapshot lacks.
+	Notice *Snapshot `json:"notice,omitempty"`
+
+	LatePayments []LatePayment `json:"late_payments"`
+	Deposits     []Deposit     `json:"deposits"`
+
+	// CompletedByEvent is the event whose handling first moved the order to
+	// Completed. It is set exactly once.
+	CompletedByEvent string `json:"completed_by_event,omitempty"`
+	// ConflictingFinals lists final statuses reported after the order was
+	// already final with a different status (never expected from Cobo).
+	ConflictingFinals []OrderStatus `json:"conflicting_finals,omitempty"`
+}
+
+// OrderView is the public JSON shape of an order: the merged fields flat at
+// the top level, as a PSP's engineers expect to read them.
+type OrderView struct {
+	OrderID             string              `json:"order_id"`
+	MerchantID          string              `json:"merchant_id"`
+	Status              OrderStatus         `json:"status"`
+	PSPOrderCode        string              `json:"psp_order_code,omitempty"`
+	PricingCurrency     string              `json:"pricing_currency,omitempty"`
+	PayableCurrency     string              `json:"payable_currency"`
+	PayableAmount       decimal.NullDecimal `json:"payable_amount"`
+	ReceivedTokenAmount decimal.NullDecimal `json:"received_token_amount"`
+	PricingAmount       decimal.NullDecimal `json:"pricing_amount"`
+	FeeAmount           decimal.NullDecimal `json:"fee_amount"`
+	OrderAmount         decimal.NullDecimal `json:"order_amount"`
+	TokenID             string              `json:"token_id,omitempty"`
+	UpdatedTimestamp    int64               `json:"updated_timestamp"`
+	LatePayments        []LatePayment       `json:"late_payments"`
+	Deposits            []Deposit           `json:"deposits"`
+	ConflictingFinals   []OrderStatus       `json:"conflicting_finals,omitempty"`
+}
+
+// View flattens the order: full-precision fields win, notice fields fill gaps.
+func (o *Order) View() OrderView {
+	v := OrderView{
+		OrderID:           o.OrderID,
+		Status:            o.Status,
+		LatePayments:      o.LatePayments,
+		Deposits:          o.Deposits,
+		ConflictingFinals: o.ConflictingFinals,
+	}
+	if v.LatePayments == nil {
+		v.LatePayments = []LatePayment{}
+	}
+	if v.Deposits == nil {
+		v.Deposits = []Deposit{}
+	}
+	// Apply the truncated notice first so the precise snapshot overrides it.
+	for _, s := range []*Snapshot{o.Notice, o.Snapshot} {
+		if s == nil {
+			continue
+		}
+		setStr(&v.MerchantID, s.MerchantID)
+		setStr(&v.PSPOrderCode, s.PSPOrderCode)
+		setStr(&v.PricingCurrency, s.PricingCurrency)
+		setStr(&v.PayableCurrency, s.PayableCurrency)
+		setStr(&v.TokenID, s.TokenID)
+		setDec(&v.PayableAmount, s.PayableAmount)
+		setDec(&v.ReceivedTokenAmount, s.ReceivedTokenAmount)
+		setDec(&v.PricingAmount, s.PricingAmount)
+		setDec(&v.FeeAmount, s.FeeAmount)
+		setDec(&v.OrderAmount, s.OrderAmount)
+		if s.UpdatedTimestamp > v.UpdatedTimestamp {
+			v.UpdatedTimestamp = s.UpdatedTimestamp
+		}
+	}
+	return v
+}
+
+func setStr(dst *string, s string) {
+	if s != "" {
+		*dst = s
+	}
+}
+
+func setDec(dst *decimal.NullDecimal, d decimal.NullDecimal) {
+	if d.Valid {
+		*dst = d
+	}
+}
+
+// ErrInvalid means an input can never be processed as it is (a payload that
+// does not decode, or lacks what the rules need). Retrying cannot help.
+var ErrInvalid = errors.New("invalid input")

@@ -1,0 +1,308 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/domain"
+)
+
+// Processor processes one event. It must be idempotent: an event may be
+// delivered more than once. An error wrapping domain.ErrInvalid sends the
+// event to the dead-letter stream at once; other errors are retried.
+type Processor interface {
+	Process(ctx context.Context, ev Event) error
+}
+
+// ProcessorFunc adapts a function to Processor.
+type ProcessorFunc func(ctx context.Context, ev Event) error
+
+// Process implements Processor.
+func (f ProcessorFunc) Process(ctx context.Context, ev Event) error { return f(ctx, ev) }
+
+// Defaults for ConsumerConfig.
+const (
+	DefaultConcurrency   = 16
+	DefaultMaxDeliver    = 8
+	DefaultAckWait       = 30 * time.Second
+	DefaultBackoffBase   = 500 * time.Millisecond
+	DefaultBackoffMax    = 30 * time.Second
+	DefaultHandleTimeout = 20 * time.Second
+	DefaultPullMax       = 256
+)
+
+// ConsumerConfig configures a Consumer. All workers must use the same
+// AckWait, since it is part of the shared durable consumer.
+type ConsumerConfig struct {
+	// Concurrency is how many events one worker processes at once.
+	Concurrency int
+	// MaxDeliver is how many deliveries an event gets before it is
+	// dead-lettered.
+	MaxDeliver int
+	// AckWait is how long the server waits for an ack before redelivering,
+	// e.g. after a worker crashed.
+	AckWait time.Duration
+	// BackoffBase and BackoffMax bound the redelivery delay after a failure,
+	// which doubles per delivery.
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// HandleTimeout bounds one Process call. It must be below AckWait.
+	HandleTimeout time.Duration
+	// PullMax is how many messages a worker buffers ahead.
+	PullMax int
+	// Logger gets a line per failure and dead letter.
+	Logger zerolog.Logger
+	// Metrics, when set, records consumer metrics.
+	Metrics *ConsumerMetrics
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c ConsumerConfig) WithDefaults() ConsumerConfig {
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = DefaultMaxDeliver
+	}
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.HandleTimeout == 0 {
+		c.HandleTimeout = min(DefaultHandleTimeout, c.AckWait*2/3)
+	}
+	if c.PullMax == 0 {
+		c.PullMax = DefaultPullMax
+	}
+	return c
+}
+
+// Validate reports the first invalid field by name.
+func (c ConsumerConfig) Validate() error {
+	switch {
+	case c.Concurrency < 1:
+		return fmt.Errorf("Concurrency must be at least 1, got %d", c.Concurrency)
+	case c.MaxDeliver < 1:
+		return fmt.Errorf("MaxDeliver must be at least 1, got %d", c.MaxDeliver)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("AckWait must be at least 1s, got %s", c.AckWait)
+	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
+		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
+	case c.HandleTimeout <= 0 || c.HandleTimeout >= c.AckWait:
+		return fmt.Errorf("HandleTimeout must be positive and below AckWait, got %s", c.HandleTimeout)
+	case c.PullMax < 1:
+		return fmt.Errorf("PullMax must be at least 1, got %d", c.PullMax)
+	}
+	return nil
+}
+
+// EnsureConsumer creates or updates the shared durable pull consumer.
+// Redelivery is bounded by the worker (see ConsumerConfig.MaxDeliver), not
+// the server, so that exhausted events land in the dead-letter stream
+// instead of being skipped.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
+	cfg = cfg.WithDefaults()
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "paystream workers: order state and allocations",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 20000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: SubjectPrefix + ".>",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s: %w", ConsumerName, err)
+	}
+	return c, nil
+}
+
+// Consumer runs a Processor over the shared durable consumer. Any number of
+// Consumers, in any number of processes, share the work.
+type Consumer struct {
+	js   jetstream.JetStream
+	cons jetstream.Consumer
+	proc Processor
+	cfg  ConsumerConfig
+}
+
+// NewConsumer returns a Consumer of cons that processes with proc and
+// dead-letters through js.
+func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor, cfg ConsumerConfig) (*Consumer, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("consumer config: %w", err)
+	}
+	return &Consumer{js: js, cons: cons, proc: proc, cfg: cfg}, nil
+}
+
+// Run processes events until ctx is done, then stops softly: it stops
+// pulling, hands buffered messages back to the server, and waits for the
+// in-flight ones to finish (each bounded by HandleTimeout).
+func (c *Consumer) Run(ctx context.Context) error {
+	it, err := c.cons.Messages(jetstream.PullMaxMessages(c.cfg.PullMax))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", ConsumerName, err)
+	}
+	go func() {
+		<-ctx.Done()
+		it.Drain()
+	}()
+
+	work := make(chan jetstream.Msg)
+	var wg sync.WaitGroup
+	for range c.cfg.Concurrency {
+		wg.Go(func() {
+			for msg := range work {
+				c.handle(msg)
+			}
+		})
+	}
+	defer wg.Wait()
+	defer close(work)
+
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			// Heartbeat loss or a reconnect: the iterator recovers itself.
+			c.cfg.Logger.Warn().Err(err).Msg("consumer pull interrupted")
+			continue
+		}
+		if ctx.Err() != nil {
+			// Drained after a stop: give it back for another worker now
+			// rather than after AckWait.
+			_ = msg.Nak()
+			continue
+		}
+		work <- msg
+	}
+}
+
+func (c *Consumer) handle(msg jetstream.Msg) {
+	start := time.Now()
+	ev, err := DecodeMsg(msg)
+	log := c.cfg.Logger.With().Uint64("seq", ev.Seq).Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Str("type", ev.Type).Logger()
+	if err != nil {
+		c.deadLetter(msg, ev, log, "unparseable", err.Error())
+		return
+	}
+	if ev.NumDelivered > 1 && c.cfg.Metrics != nil {
+		c.cfg.Metrics.redeliveries.Inc()
+	}
+	if ev.NumDelivered > uint64(c.cfg.MaxDeliver) {
+		// Only reached when earlier deliveries never answered, e.g. the
+		// event crashed its workers.
+		c.deadLetter(msg, ev, log, "max_deliveries", fmt.Sprintf("delivered %d times without an answer", ev.NumDelivered))
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandleTimeout)
+	err = c.proc.Process(ctx, ev)
+	cancel()
+	if m := c.cfg.Metrics; m != nil {
+		m.handleLatency.Observe(time.Since(start).Seconds())
+	}
+	switch {
+	case err == nil:
+		if err := msg.Ack(); err != nil {
+			log.Warn().Err(err).Msg("ack failed; the event will be redelivered and handled idempotently")
+		}
+	case errors.Is(err, domain.ErrInvalid):
+		c.deadLetter(msg, ev, log, "invalid", err.Error())
+	case ev.NumDelivered >= uint64(c.cfg.MaxDeliver):
+		c.deadLetter(msg, ev, log, "max_deliveries", fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
+	default:
+		delay := Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, ev.NumDelivered)
+		log.Warn().Err(err).Uint64("delivery", ev.NumDelivered).Dur("retry_in", delay).Msg("event failed; will retry")
+		_ = msg.NakWithDelay(delay)
+	}
+}
+
+// deadLetter stores the event on the DLQ stream with the reason, then
+// terminates it. When the DLQ cannot be written the event is retried later,
+// so nothing is dropped.
+func (c *Consumer) deadLetter(msg jetstream.Msg, ev Event, log zerolog.Logger, kind, reason string) {
+	dl := nats.NewMsg(DLQSubjectPrefix + "." + TypeToken(ev.Type) + "." + Token(ev.OrderID))
+	if ev.Type == "" {
+		dl.Subject = DLQSubjectPrefix + ".unparseable." + NoOrderToken
+	}
+	dl.Data = msg.Data()
+	for k, v := range msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			dl.Header[k] = v
+		}
+	}
+	dl.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%d-%d", ev.Seq, ev.NumDelivered))
+	dl.Header.Set(HeaderDLQReason, kind+": "+reason)
+	dl.Header.Set(HeaderDLQDeliveries, itoa(ev.NumDelivered))
+	dl.Header.Set(HeaderDLQOrigSeq, itoa(ev.Seq))
+	dl.Header.Set(HeaderDLQAt, time.Now().UTC().Format(time.RFC3339Nano))
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandleTimeout)
+	defer cancel()
+	if _, err := c.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(DLQStreamName)); err != nil {
+		log.Error().Err(err).Str("reason", reason).Msg("dead-letter publish failed; will retry")
+		_ = msg.NakWithDelay(Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, ev.NumDelivered))
+		return
+	}
+	if err := msg.Term(); err != nil {
+		log.Warn().Err(err).Msg("term after dead-letter failed")
+	}
+	if m := c.cfg.Metrics; m != nil {
+		m.deadLetters.WithLabelValues(kind).Inc()
+	}
+	log.Error().Str("reason", reason).Uint64("deliveries", ev.NumDelivered).Msg("event dead-lettered")
+}
+
+// Backoff returns the delay before delivery n+1: base doubled per delivery,
+// capped at max, with up to 20% jitter so retries of a burst spread out.
+func Backoff(base, max time.Duration, n uint64) time.Duration {
+	d := base
+	for i := uint64(1); i < n && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+// ConsumerMetrics are the consumer loop's Prometheus metrics.
+type ConsumerMetrics struct {
+	redeliveries  prometheus.Counter
+	deadLetters   *prometheus.CounterVec
+	handleLatency prometheus.Histogram
+}
+
+// NewConsumerMetrics registers the consumer metrics on reg.
+func NewConsumerMetrics(reg prometheus.Registerer) *ConsumerMetrics {
+	m := &ConsumerMetrics{
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_worker_redeliveries_total", Help: "Events delivered more than once.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_worker_dead_letters_total", Help: "Events moved to the dead-letter stream, by reason.",
+		}, []string{"reason"}),
+		handleLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "paystream_worker_handle_seconds", Help: "Time to process one event, decode to commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	reg.MustRegister(m.redeliveries, m.deadLetters, m.handleLatency)
+	return m
+}

@@ -1,0 +1,260 @@
+// Package handlers holds paystream's business rules: how each Cobo event
+// changes an order's state. It knows nothing of HTTP, NATS or acks; state
+// is read and written through the OrderRepo it is given.
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
+)
+
+// OrderRepo reads and writes order state with compare-and-set.
+type OrderRepo interface {
+	// Get returns the order and its revision, or an error wrapping
+	// domain.ErrNotFound.
+	Get(ctx context.Context, orderID string) (*domain.Order, uint64, error)
+	// Put stores o if the stored revision is still rev (0: o is new), or
+	// returns an error wrapping domain.ErrConflict.
+	Put(ctx context.Context, o *domain.Order, rev uint64) (uint64, error)
+}
+
+// Result says what handling an event did.
+type Result string
+
+// Results of Handle.
+const (
+	// Applied: the event changed the order's state.
+	Applied Result = "applied"
+	// Unchanged: the state already reflected the event (duplicate or stale).
+	Unchanged Result = "unchanged"
+	// Ignored: paystream does not act on this event type.
+	Ignored Result = "ignored"
+	// NoOrder: the event is about no pay-in order (e.g. top-up mode).
+	NoOrder Result = "no_order"
+)
+
+// Outcome is the committed effect of one event.
+type Outcome struct {
+	Result Result
+	// Order is the state after the event, when the event concerns an order.
+	Order *domain.Order
+	// FirstCompleted is true for exactly one event per order: the one whose
+	// commit first moved the order to Completed.
+	FirstCompleted bool
+	// LateRecorded lists late payments first recorded at full precision by
+	// this event; each transaction id appears in exactly one Outcome.
+	LateRecorded []domain.LatePayment
+	// ConflictingFinal is a final status that contradicted the stored final
+	// status, which was kept.
+	ConflictingFinal domain.OrderStatus
+}
+
+// DefaultMaxCASAttempts bounds compare-and-set retries for one event.
+const DefaultMaxCASAttempts = 50
+
+// Handler applies Cobo events to order state. It is safe for concurrent use
+// by any number of goroutines and processes.
+type Handler struct {
+	repo        OrderRepo
+	maxAttempts int
+}
+
+// New returns a Handler over repo.
+func New(repo OrderRepo) *Handler {
+	return &Handler{repo: repo, maxAttempts: DefaultMaxCASAttempts}
+}
+
+// Handle applies one delivered event. Applying the same event again, or
+// events in any order, gives the same state. An error wrapping
+// domain.ErrInvalid means the event can never be applied; other errors are
+// transient.
+func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) {
+	switch d.Type {
+	case cobo.EventOrderStatusUpdated, cobo.EventLegacyStatusUpdated:
+		var data cobo.OrderData
+		if err := decode(d, &data); err != nil {
+			return Outcome{}, err
+		}
+		if data.OrderID == "" {
+			return Outcome{}, fmt.Errorf("event %s: %w: data.order_id is empty", d.EventID, domain.ErrInvalid)
+		}
+		snap := SnapshotFromOrder(data)
+		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			mergeSnapshot(&o.Snapshot, snap, fx)
+			mergeStatus(o, snap.Status, d.EventID, fx)
+		})
+
+	case cobo.EventOrderUpdated:
+		var data cobo.OrderUpdateData
+		if err := decode(d, &data); err != nil {
+			return Outcome{}, err
+		}
+		if data.OrderID == "" {
+			return Outcome{}, fmt.Errorf("event %s: %w: data.order_id is empty", d.EventID, domain.ErrInvalid)
+		}
+		snap := snapshotFromUpdate(data)
+		late, err := lateFromUpdate(d.EventID, data)
+		if err != nil {
+			return Outcome{}, err
+		}
+		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			mergeSnapshot(&o.Notice, snap, fx)
+			mergeStatus(o, snap.Status, d.EventID, fx)
+			for _, lp := range late {
+				recordLate(o, lp, fx)
+			}
+		})
+
+	case cobo.EventTransactionLate:
+		var data cobo.TransactionData
+		if err := decode(d, &data); err != nil {
+			return Outcome{}, err
+		}
+		amount := data.DestinationAmount()
+		switch {
+		case data.OrderID == "":
+			return Outcome{}, fmt.Errorf("event %s: %w: late payment %s names no order_id", d.EventID, domain.ErrInvalid, data.TransactionID)
+		case data.TransactionID == "":
+			return Outcome{}, fmt.Errorf("event %s: %w: data.transaction_id is empty", d.EventID, domain.ErrInvalid)
+		case !amount.Valid || !amount.Decimal.IsPositive():
+			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
+		}
+		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, Precise: true, EventID: d.EventID}
+		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			recordLate(o, lp, fx)
+		})
+
+	case cobo.EventTransactionCompleted:
+		var data cobo.TransactionData
+		if err := decode(d, &data); err != nil {
+			return Outcome{}, err
+		}
+		if data.OrderID == "" {
+			return Outcome{Result: NoOrder}, nil
+		}
+		if data.TransactionID == "" {
+			return Outcome{}, fmt.Errorf("event %s: %w: data.transaction_id is empty", d.EventID, domain.ErrInvalid)
+		}
+		dep := domain.Deposit{TransactionID: data.TransactionID, Amount: data.DestinationAmount().Decimal, TokenID: data.TokenID}
+		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			recordDeposit(o, dep, fx)
+			// Cobo no longer sends Processing events; a credited deposit
+			// is the evidence that an order is being paid.
+			mergeStatus(o, domain.StatusProcessing, d.EventID, fx)
+		})
+	}
+	return Outcome{Result: Ignored}, nil
+}
+
+// update runs mutate on the current state and commits it with
+// compare-and-set, retrying on conflicts. Effects are those of the attempt
+// that committed.
+func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domain.Order, *effects)) (Outcome, error) {
+	for attempt := 1; attempt <= h.maxAttempts; attempt++ {
+		o, rev, err := h.repo.Get(ctx, orderID)
+		if errors.Is(err, domain.ErrNotFound) {
+			o, rev = &domain.Order{OrderID: orderID}, 0
+		} else if err != nil {
+			return Outcome{}, fmt.Errorf("load order %s: %w", orderID, err)
+		}
+		var fx effects
+		mutate(o, &fx)
+		if !fx.changed {
+			return Outcome{Result: Unchanged, Order: o}, nil
+		}
+		if _, err := h.repo.Put(ctx, o, rev); err != nil {
+			if errors.Is(err, domain.ErrConflict) {
+				continue
+			}
+			return Outcome{}, fmt.Errorf("save order %s: %w", orderID, err)
+		}
+		return Outcome{
+			Result:           Applied,
+			Order:            o,
+			FirstCompleted:   fx.firstCompleted,
+			LateRecorded:     fx.lateRecorded,
+			ConflictingFinal: fx.conflictingFinal,
+		}, nil
+	}
+	return Outcome{}, fmt.Errorf("update order %s: %d attempts lost the race: %w", orderID, h.maxAttempts, domain.ErrConflict)
+}
+
+func decode(d cobo.Delivery, v any) error {
+	if err := json.Unmarshal(d.Data, v); err != nil {
+		return fmt.Errorf("event %s (%s): %w: data does not decode: %v", d.EventID, d.Type, domain.ErrInvalid, err)
+	}
+	return nil
+}
+
+// SnapshotFromOrder maps a full-precision Cobo order (webhook data or
+// GET /payments/orders/{id}) to a snapshot.
+func SnapshotFromOrder(d cobo.OrderData) *domain.Snapshot {
+	return &domain.Snapshot{
+		Status:              domain.OrderStatus(d.Status),
+		MerchantID:          d.MerchantID,
+		PSPOrderCode:        d.PSPOrderCode,
+		MerchantOrderCode:   d.MerchantOrderCode,
+		PricingCurrency:     firstNonEmpty(d.PricingCurrency, d.Currency),
+		PricingAmount:       d.PricingAmount.NullDecimal,
+		FeeAmount:           d.FeeAmount.NullDecimal,
+		PayableCurrency:     d.PayableCurrency,
+		PayableAmount:       d.PayableAmount.NullDecimal,
+		ReceivedTokenAmount: d.ReceivedTokenAmount.NullDecimal,
+		OrderAmount:         d.OrderAmount.NullDecimal,
+		TokenID:             d.TokenID,
+		ChainID:             d.ChainID,
+		UpdatedTimestamp:    int64(d.UpdatedTimestamp),
+	}
+}
+
+func snapshotFromUpdate(d cobo.OrderUpdateData) *domain.Snapshot {
+	s := &domain.Snapshot{
+		Status:            domain.OrderStatus(d.Status),
+		MerchantID:        d.MerchantID,
+		PSPOrderCode:      d.PSPOrderCode,
+		MerchantOrderCode: d.MerchantOrderCode,
+		UpdatedTimestamp:  int64(d.UpdatedTimestamp),
+	}
+	if r := d.RequestedAmount; r != nil {
+		s.PayableAmount = r.Amount.NullDecimal
+		s.PayableCurrency = r.TokenID
+		s.ChainID = r.ChainID
+	}
+	if c := d.CreditedAmount; c != nil {
+		s.ReceivedTokenAmount = c.Amount.NullDecimal
+	}
+	return s
+}
+
+func lateFromUpdate(eventID string, d cobo.OrderUpdateData) ([]domain.LatePayment, error) {
+	var out []domain.LatePayment
+	for _, tx := range d.Transactions {
+		if !tx.IsLate {
+			continue
+		}
+		if tx.TransactionID == "" || tx.Amount == nil || !tx.Amount.Amount.Valid {
+			return nil, fmt.Errorf("event %s: %w: late transaction without transaction_id or amount", eventID, domain.ErrInvalid)
+		}
+		out = append(out, domain.LatePayment{
+			TransactionID: tx.TransactionID,
+			Amount:        tx.Amount.Amount.Decimal,
+			TokenID:       tx.Amount.TokenID,
+			EventID:       eventID,
+		})
+	}
+	return out, nil
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

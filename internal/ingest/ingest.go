@@ -1,0 +1,303 @@
+// Package ingest assembles the ingest service: the public webhook listener,
+// the private admin listener, and the JetStream store behind them, embedded
+// or remote.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/admin"
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/natsconn"
+	"github.com/paystream/paystream/internal/natsembed"
+	"github.com/paystream/paystream/internal/webhook"
+)
+
+// Defaults for Config.
+const (
+	DefaultListen      = ":8080"
+	DefaultAdminListen = "127.0.0.1:8081"
+	DefaultNATSListen  = "127.0.0.1:4222"
+	DefaultDataDir     = "./data"
+	DefaultCoboEnv     = "dev"
+	// WebhookPath is where Cobo delivers webhooks.
+	WebhookPath = "/webhooks/cobo"
+)
+
+// Config configures the ingest service.
+type Config struct {
+	// Listen is the public webhook listener.
+	Listen string
+	// AdminListen is the private listener for health, metrics and orders.
+	AdminListen string
+	// AdminToken, when set, is required as a Bearer token on AdminListen.
+	AdminToken string
+	// NATSURL is the NATS server list; empty runs an embedded server.
+	NATSURL string
+	// NATSOptions are extra connection options (credentials, TLS).
+	NATSOptions []nats.Option
+	// NATSListen is where the embedded server accepts clients (workers).
+	NATSListen string
+	// DataDir is the embedded server's storage.
+	DataDir string
+	// CoboEnv selects Cobo's published webhook key: dev or prod.
+	CoboEnv string
+	// CoboPubKeys, when set, replaces the trusted webhook keys (hex).
+	CoboPubKeys []string
+	// MaxSkew, when positive, rejects timestamps outside now±MaxSkew.
+	MaxSkew time.Duration
+	// StoreTimeout bounds a JetStream store; past it the answer is 503.
+	StoreTimeout time.Duration
+	// Stream sizes the event stream.
+	Stream events.StreamConfig
+	// Logger receives the service's logs.
+	Logger zerolog.Logger
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.AdminListen == "" {
+		c.AdminListen = DefaultAdminListen
+	}
+	if c.NATSListen == "" {
+		c.NATSListen = DefaultNATSListen
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.CoboEnv == "" {
+		c.CoboEnv = DefaultCoboEnv
+	}
+	if c.StoreTimeout == 0 {
+		c.StoreTimeout = webhook.DefaultStoreTimeout
+	}
+	c.Stream = c.Stream.WithDefaults()
+	return c
+}
+
+func (c Config) validate() error {
+	if c.CoboEnv != "dev" && c.CoboEnv != "prod" {
+		return fmt.Errorf("CoboEnv must be dev or prod, got %q", c.CoboEnv)
+	}
+	if c.MaxSkew < 0 {
+		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
+	}
+	if c.StoreTimeout <= 0 || c.StoreTimeout >= 2*time.Second {
+		return fmt.Errorf("StoreTimeout must be in (0, 2s) to answer inside Cobo's deadline, got %s", c.StoreTimeout)
+	}
+	if err := c.Stream.Validate(); err != nil {
+		return fmt.Errorf("Stream.%w", err)
+	}
+	return nil
+}
+
+// TrustedKeys returns the webhook keys the config trusts.
+func (c Config) TrustedKeys() []string {
+	if len(c.CoboPubKeys) > 0 {
+		return c.CoboPubKeys
+	}
+	if c.CoboEnv == "prod" {
+		return []string{cobo.ProdWebhookKey}
+	}
+	return []string{cobo.DevWebhookKey}
+}
+
+// Service is a running ingest.
+type Service struct {
+	cfg      Config
+	embedded *server.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	public   *http.Server
+	admin    *http.Server
+	publicLn net.Listener
+	adminLn  net.Listener
+	served   chan error
+}
+
+// Start binds both listeners, connects to (or starts) NATS and ensures the
+// stream, then serves in the background. A busy port fails here.
+func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("ingest config: %w", err)
+	}
+	verifier, err := cobo.NewVerifier(cfg.TrustedKeys()...)
+	if err != nil {
+		return nil, fmt.Errorf("ingest config: CoboPubKeys: %w", err)
+	}
+	s := &Service{cfg: cfg, served: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.publicLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		return nil, fmt.Errorf("admin listen %s: %w", cfg.AdminListen, err)
+	}
+
+	conn := natsconn.Options{URL: cfg.NATSURL, Name: "paystream-ingest", Logger: cfg.Logger, Extra: cfg.NATSOptions}
+	if cfg.NATSURL == "" {
+		s.embedded, err = natsembed.Start(natsembed.Config{Listen: cfg.NATSListen, StoreDir: cfg.DataDir})
+		if err != nil {
+			return nil, err
+		}
+		conn.InProcess = s.embedded
+		cfg.Logger.Info().Str("nats_listen", cfg.NATSListen).Str("data_dir", cfg.DataDir).Msg("embedded JetStream started")
+	}
+	if s.nc, err = natsconn.Connect(conn); err != nil {
+		return nil, err
+	}
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err = events.EnsureEventStream(ctx, s.js, cfg.Stream); err != nil {
+		return nil, err
+	}
+	orders, err := events.OpenOrdersBucket(ctx, s.js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wh, err := webhook.NewHandler(webhook.Config{
+		Verifier:     verifier,
+		Store:        events.NewPublisher(s.js),
+		StoreTimeout: cfg.StoreTimeout,
+		MaxSkew:      cfg.MaxSkew,
+		Logger:       cfg.Logger,
+		Metrics:      webhook.NewMetrics(reg),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pub := mux.NewRouter()
+	pub.Handle(WebhookPath, wh)
+	pub.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	}).Methods(http.MethodGet)
+	pub.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":"not found"}` + "\n"))
+	})
+
+	s.public = &http.Server{Handler: pub, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	s.admin = &http.Server{Handler: admin.NewRouter(admin.Config{
+		Orders:   events.NewOrderStore(orders),
+		Ready:    s.ready,
+		Gatherer: reg,
+		Token:    cfg.AdminToken,
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { s.served <- serve(s.public, s.publicLn) }()
+	go func() { s.served <- serve(s.admin, s.adminLn) }()
+	cfg.Logger.Info().Str("listen", s.PublicAddr()).Str("admin_listen", s.AdminAddr()).Int("trusted_keys", len(cfg.TrustedKeys())).Msg("ingest started")
+	return s, nil
+}
+
+func serve(srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (s *Service) ready(ctx context.Context) error {
+	if s.nc.Status() != nats.CONNECTED {
+		return fmt.Errorf("nats is %s", s.nc.Status())
+	}
+	if _, err := s.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	return nil
+}
+
+// PublicAddr is the bound webhook address.
+func (s *Service) PublicAddr() string { return s.publicLn.Addr().String() }
+
+// AdminAddr is the bound admin address.
+func (s *Service) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// NATSURL is the embedded server's client URL, or "" when NATS is remote.
+func (s *Service) NATSURL() string {
+	if s.embedded == nil {
+		return ""
+	}
+	return s.embedded.ClientURL()
+}
+
+// Done reports a listener that failed while serving.
+func (s *Service) Done() <-chan error { return s.served }
+
+// Shutdown stops accepting requests, lets in-flight ones finish until ctx
+// ends, then drains NATS and stops the embedded server.
+func (s *Service) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, srv := range []*http.Server{s.public, s.admin} {
+		if err := srv.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+			_ = srv.Close()
+		}
+	}
+	s.close()
+	return errors.Join(errs...)
+}
+
+func (s *Service) close() {
+	for _, ln := range []net.Listener{s.publicLn, s.adminLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+	if s.nc != nil {
+		_ = s.nc.Drain()
+		for i := 0; i < 100 && !s.nc.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		s.nc.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Shutdown()
+		s.embedded.WaitForShutdown()
+	}
+}
+
+// Run starts the service and serves until ctx is done, then shuts down,
+// giving in-flight requests up to grace.
+func Run(ctx context.Context, cfg Config, grace time.Duration) error {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-s.Done():
+	}
+	cfg.Logger.Info().Msg("ingest stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	return errors.Join(serveErr, s.Shutdown(sctx))
+}

@@ -1,0 +1,65 @@
+// Package natsconn connects paystream processes to NATS with the options a
+// long-running service needs: reconnect forever, fail publishes fast while
+// disconnected, and log connection changes.
+package natsconn
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// Options says how to reach NATS.
+type Options struct {
+	// URL is the server list, e.g. nats://a:4222,nats://b:4222. Ignored
+	// when InProcess is set.
+	URL string
+	// InProcess connects to an embedded server without a socket.
+	InProcess *server.Server
+	// Name identifies the client in server monitoring.
+	Name string
+	// Logger receives connection changes.
+	Logger zerolog.Logger
+	// Extra options, e.g. credentials and TLS.
+	Extra []nats.Option
+}
+
+// Connect returns a connection that reconnects forever. While disconnected,
+// publishes fail at once instead of being buffered, so callers such as the
+// webhook endpoint can answer 503 promptly.
+func Connect(o Options) (*nats.Conn, error) {
+	log := o.Logger
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.ReconnectBufSize(-1),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn().Err(err).Msg("nats async error")
+		}),
+	}
+	if o.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(o.InProcess))
+	}
+	opts = append(opts, o.Extra...)
+	url := o.URL
+	if o.InProcess != nil {
+		url = ""
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %q: %w", url, err)
+	}
+	return nc, nil
+}

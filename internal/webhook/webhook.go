@@ -1,0 +1,276 @@
+// Package webhook is the HTTP endpoint Cobo delivers webhooks to. It
+// verifies each delivery, parses its envelope, and answers 200 only after
+// the Store has durably stored it. It knows nothing of how storing works.
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/cobo"
+)
+
+// Store durably stores verified deliveries.
+type Store interface {
+	// Store returns once d is durably stored. duplicate is true when an
+	// event with the same event_id was already stored.
+	Store(ctx context.Context, d cobo.Delivery) (duplicate bool, err error)
+}
+
+// Errors the handler answers with, matched by StatusFor.
+var (
+	// ErrBodyTooLarge: the body exceeds Config.MaxBodyBytes.
+	ErrBodyTooLarge = errors.New("body too large")
+	// ErrStale: Biz-Timestamp is outside the allowed clock skew.
+	ErrStale = errors.New("stale or future timestamp")
+	// ErrStoreUnavailable: the event could not be stored in time.
+	ErrStoreUnavailable = errors.New("event store unavailable")
+	// ErrMethodNotAllowed: only POST is accepted.
+	ErrMethodNotAllowed = errors.New("method not allowed")
+)
+
+// StatusFor maps an error from the webhook path to its HTTP status.
+func StatusFor(err error) int {
+	switch {
+	case err == nil:
+		return http.StatusOK
+	case errors.Is(err, ErrMethodNotAllowed):
+		return http.StatusMethodNotAllowed
+	case errors.Is(err, ErrBodyTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, cobo.ErrMissingSignature), errors.Is(err, cobo.ErrInvalidSignature), errors.Is(err, ErrStale):
+		return http.StatusUnauthorized
+	case errors.Is(err, cobo.ErrMalformedEvent):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrStoreUnavailable):
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	// DefaultStoreTimeout leaves room inside Cobo's 2 s deadline for reading
+	// the body and writing the answer.
+	DefaultStoreTimeout = 1500 * time.Millisecond
+)
+
+// Config configures a Handler.
+type Config struct {
+	// Verifier checks signatures. Required.
+	Verifier *cobo.Verifier
+	// Store stores verified events. Required.
+	Store Store
+	// MaxBodyBytes bounds the body; larger ones get 413.
+	MaxBodyBytes int64
+	// StoreTimeout bounds storing; past it the answer is 503.
+	StoreTimeout time.Duration
+	// MaxSkew, when positive, rejects a Biz-Timestamp outside now±MaxSkew.
+	MaxSkew time.Duration
+	// Now returns the current time; tests may replace it.
+	Now func() time.Time
+	// Logger receives one line per rejected or stored delivery.
+	Logger zerolog.Logger
+	// Metrics, when set, records request outcomes.
+	Metrics *Metrics
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.StoreTimeout == 0 {
+		c.StoreTimeout = DefaultStoreTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Verifier == nil:
+		return errors.New("Verifier is required")
+	case c.Store == nil:
+		return errors.New("Store is required")
+	case c.MaxBodyBytes <= 0:
+		return fmt.Errorf("MaxBodyBytes must be positive, got %d", c.MaxBodyBytes)
+	case c.StoreTimeout <= 0:
+		return fmt.Errorf("StoreTimeout must be positive, got %s", c.StoreTimeout)
+	case c.MaxSkew < 0:
+		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
+	}
+	return nil
+}
+
+// Handler serves POST /webhooks/cobo.
+type Handler struct {
+	cfg Config
+}
+
+// NewHandler returns a Handler for cfg.
+func NewHandler(cfg Config) (*Handler, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("webhook config: %w", err)
+	}
+	return &Handler{cfg: cfg}, nil
+}
+
+type response struct {
+	Status  string `json:"status,omitempty"`
+	EventID string `json:"event_id,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	d, duplicate, err := h.accept(r)
+	code := StatusFor(err)
+	if m := h.cfg.Metrics; m != nil {
+		m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+		switch {
+		case code == http.StatusUnauthorized:
+			m.signatureFailures.Inc()
+		case duplicate:
+			m.duplicates.Inc()
+		}
+	}
+	if err != nil {
+		ev := h.cfg.Logger.Warn()
+		if code >= 500 {
+			ev = h.cfg.Logger.Error()
+		}
+		ev.Int("status", code).Str("event_id", d.EventID).Str("order_id", d.OrderID).Err(err).Msg("webhook rejected")
+		if code == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", http.MethodPost)
+		}
+		writeJSON(w, code, response{Error: err.Error()})
+		return
+	}
+	status := "accepted"
+	if duplicate {
+		status = "duplicate"
+	}
+	h.cfg.Logger.Debug().Str("event_id", d.EventID).Str("order_id", d.OrderID).Str("type", d.Type).Str("result", status).Msg("webhook stored")
+	writeJSON(w, http.StatusOK, response{Status: status, EventID: d.EventID})
+}
+
+// accept runs the checks in the order that gives each failure its own
+// status: size, then signature, then freshness, then shape, then storage.
+func (h *Handler) accept(r *http.Request) (cobo.Delivery, bool, error) {
+	if r.Method != http.MethodPost {
+		return cobo.Delivery{}, false, fmt.Errorf("%w: use POST", ErrMethodNotAllowed)
+	}
+	received := h.cfg.Now()
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.cfg.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return cobo.Delivery{}, false, fmt.Errorf("%w: limit is %d bytes", ErrBodyTooLarge, h.cfg.MaxBodyBytes)
+		}
+		return cobo.Delivery{}, false, fmt.Errorf("%w: read body: %v", cobo.ErrMalformedEvent, err)
+	}
+	ts := headerEither(r.Header, cobo.HeaderTimestamp, cobo.HeaderTimestampAlt)
+	sig := headerEither(r.Header, cobo.HeaderSignature, cobo.HeaderSignatureAlt)
+	if err := h.cfg.Verifier.Verify(body, ts, sig); err != nil {
+		return cobo.Delivery{}, false, err
+	}
+	if err := h.checkFresh(ts, received); err != nil {
+		return cobo.Delivery{}, false, err
+	}
+	env, err := cobo.ParseEnvelope(body)
+	if err != nil {
+		return cobo.Delivery{}, false, err
+	}
+	d := cobo.Delivery{Envelope: env, Body: body, Timestamp: ts, Signature: sig, ReceivedAt: received}
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.StoreTimeout)
+	defer cancel()
+	start := time.Now()
+	duplicate, err := h.cfg.Store.Store(ctx, d)
+	if m := h.cfg.Metrics; m != nil {
+		m.storeLatency.Observe(time.Since(start).Seconds())
+	}
+	if err != nil {
+		return d, false, fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
+	}
+	return d, duplicate, nil
+}
+
+func (h *Handler) checkFresh(ts string, now time.Time) error {
+	if h.cfg.MaxSkew <= 0 {
+		return nil
+	}
+	ms, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not unix milliseconds", ErrStale, cobo.HeaderTimestamp)
+	}
+	skew := now.Sub(time.UnixMilli(ms))
+	if skew > h.cfg.MaxSkew || skew < -h.cfg.MaxSkew {
+		return fmt.Errorf("%w: %s is %s from now, allowed ±%s", ErrStale, cobo.HeaderTimestamp, skew.Round(time.Second), h.cfg.MaxSkew)
+	}
+	return nil
+}
+
+// headerEither reads the first non-empty of the named headers. Underscore
+// names are not canonicalised by net/http, so they are read from the map.
+func headerEither(h http.Header, names ...string) string {
+	for _, n := range names {
+		if v := h.Get(n); v != "" {
+			return v
+		}
+		if vs := h[n]; len(vs) > 0 && vs[0] != "" {
+			return vs[0]
+		}
+	}
+	return ""
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Metrics are the webhook endpoint's Prometheus metrics.
+type Metrics struct {
+	requests          *prometheus.CounterVec
+	signatureFailures prometheus.Counter
+	duplicates        prometheus.Counter
+	storeLatency      prometheus.Histogram
+}
+
+// NewMetrics registers the webhook metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_webhook_requests_total", Help: "Webhook requests by HTTP status code.",
+		}, []string{"code"}),
+		signatureFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_webhook_signature_failures_total", Help: "Webhooks rejected for a missing, invalid or stale signature.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_webhook_duplicates_total", Help: "Webhooks whose event_id was already stored.",
+		}),
+		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "paystream_webhook_store_seconds", Help: "Time to store a webhook durably on JetStream.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 1.5, 2},
+		}),
+	}
+	reg.MustRegister(m.requests, m.signatureFailures, m.duplicates, m.storeLatency)
+	return m
+}

@@ -1,0 +1,291 @@
+// Package worker assembles a worker process: it consumes the event stream
+// with the shared durable consumer, applies the business rules to order
+// state, and serves its own health and metrics.
+package worker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/admin"
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/handlers"
+	"github.com/paystream/paystream/internal/natsconn"
+)
+
+// Defaults for Config.
+const (
+	DefaultNATSURL       = "nats://127.0.0.1:4222"
+	DefaultMetricsListen = ":9091"
+)
+
+// Config configures a worker.
+type Config struct {
+	// NATSURL is the NATS server list.
+	NATSURL string
+	// NATSOptions are extra connection options (credentials, TLS, or an
+	// in-process server for tests).
+	NATSOptions []nats.Option
+	// MetricsListen serves /metrics, /healthz and /readyz. "-" disables it.
+	MetricsListen string
+	// Stream sizes the dead-letter stream and the orders bucket.
+	Stream events.StreamConfig
+	// Consumer tunes consumption, retries and dead-lettering.
+	Consumer events.ConsumerConfig
+	// StreamWait bounds the wait for ingest to create the event stream.
+	StreamWait time.Duration
+	// Logger receives the worker's logs.
+	Logger zerolog.Logger
+	// Observer, when set, sees every committed outcome (tests, allocations).
+	Observer func(ctx context.Context, ev events.Event, out handlers.Outcome) error
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.NATSURL == "" {
+		c.NATSURL = DefaultNATSURL
+	}
+	if c.MetricsListen == "" {
+		c.MetricsListen = DefaultMetricsListen
+	}
+	if c.StreamWait == 0 {
+		c.StreamWait = 2 * time.Minute
+	}
+	c.Stream = c.Stream.WithDefaults()
+	c.Consumer = c.Consumer.WithDefaults()
+	return c
+}
+
+func (c Config) validate() error {
+	if err := c.Stream.Validate(); err != nil {
+		return fmt.Errorf("Stream.%w", err)
+	}
+	if err := c.Consumer.Validate(); err != nil {
+		return fmt.Errorf("Consumer.%w", err)
+	}
+	return nil
+}
+
+// Metrics are the worker's business metrics.
+type Metrics struct {
+	handled        *prometheus.CounterVec
+	completed      prometheus.Counter
+	lateRecorded   prometheus.Counter
+	conflictFinals prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_worker_events_total", Help: "Events handled, by type and result.",
+		}, []string{"type", "result"}),
+		completed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_orders_completed_total", Help: "Orders seen reaching Completed for the first time.",
+		}),
+		lateRecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_late_payments_total", Help: "Late payments recorded at full precision.",
+		}),
+		conflictFinals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paystream_order_conflicting_finals_total", Help: "Final statuses that contradicted an order's stored final status (kept).",
+		}),
+	}
+	reg.MustRegister(m.handled, m.completed, m.lateRecorded, m.conflictFinals)
+	return m
+}
+
+// typeLabel bounds metric cardinality: unknown types share one label.
+func typeLabel(t string) string {
+	switch t {
+	case cobo.EventOrderStatusUpdated, cobo.EventLegacyStatusUpdated, cobo.EventOrderUpdated,
+		cobo.EventTransactionLate, cobo.EventTransactionCompleted:
+		return t
+	}
+	return "other"
+}
+
+// Worker is a running worker.
+type Worker struct {
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	consumer  *events.Consumer
+	orders    *events.OrderStore
+	metricsLn net.Listener
+	metrics   *http.Server
+}
+
+// Start connects, waits for the event stream, ensures the dead-letter
+// stream, the orders bucket and the consumer, and binds the metrics
+// listener. Call Run to process.
+func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	w := &Worker{cfg: cfg}
+	defer func() {
+		if err != nil {
+			w.close()
+		}
+	}()
+	if cfg.MetricsListen != "-" {
+		if w.metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
+		}
+	}
+	if w.nc, err = natsconn.Connect(natsconn.Options{URL: cfg.NATSURL, Name: "paystream-worker", Logger: cfg.Logger, Extra: cfg.NATSOptions}); err != nil {
+		return nil, err
+	}
+	if w.js, err = jetstream.New(w.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err = w.waitForStream(ctx); err != nil {
+		return nil, err
+	}
+	if _, err = events.EnsureDLQStream(ctx, w.js, cfg.Stream); err != nil {
+		return nil, err
+	}
+	kv, err := events.OpenOrdersBucket(ctx, w.js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+	w.orders = events.NewOrderStore(kv)
+	cons, err := events.EnsureConsumer(ctx, w.js, cfg.Consumer)
+	if err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ccfg := cfg.Consumer
+	ccfg.Logger = cfg.Logger
+	ccfg.Metrics = events.NewConsumerMetrics(reg)
+	m := newMetrics(reg)
+	h := handlers.New(w.orders)
+	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
+		out, err := h.Handle(ctx, ev.Delivery)
+		if err != nil {
+			m.handled.WithLabelValues(typeLabel(ev.Type), "error").Inc()
+			return err
+		}
+		m.handled.WithLabelValues(typeLabel(ev.Type), string(out.Result)).Inc()
+		log := cfg.Logger.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger()
+		if out.FirstCompleted {
+			m.completed.Inc()
+			log.Info().Msg("order completed")
+		}
+		if n := len(out.LateRecorded); n > 0 {
+			m.lateRecorded.Add(float64(n))
+			for _, lp := range out.LateRecorded {
+				log.Info().Str("transaction_id", lp.TransactionID).Str("amount", lp.Amount.String()).Str("token_id", lp.TokenID).Msg("late payment recorded")
+			}
+		}
+		if out.ConflictingFinal != "" {
+			m.conflictFinals.Inc()
+			log.Warn().Str("stored", string(out.Order.Status)).Str("reported", string(out.ConflictingFinal)).Msg("conflicting final status ignored")
+		}
+		if cfg.Observer != nil {
+			return cfg.Observer(ctx, ev, out)
+		}
+		return nil
+	})
+	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
+		return nil, err
+	}
+	if w.metricsLn != nil {
+		w.metrics = &http.Server{Handler: admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg}), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = w.metrics.Serve(w.metricsLn) }()
+	}
+	return w, nil
+}
+
+func (w *Worker) waitForStream(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.StreamWait)
+	defer cancel()
+	for logged := false; ; {
+		_, err := w.js.Stream(ctx, events.StreamName)
+		if err == nil {
+			return nil
+		}
+		if !logged {
+			w.cfg.Logger.Info().Err(err).Msg("waiting for ingest to create the event stream")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("event stream %s: %w (is ingest running?)", events.StreamName, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (w *Worker) ready(ctx context.Context) error {
+	if w.nc.Status() != nats.CONNECTED {
+		return fmt.Errorf("nats is %s", w.nc.Status())
+	}
+	_, err := w.js.Stream(ctx, events.StreamName)
+	return err
+}
+
+// Orders returns the worker's view of the orders bucket.
+func (w *Worker) Orders() *events.OrderStore { return w.orders }
+
+// MetricsAddr is the bound metrics address, or "" when disabled.
+func (w *Worker) MetricsAddr() string {
+	if w.metricsLn == nil {
+		return ""
+	}
+	return w.metricsLn.Addr().String()
+}
+
+// Run processes events until ctx is done, then finishes or hands back
+// in-flight events and drains the connection.
+func (w *Worker) Run(ctx context.Context) error {
+	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Msg("worker started")
+	err := w.consumer.Run(ctx)
+	w.cfg.Logger.Info().Msg("worker stopping")
+	w.close()
+	return err
+}
+
+// Kill drops the connection without acking or draining, as a crash would.
+// Tests use it.
+func (w *Worker) Kill() {
+	w.nc.Close()
+	if w.metrics != nil {
+		_ = w.metrics.Close()
+	}
+}
+
+func (w *Worker) close() {
+	if w.metrics != nil {
+		_ = w.metrics.Close()
+	}
+	if w.nc != nil && !w.nc.IsClosed() {
+		_ = w.nc.Drain()
+		for i := 0; i < 100 && !w.nc.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		w.nc.Close()
+	}
+}
+
+// Run starts a worker and processes until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	w, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
