@@ -38,6 +38,7 @@ const (
 	DefaultBackoffMax    = 30 * time.Second
 	DefaultHandleTimeout = 20 * time.Second
 	DefaultPullMax       = 256
+	DefaultStopGrace     = 2 * time.Second
 )
 
 // ConsumerConfig configures a Consumer. All workers must use the same
@@ -59,6 +60,8 @@ type ConsumerConfig struct {
 	HandleTimeout time.Duration
 	// PullMax is how many messages a worker buffers ahead.
 	PullMax int
+	// StopGrace bounds the soft stop's wait for the pull to drain.
+	StopGrace time.Duration
 	// Logger gets a line per failure and dead letter.
 	Logger zerolog.Logger
 	// Metrics, when set, records consumer metrics.
@@ -87,6 +90,9 @@ func (c ConsumerConfig) WithDefaults() ConsumerConfig {
 	}
 	if c.PullMax == 0 {
 		c.PullMax = DefaultPullMax
+	}
+	if c.StopGrace == 0 {
+		c.StopGrace = DefaultStopGrace
 	}
 	return c
 }
@@ -155,7 +161,10 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor
 // pulling, hands buffered messages back to the server, and waits for the
 // in-flight ones to finish (each bounded by HandleTimeout).
 func (c *Consumer) Run(ctx context.Context) error {
-	it, err := c.cons.Messages(jetstream.PullMaxMessages(c.cfg.PullMax))
+	// Short pull expiry and heartbeats let a worker notice a lost pull
+	// request (server restart, leader change) in about two seconds instead
+	// of the client's 30-second default.
+	it, err := c.cons.Messages(jetstream.PullMaxMessages(c.cfg.PullMax), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", ConsumerName, err)
 	}
@@ -176,11 +185,30 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer wg.Wait()
 	defer close(work)
 
+	var stopBy time.Time
 	for {
-		msg, err := it.Next()
+		// Next is bounded so that the stop grace is enforced here: a
+		// drain waits for the outstanding pull to end, which after a
+		// reconnect can take a whole pull expiry. Past the grace, what is
+		// still unacked is redelivered after AckWait.
+		msg, err := it.Next(jetstream.NextMaxWait(250 * time.Millisecond))
+		if ctx.Err() != nil {
+			if stopBy.IsZero() {
+				stopBy = time.Now().Add(c.cfg.StopGrace)
+			} else if time.Now().After(stopBy) {
+				it.Stop()
+				if msg != nil {
+					_ = msg.Nak()
+				}
+				return nil
+			}
+		}
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
+			}
+			if errors.Is(err, nats.ErrTimeout) {
+				continue
 			}
 			// Heartbeat loss or a reconnect: the iterator recovers itself.
 			c.cfg.Logger.Warn().Err(err).Msg("consumer pull interrupted")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -130,6 +131,7 @@ type Service struct {
 	publicLn net.Listener
 	adminLn  net.Listener
 	served   chan error
+	closing  sync.Once
 }
 
 // Start binds both listeners, connects to (or starts) NATS and ensures the
@@ -252,16 +254,19 @@ func (s *Service) NATSURL() string {
 func (s *Service) Done() <-chan error { return s.served }
 
 // Shutdown stops accepting requests, lets in-flight ones finish until ctx
-// ends, then drains NATS and stops the embedded server.
+// ends, then drains NATS and stops the embedded server. Calling it again
+// does nothing.
 func (s *Service) Shutdown(ctx context.Context) error {
 	var errs []error
-	for _, srv := range []*http.Server{s.public, s.admin} {
-		if err := srv.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-			_ = srv.Close()
+	s.closing.Do(func() {
+		for _, srv := range []*http.Server{s.public, s.admin} {
+			if err := srv.Shutdown(ctx); err != nil {
+				errs = append(errs, err)
+				_ = srv.Close()
+			}
 		}
-	}
-	s.close()
+		s.close()
+	})
 	return errors.Join(errs...)
 }
 

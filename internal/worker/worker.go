@@ -288,4 +288,3 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return w.Run(ctx)
 }
-

@@ -1,0 +1,252 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/handlers"
+	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/testutil"
+	"github.com/paystream/paystream/internal/worker"
+)
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+// startIngest starts the real ingest service on loopback ports. With an
+// empty cfg.NATSURL it runs its own embedded JetStream in cfg.DataDir (a
+// temp dir when empty).
+func startIngest(t *testing.T, signer *testutil.Signer, cfg ingest.Config) *ingest.Service {
+	t.Helper()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
+	if cfg.NATSListen == "" {
+		cfg.NATSListen = "127.0.0.1:0"
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.CoboPubKeys = []string{signer.PubHex}
+	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	s, err := ingest.Start(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return s
+}
+
+// observed counts, across all workers of a test, what each order saw.
+type observed struct {
+	mu             sync.Mutex
+	firstCompleted map[string]int
+	lateRecorded   map[string]int
+}
+
+func newObserved() *observed {
+	return &observed{firstCompleted: map[string]int{}, lateRecorded: map[string]int{}}
+}
+
+func (o *observed) observe(_ context.Context, _ events.Event, out handlers.Outcome) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if out.Order != nil {
+		if out.FirstCompleted {
+			o.firstCompleted[out.Order.OrderID]++
+		}
+		o.lateRecorded[out.Order.OrderID] += len(out.LateRecorded)
+	}
+	return nil
+}
+
+func (o *observed) counts(orderID string) (int, int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.firstCompleted[orderID], o.lateRecorded[orderID]
+}
+
+type runningWorker struct {
+	w      *worker.Worker
+	cancel context.CancelFunc
+	// done is closed when Run returns; err is then its result.
+	done chan struct{}
+	err  error
+}
+
+// stop stops the worker softly and waits for it.
+func (r *runningWorker) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+		require.NoError(t, r.err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("worker did not stop within 15s")
+	}
+}
+
+func testConsumerConfig() events.ConsumerConfig {
+	return events.ConsumerConfig{AckWait: 2 * time.Second, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Concurrency: 4}
+}
+
+// startWorker starts a real worker against natsURL, stopped when the test ends.
+func startWorker(t *testing.T, natsURL string, observer func(context.Context, events.Event, handlers.Outcome) error) *runningWorker {
+	t.Helper()
+	w, err := worker.Start(context.Background(), worker.Config{
+		NATSURL:       natsURL,
+		MetricsListen: "127.0.0.1:0",
+		Consumer:      testConsumerConfig(),
+		StreamWait:    10 * time.Second,
+		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		Observer:      observer,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		r.err = w.Run(ctx)
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(15 * time.Second):
+			t.Error("worker did not stop within 15s")
+		}
+	})
+	return r
+}
+
+// post sends a signed webhook and returns the status and decoded body.
+func post(t *testing.T, signer *testutil.Signer, s *ingest.Service, body []byte) (int, map[string]string) {
+	t.Helper()
+	resp, err := httpClient.Do(signer.Request(t, "http://"+s.PublicAddr()+ingest.WebhookPath, body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]string
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return resp.StatusCode, out
+}
+
+// postUntilStored retries like Cobo does until ingest answers 200.
+func postUntilStored(t *testing.T, signer *testutil.Signer, s *ingest.Service, body []byte) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for attempt := 0; ; attempt++ {
+		code, out := post(t, signer, s, body)
+		if code == http.StatusOK {
+			return out["status"]
+		}
+		require.Equal(t, http.StatusServiceUnavailable, code, "unexpected answer %v", out)
+		require.True(t, time.Now().Before(deadline), "still %d after %d attempts", code, attempt)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func getJSON(t *testing.T, url string, header http.Header) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := httpClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, b
+}
+
+func getOrder(t *testing.T, s *ingest.Service, orderID string) (domain.OrderView, bool) {
+	t.Helper()
+	code, b := getJSON(t, "http://"+s.AdminAddr()+"/v1/orders/"+orderID, nil)
+	if code == http.StatusNotFound {
+		return domain.OrderView{}, false
+	}
+	require.Equal(t, http.StatusOK, code, string(b))
+	var v domain.OrderView
+	require.NoError(t, json.Unmarshal(b, &v))
+	return v, true
+}
+
+// waitFor polls cond every 50ms for at most timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// orderEvents is one order's realistic webhook history.
+func orderEvents(orderID string) [][]byte { return orderEventsWithSuffix(orderID, "") }
+
+// orderEventsWithSuffix is orderEvents with suffix appended to each event_id.
+func orderEventsWithSuffix(orderID, suffix string) [][]byte {
+	id := func(name string) string { return orderID + "-" + name + suffix }
+	return [][]byte{
+		testutil.OrderEvent(id("pending"), orderID, "M1001", "Pending", 100, "0"),
+		testutil.TransactionEvent(id("txc"), "completed", orderID, orderID+"-tx1", "102.000001"),
+		testutil.OrderEvent(id("completed"), orderID, "M1001", "Completed", 200, "102.000001"),
+		testutil.TransactionEvent(id("late"), "late", orderID, orderID+"-tx2", "5.123456"),
+		testutil.OrderUpdatedEvent(id("notice"), orderID, "M1001", "Completed", 300, "102", orderID+"-tx2", "5.12"),
+	}
+}
+
+// requireFinalOrder checks the state every orderEvents history ends in.
+func requireFinalOrder(t *testing.T, s *ingest.Service, orderID string) {
+	t.Helper()
+	v, ok := getOrder(t, s, orderID)
+	require.True(t, ok, orderID)
+	require.Equal(t, domain.StatusCompleted, v.Status, orderID)
+	require.Equal(t, "102.000001", v.ReceivedTokenAmount.Decimal.String(), orderID)
+	require.Len(t, v.LatePayments, 1, orderID)
+	require.Equal(t, "5.123456", v.LatePayments[0].Amount.String(), orderID)
+	require.Len(t, v.Deposits, 1, orderID)
+}
+
+func orderComplete(t *testing.T, s *ingest.Service, orderID string) bool {
+	v, ok := getOrder(t, s, orderID)
+	// Every event of the history must have left its mark: the notice
+	// (timestamp 300), the precise Completed snapshot, the late payment at
+	// full precision and the deposit.
+	return ok && v.Status == domain.StatusCompleted && v.UpdatedTimestamp == 300 &&
+		v.ReceivedTokenAmount.Decimal.String() == "102.000001" &&
+		len(v.LatePayments) == 1 && v.LatePayments[0].Precise && len(v.Deposits) == 1
+}
+
+// streamMsgs returns how many events the event stream holds.
+func streamMsgs(t *testing.T, natsURL string) uint64 {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	st, err := js.Stream(context.Background(), events.StreamName)
+	require.NoError(t, err)
+	info, err := st.Info(context.Background())
+	require.NoError(t, err)
+	return info.State.Msgs
+}
+
+func orderID(prefix string, i int) string { return fmt.Sprintf("%s-%03d", prefix, i) }

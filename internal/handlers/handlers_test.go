@@ -1,0 +1,233 @@
+package handlers_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/handlers"
+	"github.com/paystream/paystream/internal/testutil"
+)
+
+// newStore returns an order store on a real embedded JetStream bucket.
+func newStore(t *testing.T) *events.OrderStore {
+	t.Helper()
+	_, js := testutil.Connect(t, testutil.StartJetStream(t))
+	kv, err := events.EnsureOrdersBucket(context.Background(), js, events.StreamConfig{})
+	require.NoError(t, err)
+	return events.NewOrderStore(kv)
+}
+
+func delivery(t *testing.T, body []byte) cobo.Delivery {
+	t.Helper()
+	env, err := cobo.ParseEnvelope(body)
+	require.NoError(t, err)
+	return cobo.Delivery{Envelope: env, Body: body}
+}
+
+// lifecycle is one order's realistic events, renamed for order id.
+func lifecycle(orderID string) [][]byte {
+	return [][]byte{
+		testutil.OrderEvent(orderID+"-pending", orderID, "M1001", "Pending", 100, "0"),
+		testutil.TransactionEvent(orderID+"-txc", "completed", orderID, orderID+"-tx1", "102.000001"),
+		testutil.OrderEvent(orderID+"-completed", orderID, "M1001", "Completed", 200, "102.000001"),
+		testutil.OrderUpdatedEvent(orderID+"-upd", orderID, "M1001", "Completed", 200, "102", "", ""),
+		testutil.TransactionEvent(orderID+"-late", "late", orderID, orderID+"-tx2", "5.123456"),
+		testutil.OrderUpdatedEvent(orderID+"-notice", orderID, "M1001", "Completed", 300, "102", orderID+"-tx2", "5.12"),
+	}
+}
+
+func permutations(n int) [][]int {
+	var out [][]int
+	var rec func(p []int, used []bool)
+	rec = func(p []int, used []bool) {
+		if len(p) == n {
+			out = append(out, append([]int(nil), p...))
+			return
+		}
+		for i := 0; i < n; i++ {
+			if !used[i] {
+				used[i] = true
+				rec(append(p, i), used)
+				used[i] = false
+			}
+		}
+	}
+	rec(nil, make([]bool, n))
+	return out
+}
+
+func viewJSON(t *testing.T, o *domain.Order, orderID string) string {
+	t.Helper()
+	v := o.View()
+	v.OrderID = "X"
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	// Ids embed the order id; normalise them so permutations compare.
+	return string(replaceAll(b, orderID, "X"))
+}
+
+func replaceAll(b []byte, old, new string) []byte {
+	return []byte(strings.ReplaceAll(string(b), old, new))
+}
+
+func TestEveryPermutationGivesTheSameState(t *testing.T) {
+	store := newStore(t)
+	h := handlers.New(store)
+	ctx := context.Background()
+	perms := permutations(len(lifecycle("x")))
+	require.Len(t, perms, 720)
+
+	var want string
+	for i, p := range perms {
+		orderID := fmt.Sprintf("O-perm-%d", i)
+		evs := lifecycle(orderID)
+		firstCompleted, lateRecorded := 0, 0
+		for _, idx := range p {
+			// Each event twice: the duplicate must change nothing.
+			for range 2 {
+				out, err := h.Handle(ctx, delivery(t, evs[idx]))
+				require.NoError(t, err)
+				if out.FirstCompleted {
+					firstCompleted++
+				}
+				lateRecorded += len(out.LateRecorded)
+			}
+		}
+		require.Equal(t, 1, firstCompleted, "permutation %v", p)
+		require.Equal(t, 1, lateRecorded, "permutation %v", p)
+		o, _, err := store.Get(ctx, orderID)
+		require.NoError(t, err)
+		got := viewJSON(t, o, orderID)
+		if want == "" {
+			want = got
+		}
+		require.JSONEq(t, want, got, "permutation %v", p)
+	}
+
+	o, _, err := store.Get(ctx, "O-perm-0")
+	require.NoError(t, err)
+	v := o.View()
+	require.Equal(t, domain.StatusCompleted, v.Status)
+	require.Equal(t, "M1001", v.MerchantID)
+	require.Equal(t, "ETH_USDT", v.PayableCurrency)
+	// Full precision from the advanced event wins over the truncated notice.
+	require.Equal(t, "102.000001", v.ReceivedTokenAmount.Decimal.String())
+	require.Equal(t, "100", v.PricingAmount.Decimal.String())
+	require.Equal(t, "2", v.FeeAmount.Decimal.String())
+	require.EqualValues(t, 300, v.UpdatedTimestamp)
+	require.Len(t, v.LatePayments, 1)
+	require.Equal(t, "O-perm-0-tx2", v.LatePayments[0].TransactionID)
+	require.True(t, decimal.RequireFromString("5.123456").Equal(v.LatePayments[0].Amount))
+	require.Len(t, v.Deposits, 1)
+}
+
+func TestStatusRules(t *testing.T) {
+	store := newStore(t)
+	h := handlers.New(store)
+	ctx := context.Background()
+	apply := func(body []byte) handlers.Outcome {
+		out, err := h.Handle(ctx, delivery(t, body))
+		require.NoError(t, err)
+		return out
+	}
+
+	t.Run("final is terminal and a conflict is reported, not applied", func(t *testing.T) {
+		out := apply(testutil.OrderEvent("a1", "O-a", "M1", "Expired", 100, "0"))
+		require.Equal(t, domain.StatusExpired, out.Order.Status)
+		out = apply(testutil.OrderEvent("a2", "O-a", "M1", "Completed", 200, "102"))
+		require.False(t, out.FirstCompleted)
+		require.Equal(t, domain.StatusCompleted, out.ConflictingFinal)
+		require.Equal(t, domain.StatusExpired, out.Order.Status)
+		require.Equal(t, handlers.Unchanged, apply(testutil.OrderEvent("a2", "O-a", "M1", "Completed", 200, "102")).Result)
+	})
+	t.Run("an older event never overwrites newer state", func(t *testing.T) {
+		apply(testutil.OrderEvent("b1", "O-b", "M1", "Completed", 200, "102"))
+		out := apply(testutil.OrderEvent("b0", "O-b", "M1", "Pending", 100, "0"))
+		require.Equal(t, handlers.Unchanged, out.Result)
+		require.Equal(t, domain.StatusCompleted, out.Order.Status)
+		require.Equal(t, "102", out.Order.View().ReceivedTokenAmount.Decimal.String())
+	})
+	t.Run("late payments never change the status and count once", func(t *testing.T) {
+		apply(testutil.OrderEvent("c1", "O-c", "M1", "Underpaid", 200, "50"))
+		out := apply(testutil.TransactionEvent("c2", "late", "O-c", "tx-c", "3"))
+		require.Len(t, out.LateRecorded, 1)
+		require.Equal(t, domain.StatusUnderpaid, out.Order.Status)
+		out = apply(testutil.TransactionEvent("c3", "late", "O-c", "tx-c", "3"))
+		require.Equal(t, handlers.Unchanged, out.Result)
+		require.Empty(t, out.LateRecorded)
+	})
+	t.Run("legacy event name is handled", func(t *testing.T) {
+		body := strings.ReplaceAll(string(testutil.OrderEvent("d1", "O-d", "M1", "Completed", 200, "102")), "payment.order.status.updated", "payment.status.updated")
+		out := apply([]byte(body))
+		require.True(t, out.FirstCompleted)
+	})
+	t.Run("unknown types are ignored, top-up transactions have no order", func(t *testing.T) {
+		require.Equal(t, handlers.Ignored, apply([]byte(`{"event_id":"u1","type":"payment.refund.status.updated","data":{"data_type":"PaymentRefund"}}`)).Result)
+		require.Equal(t, handlers.NoOrder, apply(testutil.TransactionEvent("u2", "completed", "", "tx", "1")).Result)
+	})
+	t.Run("payloads that can never apply are invalid", func(t *testing.T) {
+		for name, body := range map[string]string{
+			"order without id":   `{"event_id":"i1","type":"payment.order.status.updated","data":{"status":"Completed"}}`,
+			"amount not decimal": `{"event_id":"i2","type":"payment.order.status.updated","data":{"order_id":"O-i","status":"Completed","payable_amount":"ten"}}`,
+			"late without order": string(testutil.TransactionEvent("i3", "late", "", "tx", "1")),
+			"late zero amount":   string(testutil.TransactionEvent("i4", "late", "O-i", "tx", "0")),
+		} {
+			_, err := h.Handle(ctx, delivery(t, []byte(body)))
+			require.ErrorIs(t, err, domain.ErrInvalid, name)
+		}
+	})
+}
+
+// TestConcurrentHandlersCommitEachTransitionOnce races many goroutines
+// applying the same events to the same orders through the real bucket.
+func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
+	store := newStore(t)
+	ctx := context.Background()
+	const orders, racers = 10, 6
+	var mu sync.Mutex
+	completed := map[string]int{}
+	late := map[string]int{}
+	var wg sync.WaitGroup
+	for r := range racers {
+		h := handlers.New(store)
+		wg.Go(func() {
+			for o := range orders {
+				orderID := fmt.Sprintf("O-race-%d", o)
+				evs := lifecycle(orderID)
+				for i := range evs {
+					body := evs[(i+r)%len(evs)]
+					out, err := h.Handle(ctx, delivery(t, body))
+					if err != nil {
+						t.Errorf("handle: %v", err)
+						return
+					}
+					mu.Lock()
+					if out.FirstCompleted {
+						completed[orderID]++
+					}
+					late[orderID] += len(out.LateRecorded)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for o := range orders {
+		orderID := fmt.Sprintf("O-race-%d", o)
+		require.Equal(t, 1, completed[orderID], orderID)
+		require.Equal(t, 1, late[orderID], orderID)
+		got, _, err := store.Get(ctx, orderID)
+		require.NoError(t, err)
+		require.Equal(t, domain.StatusCompleted, got.Status)
+	}
+}
