@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
+	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/worker"
 )
@@ -32,6 +35,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	ackWait := fs.Duration("ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
+	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
+	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "file holding the Cobo API secret (hex Ed25519 seed)")
+	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "allocation rules file (JSON); empty keeps order state only")
+	batchMax := fs.Int("batch-max", "PAYSTREAM_BATCH_MAX", allocation.DefaultBatchMax, "items per Cobo batch allocation at most")
+	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
 	natsFlags := cli.NATSAuthFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -44,7 +52,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	alloc, err := allocationConfig(*rulesFile, *coboSecretFile, *coboURL, *batchMax, *batchWait)
+	if err != nil {
+		return err
+	}
 	return worker.Run(ctx, worker.Config{
+		Allocation:    alloc,
 		NATSURL:       *natsURL,
 		NATSOptions:   natsOpts,
 		MetricsListen: *metricsListen,
@@ -52,4 +65,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
 		Logger:        log,
 	})
+}
+
+// allocationConfig loads the rules and the Cobo client; without -rules the
+// worker keeps order state only.
+func allocationConfig(rulesFile, secretFile, apiURL string, batchMax int, batchWait time.Duration) (*worker.AllocationConfig, error) {
+	if rulesFile == "" {
+		return nil, nil
+	}
+	rules, err := allocation.LoadRules(rulesFile)
+	if err != nil {
+		return nil, fmt.Errorf("-rules: %w", err)
+	}
+	if secretFile == "" {
+		return nil, fmt.Errorf("-rules needs -cobo-api-secret-file")
+	}
+	secret, err := cli.ReadSecretFile(secretFile)
+	if err != nil {
+		return nil, fmt.Errorf("-cobo-api-secret-file: %w", err)
+	}
+	signer, err := cobo.NewAPISigner(secret)
+	if err != nil {
+		return nil, fmt.Errorf("-cobo-api-secret-file: %w", err)
+	}
+	ccfg := cobo.ClientConfig{BaseURL: apiURL, Signer: signer}
+	if _, err := cobo.NewClient(ccfg); err != nil {
+		return nil, fmt.Errorf("-cobo-api-url: %w", err)
+	}
+	return &worker.AllocationConfig{
+		Rules:   rules,
+		Cobo:    ccfg,
+		Batcher: allocation.BatcherConfig{BatchMax: batchMax, BatchWait: batchWait},
+	}, nil
 }

@@ -116,6 +116,20 @@ type Order struct {
 	// ConflictingFinals lists final statuses reported after the order was
 	// already final with a different status (never expected from Cobo).
 	ConflictingFinals []OrderStatus `json:"conflicting_finals,omitempty"`
+
+	// Allocations are the fund movements decided for this order, with
+	// their progress at the provider.
+	Allocations []AllocationItem `json:"allocations,omitempty"`
+}
+
+// Allocation returns a pointer to the item with id, or nil.
+func (o *Order) Allocation(id string) *AllocationItem {
+	for i := range o.Allocations {
+		if o.Allocations[i].ID == id {
+			return &o.Allocations[i]
+		}
+	}
+	return nil
 }
 
 // OrderView is the public JSON shape of an order: the merged fields flat at
@@ -137,6 +151,7 @@ type OrderView struct {
 	LatePayments        []LatePayment       `json:"late_payments"`
 	Deposits            []Deposit           `json:"deposits"`
 	ConflictingFinals   []OrderStatus       `json:"conflicting_finals,omitempty"`
+	Allocations         []AllocationItem    `json:"allocations"`
 }
 
 // View flattens the order: full-precision fields win, notice fields fill gaps.
@@ -147,6 +162,10 @@ func (o *Order) View() OrderView {
 		LatePayments:      o.LatePayments,
 		Deposits:          o.Deposits,
 		ConflictingFinals: o.ConflictingFinals,
+		Allocations:       o.Allocations,
+	}
+	if v.Allocations == nil {
+		v.Allocations = []AllocationItem{}
 	}
 	if v.LatePayments == nil {
 		v.LatePayments = []LatePayment{}

@@ -23,6 +23,33 @@ type OrderRepo interface {
 	Put(ctx context.Context, o *domain.Order, rev uint64) (uint64, error)
 }
 
+// Planner decides the allocation items an order's changes make. Its items
+// are committed with the change itself.
+type Planner interface {
+	// OnCompleted returns the items for the order's first Completed.
+	OnCompleted(o *domain.Order) []domain.AllocationItem
+	// OnLatePayment returns the items for a newly recorded late payment.
+	OnLatePayment(o *domain.Order, lp domain.LatePayment) []domain.AllocationItem
+	// NeedsMerchantForLate reports whether late payments need the order's
+	// merchant, so that an order never seen must be fetched first.
+	NeedsMerchantForLate() bool
+}
+
+// OrderFetcher reads an order from the provider, for late payments of
+// orders paystream never saw.
+type OrderFetcher interface {
+	FetchOrder(ctx context.Context, orderID string) (*domain.Snapshot, error)
+}
+
+// Option configures a Handler.
+type Option func(*Handler)
+
+// WithPlanner makes the handler plan allocations with p.
+func WithPlanner(p Planner) Option { return func(h *Handler) { h.planner = p } }
+
+// WithFetcher lets the handler fetch unknown orders through f.
+func WithFetcher(f OrderFetcher) Option { return func(h *Handler) { h.fetcher = f } }
+
 // Result says what handling an event did.
 type Result string
 
@@ -52,6 +79,8 @@ type Outcome struct {
 	// ConflictingFinal is a final status that contradicted the stored final
 	// status, which was kept.
 	ConflictingFinal domain.OrderStatus
+	// Planned lists allocation items this event's commit added.
+	Planned []domain.AllocationItem
 }
 
 // DefaultMaxCASAttempts bounds compare-and-set retries for one event.
@@ -61,12 +90,18 @@ const DefaultMaxCASAttempts = 50
 // by any number of goroutines and processes.
 type Handler struct {
 	repo        OrderRepo
+	planner     Planner
+	fetcher     OrderFetcher
 	maxAttempts int
 }
 
 // New returns a Handler over repo.
-func New(repo OrderRepo) *Handler {
-	return &Handler{repo: repo, maxAttempts: DefaultMaxCASAttempts}
+func New(repo OrderRepo, opts ...Option) *Handler {
+	h := &Handler{repo: repo, maxAttempts: DefaultMaxCASAttempts}
+	for _, o := range opts {
+		o(h)
+	}
+	return h
 }
 
 // Handle applies one delivered event. Applying the same event again, or
@@ -125,7 +160,15 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
 		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, Precise: true, EventID: d.EventID}
+		fetched, err := h.fetchIfMerchantUnknown(ctx, data.OrderID)
+		if err != nil {
+			return Outcome{}, err
+		}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			if fetched != nil {
+				mergeSnapshot(&o.Snapshot, fetched, fx)
+				mergeStatus(o, fetched.Status, d.EventID, fx)
+			}
 			recordLate(o, lp, fx)
 		})
 
@@ -164,6 +207,7 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 		}
 		var fx effects
 		mutate(o, &fx)
+		h.plan(o, &fx)
 		if !fx.changed {
 			return Outcome{Result: Unchanged, Order: o}, nil
 		}
@@ -179,9 +223,51 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 			FirstCompleted:   fx.firstCompleted,
 			LateRecorded:     fx.lateRecorded,
 			ConflictingFinal: fx.conflictingFinal,
+			Planned:          fx.planned,
 		}, nil
 	}
 	return Outcome{}, fmt.Errorf("update order %s: %d attempts lost the race: %w", orderID, h.maxAttempts, domain.ErrConflict)
+}
+
+// plan adds the allocation items of this change, once per item id.
+func (h *Handler) plan(o *domain.Order, fx *effects) {
+	if h.planner == nil {
+		return
+	}
+	var items []domain.AllocationItem
+	if fx.firstCompleted {
+		items = append(items, h.planner.OnCompleted(o)...)
+	}
+	for _, lp := range fx.lateRecorded {
+		items = append(items, h.planner.OnLatePayment(o, lp)...)
+	}
+	for _, it := range items {
+		if o.Allocation(it.ID) == nil {
+			o.Allocations = append(o.Allocations, it)
+			fx.planned = append(fx.planned, it)
+			fx.changed = true
+		}
+	}
+}
+
+// fetchIfMerchantUnknown fetches the order from the provider when a late
+// payment must be credited to a merchant paystream does not know yet.
+func (h *Handler) fetchIfMerchantUnknown(ctx context.Context, orderID string) (*domain.Snapshot, error) {
+	if h.planner == nil || h.fetcher == nil || !h.planner.NeedsMerchantForLate() {
+		return nil, nil
+	}
+	o, _, err := h.repo.Get(ctx, orderID)
+	switch {
+	case err == nil && o.View().MerchantID != "":
+		return nil, nil
+	case err != nil && !errors.Is(err, domain.ErrNotFound):
+		return nil, fmt.Errorf("load order %s: %w", orderID, err)
+	}
+	snap, err := h.fetcher.FetchOrder(ctx, orderID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch order %s for its late payment: %w", orderID, err)
+	}
+	return snap, nil
 }
 
 func decode(d cobo.Delivery, v any) error {

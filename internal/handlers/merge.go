@@ -16,6 +16,8 @@ type effects struct {
 	lateRecorded []domain.LatePayment
 	// conflictingFinal: a final status that contradicts the stored one.
 	conflictingFinal domain.OrderStatus
+	// planned: allocation items this change added.
+	planned []domain.AllocationItem
 }
 
 // mergeStatus moves the order forward: Pending < Processing < final, and a

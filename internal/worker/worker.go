@@ -5,6 +5,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/paystream/paystream/internal/admin"
+	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
@@ -46,8 +48,22 @@ type Config struct {
 	StreamWait time.Duration
 	// Logger receives the worker's logs.
 	Logger zerolog.Logger
-	// Observer, when set, sees every committed outcome (tests, allocations).
+	// Observer, when set, sees every committed outcome (tests).
 	Observer func(ctx context.Context, ev events.Event, out handlers.Outcome) error
+	// Allocation, when set, plans allocations by its rules and delivers
+	// them exactly once.
+	Allocation *AllocationConfig
+}
+
+// AllocationConfig configures the allocation side of a worker.
+type AllocationConfig struct {
+	// Rules decide the items. Required.
+	Rules *allocation.Rules
+	// Cobo configures the Cobo API client; its Observe hook is set to the
+	// worker's metrics.
+	Cobo cobo.ClientConfig
+	// Batcher tunes batching and recovery.
+	Batcher allocation.BatcherConfig
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -67,6 +83,9 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
+	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
+		return errors.New("Allocation needs Rules and Cobo.Signer")
+	}
 	if err := c.Stream.Validate(); err != nil {
 		return fmt.Errorf("Stream.%w", err)
 	}
@@ -116,6 +135,7 @@ func typeLabel(t string) string {
 // Worker is a running worker.
 type Worker struct {
 	cfg       Config
+	batcher   *allocation.Batcher
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	consumer  *events.Consumer
@@ -171,12 +191,47 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	ccfg.Logger = cfg.Logger
 	ccfg.Metrics = events.NewConsumerMetrics(reg)
 	m := newMetrics(reg)
-	h := handlers.New(w.orders)
+	var hopts []handlers.Option
+	var outbox *allocation.Outbox
+	var am *allocation.Metrics
+	if a := cfg.Allocation; a != nil {
+		am = allocation.NewMetrics(reg)
+		if err = allocation.EnsureResources(ctx, w.js, cfg.Stream, allocation.DefaultIntentAck); err != nil {
+			return nil, err
+		}
+		ccfg := a.Cobo
+		ccfg.Observe = am.ObserveCobo
+		client, err := cobo.NewClient(ccfg)
+		if err != nil {
+			return nil, err
+		}
+		outbox = allocation.NewOutbox(w.js)
+		hopts = append(hopts, handlers.WithPlanner(a.Rules), handlers.WithFetcher(allocation.CoboOrders{API: client}))
+		bcfg := a.Batcher
+		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
+		bcfg.Metrics = am
+		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
+			return nil, err
+		}
+	}
+	h := handlers.New(w.orders, hopts...)
 	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
 		out, err := h.Handle(ctx, ev.Delivery)
 		if err != nil {
 			m.handled.WithLabelValues(typeLabel(ev.Type), "error").Inc()
 			return err
+		}
+		if am != nil {
+			for _, it := range out.Planned {
+				am.ItemPlanned(it)
+			}
+		}
+		// Publish before the ack: if this process dies first, the event is
+		// redelivered and the still-planned items are published then.
+		if outbox != nil && out.Order != nil {
+			if _, err := outbox.Publish(ctx, out.Order); err != nil {
+				return err
+			}
 		}
 		m.handled.WithLabelValues(typeLabel(ev.Type), string(out.Result)).Inc()
 		log := cfg.Logger.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger()
@@ -251,8 +306,14 @@ func (w *Worker) MetricsAddr() string {
 // Run processes events until ctx is done, then finishes or hands back
 // in-flight events and drains the connection.
 func (w *Worker) Run(ctx context.Context) error {
-	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Msg("worker started")
-	err := w.consumer.Run(ctx)
+	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).Msg("worker started")
+	batcherDone := make(chan error, 1)
+	if w.batcher != nil {
+		go func() { batcherDone <- w.batcher.Run(ctx) }()
+	} else {
+		batcherDone <- nil
+	}
+	err := errors.Join(w.consumer.Run(ctx), <-batcherDone)
 	w.cfg.Logger.Info().Msg("worker stopping")
 	w.close()
 	return err

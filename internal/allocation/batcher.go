@@ -1,0 +1,527 @@
+package allocation
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
+)
+
+// CoboAPI is the part of Cobo's API the batcher uses.
+type CoboAPI interface {
+	// CreateBatchAllocation creates the batch or, when its request_id was
+	// used before, returns the existing one.
+	CreateBatchAllocation(ctx context.Context, req cobo.CreateBatchAllocationRequest) (cobo.BatchAllocation, error)
+	GetBatchAllocation(ctx context.Context, batchAllocationID string) (cobo.BatchAllocation, error)
+}
+
+// OrderRepo reads and writes order state with compare-and-set.
+type OrderRepo interface {
+	Get(ctx context.Context, orderID string) (*domain.Order, uint64, error)
+	Put(ctx context.Context, o *domain.Order, rev uint64) (uint64, error)
+}
+
+// Defaults for BatcherConfig.
+const (
+	DefaultBatchMax     = 50
+	DefaultBatchWait    = 2 * time.Second
+	DefaultRecoverEvery = 5 * time.Second
+	DefaultRecoverAfter = 30 * time.Second
+	DefaultIntentAck    = time.Minute
+)
+
+// BatcherConfig configures a Batcher.
+type BatcherConfig struct {
+	// BatchMax is the most items in one Cobo batch (Cobo's list limit is 50).
+	BatchMax int
+	// BatchWait is how long the first item of a batch waits for company.
+	BatchWait time.Duration
+	// RecoverEvery is how often unfinished batches are looked for.
+	RecoverEvery time.Duration
+	// RecoverAfter is how old an unfinished batch must be before any
+	// batcher resumes it, so a live batcher is not second-guessed.
+	RecoverAfter time.Duration
+	// SendTimeout bounds one send of a batch, retries included.
+	SendTimeout time.Duration
+	Logger      zerolog.Logger
+	Metrics     *Metrics
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c BatcherConfig) WithDefaults() BatcherConfig {
+	if c.BatchMax == 0 {
+		c.BatchMax = DefaultBatchMax
+	}
+	if c.BatchWait == 0 {
+		c.BatchWait = DefaultBatchWait
+	}
+	if c.RecoverEvery == 0 {
+		c.RecoverEvery = DefaultRecoverEvery
+	}
+	if c.RecoverAfter == 0 {
+		c.RecoverAfter = DefaultRecoverAfter
+	}
+	if c.SendTimeout == 0 {
+		c.SendTimeout = time.Minute
+	}
+	return c
+}
+
+// Validate reports the first invalid field by name.
+func (c BatcherConfig) Validate() error {
+	switch {
+	case c.BatchMax < 1 || c.BatchMax > 50:
+		return fmt.Errorf("BatchMax must be 1 to 50, got %d", c.BatchMax)
+	case c.BatchWait <= 0:
+		return fmt.Errorf("BatchWait must be positive, got %s", c.BatchWait)
+	case c.RecoverEvery <= 0 || c.RecoverAfter <= 0:
+		return fmt.Errorf("RecoverEvery and RecoverAfter must be positive, got %s and %s", c.RecoverEvery, c.RecoverAfter)
+	case c.SendTimeout <= 0:
+		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
+	}
+	return nil
+}
+
+// Batcher groups planned Cobo items into batch allocations and delivers
+// each item exactly once: an item is claimed by one batch, the batch is
+// persisted with its request_id before the first send, every resend uses
+// that request_id, and the outcome is recorded on the orders. Any number
+// of batchers may run; each resumes batches others left unfinished.
+type Batcher struct {
+	js     jetstream.JetStream
+	store  *batchStore
+	api    CoboAPI
+	orders OrderRepo
+	cfg    BatcherConfig
+}
+
+// NewBatcher returns a Batcher. EnsureResources must have run.
+func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders OrderRepo, cfg BatcherConfig) (*Batcher, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("batcher config: %w", err)
+	}
+	st, err := openBatchStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	return &Batcher{js: js, store: st, api: api, orders: orders, cfg: cfg}, nil
+}
+
+// Run batches until ctx is done. A batch being sent when ctx ends is left
+// persisted and is resumed by a batcher later.
+func (b *Batcher) Run(ctx context.Context) error {
+	cons, err := b.js.Consumer(ctx, IntentStream, BatcherConsumer)
+	if err != nil {
+		return fmt.Errorf("batcher consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4*b.cfg.BatchMax), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	if err != nil {
+		return fmt.Errorf("batcher consume: %w", err)
+	}
+	defer it.Stop()
+
+	var pending []jetstream.Msg
+	var firstAt time.Time
+	nextRecover := time.Now()
+	for ctx.Err() == nil {
+		if time.Now().After(nextRecover) {
+			b.Recover(ctx, b.cfg.RecoverAfter)
+			nextRecover = time.Now().Add(b.cfg.RecoverEvery)
+		}
+		wait := 250 * time.Millisecond
+		if len(pending) > 0 {
+			wait = max(time.Millisecond, min(wait, time.Until(firstAt.Add(b.cfg.BatchWait))))
+		}
+		msg, err := it.Next(jetstream.NextMaxWait(wait))
+		switch {
+		case err == nil:
+			if len(pending) == 0 {
+				firstAt = time.Now()
+			}
+			pending = append(pending, msg)
+		case errors.Is(err, nats.ErrTimeout):
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return nil
+		default:
+			b.cfg.Logger.Warn().Err(err).Msg("batcher pull interrupted")
+		}
+		if len(pending) > 0 && (len(pending) >= b.cfg.BatchMax || time.Since(firstAt) >= b.cfg.BatchWait) {
+			b.flush(ctx, pending)
+			pending = nil
+		}
+	}
+	for _, m := range pending {
+		_ = m.Nak()
+	}
+	return nil
+}
+
+// flush turns intents into one persisted, claimed batch, acks them, and
+// sends the batch.
+func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
+	log := b.cfg.Logger
+	seen := map[string]bool{}
+	var items []domain.AllocationItem
+	for _, m := range msgs {
+		var it domain.AllocationItem
+		if err := json.Unmarshal(m.Data(), &it); err != nil || it.ID == "" {
+			log.Error().Err(err).Str("subject", m.Subject()).Msg("undecodable allocation intent dropped")
+			_ = m.Term()
+			continue
+		}
+		if !seen[it.ID] {
+			seen[it.ID] = true
+			items = append(items, it)
+		}
+	}
+	if len(items) == 0 {
+		return
+	}
+	batch := &Batch{RequestID: newRequestID(), Status: BatchClaiming, Items: items, CreatedAt: time.Now().UTC()}
+	rev, err := b.store.put(ctx, batch, 0)
+	if err == nil {
+		rev, err = b.settleClaims(ctx, batch, rev)
+	}
+	if err != nil {
+		// Nothing was sent: hand the intents back. A half-claimed batch is
+		// finished by Recover, and the redelivered intents find their claims.
+		log.Warn().Err(err).Str("request_id", batch.RequestID).Msg("batch not persisted; intents handed back")
+		for _, m := range msgs {
+			_ = m.NakWithDelay(time.Second)
+		}
+		return
+	}
+	for _, m := range msgs {
+		_ = m.Ack()
+	}
+	if batch.Status == BatchReady {
+		b.deliver(ctx, batch, rev)
+	}
+}
+
+// settleClaims claims every item for the batch, drops items another batch
+// owns, and moves the batch to ready (or deletes it when nothing is left).
+func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (uint64, error) {
+	kept := batch.Items[:0:0]
+	for _, it := range batch.Items {
+		owned, err := b.store.claim(ctx, it.ID, batch.RequestID)
+		if err != nil {
+			return rev, err
+		}
+		if owned {
+			it.RequestID = batch.RequestID
+			kept = append(kept, it)
+		}
+	}
+	batch.Items = kept
+	if len(kept) == 0 {
+		return 0, b.store.remove(ctx, batch.RequestID)
+	}
+	batch.Status = BatchReady
+	return b.store.put(ctx, batch, rev)
+}
+
+// deliver sends a ready batch (again, with its request_id) and records
+// the outcome; a batch already sent is polled and recorded.
+func (b *Batcher) deliver(ctx context.Context, batch *Batch, rev uint64) {
+	log := b.cfg.Logger.With().Str("request_id", batch.RequestID).Int("items", len(batch.Items)).Logger()
+	if batch.Status == BatchReady {
+		sctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
+		res, err := b.api.CreateBatchAllocation(sctx, toRequest(batch))
+		cancel()
+		batch.Attempts++
+		var apiErr *cobo.APIError
+		switch {
+		case err == nil:
+			batch.Status = BatchSent
+			batch.BatchAllocationID = res.BatchAllocationID
+			batch.ProviderStatus = res.Status
+			b.metrics().batchSize.Observe(float64(len(batch.Items)))
+			if res.Status == cobo.BatchCompleted {
+				for i := range batch.Items {
+					batch.Items[i].ProviderStatus = cobo.ItemCompleted
+				}
+			}
+		case errors.As(err, &apiErr) && !apiErr.Retryable():
+			batch.Status = BatchRejected
+			batch.LastError = apiErr.Error()
+			log.Error().Err(err).Msg("cobo rejected the batch; its items are failed for an operator to review")
+		default:
+			batch.LastError = err.Error()
+			if _, perr := b.store.put(ctx, batch, rev); perr != nil {
+				log.Warn().Err(perr).Msg("could not note the failed attempt")
+			}
+			log.Warn().Err(err).Int("attempts", batch.Attempts).Msg("batch send failed; it will be resent with the same request_id")
+			return
+		}
+		var err2 error
+		if rev, err2 = b.store.put(ctx, batch, rev); err2 != nil {
+			log.Warn().Err(err2).Msg("could not persist the batch outcome; it will be resent with the same request_id")
+			return
+		}
+	}
+	if batch.Status == BatchSent && !allItemsFinal(batch) {
+		if err := b.poll(ctx, batch); err != nil {
+			log.Warn().Err(err).Msg("batch poll failed; will poll again")
+		}
+	}
+	if err := b.record(ctx, batch); err != nil {
+		log.Warn().Err(err).Msg("recording the outcome on orders failed; will retry")
+		return
+	}
+	if batch.Status == BatchRejected || allItemsFinal(batch) {
+		if err := b.store.remove(ctx, batch.RequestID); err != nil {
+			log.Warn().Err(err).Msg("could not retire the recorded batch")
+		}
+		return
+	}
+	// Items still Pending or Transferring: keep the batch for polling.
+	if _, err := b.store.put(ctx, batch, rev); err != nil {
+		log.Warn().Err(err).Msg("could not persist polled statuses")
+	}
+}
+
+// poll refreshes item statuses from GET /payments/batch_allocations/{id}.
+func (b *Batcher) poll(ctx context.Context, batch *Batch) error {
+	detail, err := b.api.GetBatchAllocation(ctx, batch.BatchAllocationID)
+	if err != nil {
+		return err
+	}
+	batch.ProviderStatus = detail.Status
+	used := make([]bool, len(detail.AllocationItems))
+	for i := range batch.Items {
+		it := &batch.Items[i]
+		for j, p := range detail.AllocationItems {
+			if !used[j] && sameItem(*it, p) {
+				used[j] = true
+				it.ProviderStatus = p.Status
+				it.ProviderID = p.AllocationItemID
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func sameItem(it domain.AllocationItem, p cobo.AllocationItem) bool {
+	return p.Description == it.Description && p.DestinationAccount == it.Destination &&
+		p.SourceAccount == it.Source && p.TokenID == it.TokenID && amountEqual(p.Amount, it)
+}
+
+func amountEqual(s string, it domain.AllocationItem) bool {
+	var a cobo.Amount
+	if err := a.UnmarshalJSON([]byte(`"` + s + `"`)); err != nil || !a.Valid {
+		return false
+	}
+	return a.Decimal.Equal(it.Amount)
+}
+
+// itemStatus maps the batch's knowledge of an item to paystream's status.
+func itemStatus(batch *Batch, it domain.AllocationItem) (string, string) {
+	switch {
+	case batch.Status == BatchRejected:
+		return domain.AllocFailed, batch.LastError
+	case it.ProviderStatus == cobo.ItemCompleted:
+		return domain.AllocCompleted, ""
+	case it.ProviderStatus == cobo.ItemFailed:
+		return domain.AllocFailed, "cobo reported the item Failed"
+	default:
+		return domain.AllocPending, ""
+	}
+}
+
+func allItemsFinal(batch *Batch) bool {
+	for _, it := range batch.Items {
+		if st, _ := itemStatus(batch, it); st == domain.AllocPending {
+			return false
+		}
+	}
+	return true
+}
+
+// record writes each item's outcome on its order, with compare-and-set.
+func (b *Batcher) record(ctx context.Context, batch *Batch) error {
+	byOrder := map[string][]domain.AllocationItem{}
+	for _, it := range batch.Items {
+		byOrder[it.OrderID] = append(byOrder[it.OrderID], it)
+	}
+	for orderID, items := range byOrder {
+		if err := b.recordOrder(ctx, batch, orderID, items); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Batcher) recordOrder(ctx context.Context, batch *Batch, orderID string, items []domain.AllocationItem) error {
+	for attempt := 0; attempt < 50; attempt++ {
+		o, rev, err := b.orders.Get(ctx, orderID)
+		if err != nil {
+			return fmt.Errorf("load order %s: %w", orderID, err)
+		}
+		var changed []domain.AllocationItem
+		for _, it := range items {
+			cur := o.Allocation(it.ID)
+			if cur == nil || cur.Final() {
+				continue
+			}
+			st, reason := itemStatus(batch, it)
+			if cur.Status == st && cur.RequestID == batch.RequestID && cur.ProviderStatus == it.ProviderStatus {
+				continue
+			}
+			cur.Status, cur.Reason = st, reason
+			cur.RequestID = batch.RequestID
+			cur.ProviderID = batch.BatchAllocationID
+			cur.ProviderStatus = it.ProviderStatus
+			changed = append(changed, *cur)
+		}
+		if len(changed) == 0 {
+			return nil
+		}
+		if _, err := b.orders.Put(ctx, o, rev); err != nil {
+			if errors.Is(err, domain.ErrConflict) {
+				continue
+			}
+			return fmt.Errorf("record allocations on order %s: %w", orderID, err)
+		}
+		for _, it := range changed {
+			b.metrics().items.WithLabelValues(domain.BackendCobo, it.Status).Inc()
+			ev := b.cfg.Logger.Info()
+			if it.Status == domain.AllocFailed {
+				ev = b.cfg.Logger.Error()
+			}
+			ev.Str("order_id", orderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
+				Str("batch_allocation_id", batch.BatchAllocationID).Str("amount", it.Amount.String()).Str("token_id", it.TokenID).
+				Str("destination", it.Destination).Str("status", it.Status).Str("reason", it.Reason).Msg("allocation item recorded")
+		}
+		return nil
+	}
+	return fmt.Errorf("record allocations on order %s: %w", orderID, domain.ErrConflict)
+}
+
+// Recover resumes every batch last touched more than olderThan ago: it
+// finishes claims, resends ready batches with their request_id, polls sent
+// ones and records outcomes. It returns how many batches it touched.
+func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
+	keys, err := b.store.keys(ctx)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrNoKeysFound) {
+			b.cfg.Logger.Warn().Err(err).Msg("cannot list batches to recover")
+		}
+		return 0
+	}
+	n := 0
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			break
+		}
+		batch, rev, err := b.store.get(ctx, k)
+		if err != nil || time.Since(batch.UpdatedAt) < olderThan {
+			continue
+		}
+		n++
+		b.cfg.Logger.Info().Str("request_id", batch.RequestID).Str("status", batch.Status).Int("attempts", batch.Attempts).Msg("resuming batch")
+		if batch.Status == BatchClaiming {
+			if rev, err = b.settleClaims(ctx, batch, rev); err != nil || batch.Status != BatchReady {
+				continue
+			}
+		}
+		b.deliver(ctx, batch, rev)
+	}
+	return n
+}
+
+func toRequest(batch *Batch) cobo.CreateBatchAllocationRequest {
+	req := cobo.CreateBatchAllocationRequest{RequestID: batch.RequestID}
+	for _, it := range batch.Items {
+		req.AllocationParams = append(req.AllocationParams, cobo.AllocationParam{
+			TokenID:            it.TokenID,
+			// Exact: splits are already rounded down, late payments move
+			// exactly what was received.
+			Amount:             it.Amount.String(),
+			SourceAccount:      it.Source,
+			DestinationAccount: it.Destination,
+			Description:        it.Description,
+		})
+	}
+	return req
+}
+
+// newRequestID returns a random UUIDv4-shaped request id.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+func (b *Batcher) metrics() *Metrics {
+	if b.cfg.Metrics == nil {
+		return nopMetrics
+	}
+	return b.cfg.Metrics
+}
+
+// Metrics are the allocation pipeline's Prometheus metrics.
+type Metrics struct {
+	items     *prometheus.CounterVec
+	batchSize prometheus.Histogram
+	apiTime   *prometheus.HistogramVec
+	apiErrors *prometheus.CounterVec
+}
+
+var nopMetrics = newMetrics()
+
+func newMetrics() *Metrics {
+	return &Metrics{
+		items: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_allocation_items_total", Help: "Allocation item outcomes recorded on orders, by backend and status.",
+		}, []string{"backend", "status"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "paystream_allocation_batch_size", Help: "Items per Cobo batch allocation sent.",
+			Buckets: []float64{1, 2, 5, 10, 20, 30, 40, 50},
+		}),
+		apiTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "paystream_cobo_api_seconds", Help: "Cobo API call latency by endpoint.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"endpoint"}),
+		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_cobo_api_errors_total", Help: "Cobo API errors by endpoint, HTTP status and error_code.",
+		}, []string{"endpoint", "status", "code"}),
+	}
+}
+
+// NewMetrics registers the allocation metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := newMetrics()
+	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors)
+	return m
+}
+
+// ObserveCobo is a cobo.ClientConfig.Observe hook feeding the API metrics.
+func (m *Metrics) ObserveCobo(endpoint string, status, code int, d time.Duration) {
+	m.apiTime.WithLabelValues(endpoint).Observe(d.Seconds())
+	if status == 0 || status >= 400 {
+		m.apiErrors.WithLabelValues(endpoint, fmt.Sprint(status), fmt.Sprint(code)).Inc()
+	}
+}
+
+// ItemPlanned counts an item planned on an order (status planned or, when
+// its amount could not be computed, failed).
+func (m *Metrics) ItemPlanned(it domain.AllocationItem) {
+	m.items.WithLabelValues(it.Backend, it.Status).Inc()
+}

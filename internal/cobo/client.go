@@ -1,0 +1,268 @@
+package cobo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrBatchNotFound means no batch allocation has the requested id or
+// request_id.
+var ErrBatchNotFound = errors.New("batch allocation not found")
+
+// Defaults for ClientConfig.
+const (
+	DefaultMaxAttempts    = 5
+	DefaultBackoffBase    = 200 * time.Millisecond
+	DefaultBackoffMax     = 5 * time.Second
+	DefaultAttemptTimeout = 10 * time.Second
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// BaseURL includes the /v2 prefix, e.g. https://api.dev.cobo.com/v2.
+	BaseURL string
+	// Signer signs every request. Required.
+	Signer *APISigner
+	// HTTP is the transport; a default client is used when nil.
+	HTTP *http.Client
+	// MaxAttempts bounds tries of one call on 5xx, 429 and timeouts.
+	MaxAttempts int
+	// BackoffBase and BackoffMax bound the delay between tries.
+	BackoffBase, BackoffMax time.Duration
+	// AttemptTimeout bounds one HTTP exchange.
+	AttemptTimeout time.Duration
+	// Observe, when set, sees every exchange: the endpoint name, the HTTP
+	// status (0 for a transport error), Cobo's error_code (0 if none) and
+	// the duration. Metrics hang off it.
+	Observe func(endpoint string, status, errorCode int, d time.Duration)
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c ClientConfig) WithDefaults() ClientConfig {
+	if c.BaseURL == "" {
+		c.BaseURL = DevAPIURL
+	}
+	if c.HTTP == nil {
+		c.HTTP = &http.Client{}
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.AttemptTimeout == 0 {
+		c.AttemptTimeout = DefaultAttemptTimeout
+	}
+	return c
+}
+
+func (c ClientConfig) validate() error {
+	u, err := url.Parse(c.BaseURL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("BaseURL must be an http(s) URL, got %q", c.BaseURL)
+	case c.Signer == nil:
+		return errors.New("Signer is required")
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
+		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
+	case c.AttemptTimeout <= 0:
+		return fmt.Errorf("AttemptTimeout must be positive, got %s", c.AttemptTimeout)
+	}
+	return nil
+}
+
+// Client calls Cobo's payments API with signed requests. It is safe for
+// concurrent use.
+type Client struct {
+	cfg  ClientConfig
+	base *url.URL
+}
+
+// NewClient returns a Client for cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("cobo client config: %w", err)
+	}
+	base, _ := url.Parse(strings.TrimRight(cfg.BaseURL, "/"))
+	return &Client{cfg: cfg, base: base}, nil
+}
+
+// CreateBatchAllocation creates a batch, idempotently on req.RequestID:
+// when Cobo answers that the request_id was already used, the existing
+// batch is looked up and returned as the result. Transient failures (5xx,
+// 429, timeouts) are retried with the same body; an error returned after
+// them leaves the batch's fate unknown, and the caller must send the same
+// request again later.
+func (c *Client) CreateBatchAllocation(ctx context.Context, req CreateBatchAllocationRequest) (BatchAllocation, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return BatchAllocation{}, fmt.Errorf("encode batch %s: %w", req.RequestID, err)
+	}
+	var out BatchAllocation
+	err = c.do(ctx, "create_batch_allocation", http.MethodPost, "/payments/batch_allocations", nil, body, &out)
+	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.DuplicateRequest() {
+		existing, findErr := c.FindBatchAllocation(ctx, req.RequestID)
+		if findErr != nil {
+			return BatchAllocation{}, fmt.Errorf("batch %s already exists but the lookup failed: %w", req.RequestID, findErr)
+		}
+		return existing, nil
+	}
+	if err != nil {
+		return BatchAllocation{}, fmt.Errorf("create batch %s: %w", req.RequestID, err)
+	}
+	return out, nil
+}
+
+// FindBatchAllocation returns the batch created with requestID, or an error
+// wrapping ErrBatchNotFound.
+func (c *Client) FindBatchAllocation(ctx context.Context, requestID string) (BatchAllocation, error) {
+	var out BatchAllocationList
+	q := url.Values{"request_id": {requestID}, "limit": {"1"}}
+	if err := c.do(ctx, "list_batch_allocations", http.MethodGet, "/payments/batch_allocations", q, nil, &out); err != nil {
+		return BatchAllocation{}, fmt.Errorf("find batch %s: %w", requestID, err)
+	}
+	for _, b := range out.Data {
+		if b.RequestID == requestID {
+			return b, nil
+		}
+	}
+	return BatchAllocation{}, fmt.Errorf("find batch %s: %w", requestID, ErrBatchNotFound)
+}
+
+// GetBatchAllocation returns a batch with its allocation items.
+func (c *Client) GetBatchAllocation(ctx context.Context, batchAllocationID string) (BatchAllocation, error) {
+	var out BatchAllocation
+	err := c.do(ctx, "get_batch_allocation", http.MethodGet, "/payments/batch_allocations/"+batchAllocationID, nil, nil, &out)
+	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.HTTPStatus == http.StatusNotFound {
+		return BatchAllocation{}, fmt.Errorf("get batch %s: %w: %w", batchAllocationID, ErrBatchNotFound, err)
+	}
+	if err != nil {
+		return BatchAllocation{}, fmt.Errorf("get batch %s: %w", batchAllocationID, err)
+	}
+	return out, nil
+}
+
+// GetOrder returns a pay-in order.
+func (c *Client) GetOrder(ctx context.Context, orderID string) (OrderData, error) {
+	var out OrderData
+	if err := c.do(ctx, "get_order", http.MethodGet, "/payments/orders/"+orderID, nil, nil, &out); err != nil {
+		return OrderData{}, fmt.Errorf("get order %s: %w", orderID, err)
+	}
+	return out, nil
+}
+
+// do performs one call with retries. The query is encoded once, and the
+// same string is sent and signed.
+func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Values, body []byte, out any) error {
+	u := *c.base
+	// path is unescaped; EscapedPath gives the form that is sent and signed.
+	u.Path = c.base.Path + path
+	if q != nil {
+		u.RawQuery = q.Encode()
+	}
+	var lastErr error
+	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+		if attempt > 1 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
+			case <-time.After(c.backoff(attempt - 1)):
+			}
+		}
+		retry, err := c.once(ctx, endpoint, method, &u, body, out)
+		if err == nil {
+			return nil
+		}
+		lastErr = err
+		if !retry || ctx.Err() != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("after %d attempts: %w", c.cfg.MaxAttempts, lastErr)
+}
+
+func (c *Client) once(ctx context.Context, endpoint, method string, u *url.URL, body []byte, out any) (retry bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return false, err
+	}
+	// Cobo's nonce is the request time in milliseconds; each try is signed
+	// afresh because the nonce is part of the signature.
+	nonce := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	req.Header.Set(HeaderAPIKey, c.cfg.Signer.APIKey())
+	req.Header.Set(HeaderAPINonce, nonce)
+	req.Header.Set(HeaderAPISignature, c.cfg.Signer.Sign(method, req.URL.EscapedPath(), nonce, req.URL.RawQuery, body))
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	start := time.Now()
+	resp, err := c.cfg.HTTP.Do(req)
+	if err != nil {
+		c.observe(endpoint, 0, 0, start)
+		// Transport errors and timeouts: the server may or may not have
+		// acted, so only idempotent calls are retried, which all of ours are.
+		return true, fmt.Errorf("%s %s: %w", method, u.Path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		c.observe(endpoint, resp.StatusCode, 0, start)
+		return true, fmt.Errorf("%s %s: read response: %w", method, u.Path, err)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		c.observe(endpoint, resp.StatusCode, 0, start)
+		if err := json.Unmarshal(data, out); err != nil {
+			return false, fmt.Errorf("%s %s: decode %d response: %w", method, u.Path, resp.StatusCode, err)
+		}
+		return false, nil
+	}
+	apiErr := &APIError{HTTPStatus: resp.StatusCode}
+	if json.Unmarshal(data, apiErr) != nil || apiErr.Message == "" {
+		apiErr.Message = strings.TrimSpace(string(data[:min(len(data), 200)]))
+	}
+	c.observe(endpoint, resp.StatusCode, apiErr.Code, start)
+	return apiErr.Retryable(), apiErr
+}
+
+func (c *Client) observe(endpoint string, status, code int, start time.Time) {
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(endpoint, status, code, time.Since(start))
+	}
+}
+
+// backoff returns the delay before retry n (from 1): doubling from base,
+// capped, with full jitter over the upper half.
+func (c *Client) backoff(n int) time.Duration {
+	d := c.cfg.BackoffBase
+	for i := 1; i < n && d < c.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.BackoffMax)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
