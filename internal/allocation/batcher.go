@@ -447,7 +447,7 @@ func toRequest(batch *Batch) cobo.CreateBatchAllocationRequest {
 	req := cobo.CreateBatchAllocationRequest{RequestID: batch.RequestID}
 	for _, it := range batch.Items {
 		req.AllocationParams = append(req.AllocationParams, cobo.AllocationParam{
-			TokenID:            it.TokenID,
+			TokenID: it.TokenID,
 			// Exact: splits are already rounded down, late payments move
 			// exactly what was received.
 			Amount:             it.Amount.String(),

@@ -2,6 +2,9 @@ package allocation
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/http"
 
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
@@ -21,6 +24,10 @@ type CoboOrders struct {
 // FetchOrder implements handlers.OrderFetcher.
 func (c CoboOrders) FetchOrder(ctx context.Context, orderID string) (*domain.Snapshot, error) {
 	o, err := c.API.GetOrder(ctx, orderID)
+	var apiErr *cobo.APIError
+	if errors.As(err, &apiErr) && apiErr.HTTPStatus == http.StatusNotFound {
+		return nil, fmt.Errorf("%w: %w", domain.ErrNotFound, err)
+	}
 	if err != nil {
 		return nil, err
 	}

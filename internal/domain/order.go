@@ -120,6 +120,15 @@ type Order struct {
 	// Allocations are the fund movements decided for this order, with
 	// their progress at the provider.
 	Allocations []AllocationItem `json:"allocations,omitempty"`
+	// SplitsPlanned is set in the commit that planned the completion
+	// splits, so they are planned exactly once.
+	SplitsPlanned bool `json:"splits_planned,omitempty"`
+}
+
+// PreciseCompleted reports whether the order has a full-precision
+// snapshot in Completed, which completion splits are computed from.
+func (o *Order) PreciseCompleted() bool {
+	return o.Snapshot != nil && o.Snapshot.Status == StatusCompleted
 }
 
 // Allocation returns a pointer to the item with id, or nil.

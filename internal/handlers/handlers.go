@@ -81,6 +81,9 @@ type Outcome struct {
 	ConflictingFinal domain.OrderStatus
 	// Planned lists allocation items this event's commit added.
 	Planned []domain.AllocationItem
+	// FetchWarning is set when fetching the order from the provider failed
+	// and planning waits for a later event instead.
+	FetchWarning error
 }
 
 // DefaultMaxCASAttempts bounds compare-and-set retries for one event.
@@ -137,13 +140,26 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		if err != nil {
 			return Outcome{}, err
 		}
-		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+		// A Completed notice carries truncated amounts and no price or fee;
+		// splits need the full order, so fetch it unless it is known.
+		var fetched *domain.Snapshot
+		var fetchErr error
+		if snap.Status == domain.StatusCompleted {
+			fetched, fetchErr = h.fetchUnless(ctx, data.OrderID, (*domain.Order).PreciseCompleted)
+		}
+		out, err := h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
+			if fetched != nil {
+				mergeSnapshot(&o.Snapshot, fetched, fx)
+				mergeStatus(o, fetched.Status, d.EventID, fx)
+			}
 			mergeSnapshot(&o.Notice, snap, fx)
 			mergeStatus(o, snap.Status, d.EventID, fx)
 			for _, lp := range late {
 				recordLate(o, lp, fx)
 			}
 		})
+		out.FetchWarning = fetchErr
+		return out, err
 
 	case cobo.EventTransactionLate:
 		var data cobo.TransactionData
@@ -160,9 +176,16 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
 		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, Precise: true, EventID: d.EventID}
-		fetched, err := h.fetchIfMerchantUnknown(ctx, data.OrderID)
-		if err != nil {
-			return Outcome{}, err
+		var fetched *domain.Snapshot
+		if h.planner != nil && h.planner.NeedsMerchantForLate() {
+			var err error
+			fetched, err = h.fetchUnless(ctx, data.OrderID, func(o *domain.Order) bool { return o.View().MerchantID != "" })
+			if errors.Is(err, domain.ErrNotFound) {
+				return Outcome{}, fmt.Errorf("event %s: %w: late payment %s for order %s, which Cobo does not know: %v", d.EventID, domain.ErrInvalid, data.TransactionID, data.OrderID, err)
+			}
+			if err != nil {
+				return Outcome{}, err
+			}
 		}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
 			if fetched != nil {
@@ -229,13 +252,17 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 	return Outcome{}, fmt.Errorf("update order %s: %d attempts lost the race: %w", orderID, h.maxAttempts, domain.ErrConflict)
 }
 
-// plan adds the allocation items of this change, once per item id.
+// plan adds the allocation items of this change, once per item id:
+// completion splits once the order is Completed with a full-precision
+// snapshot, and an item per newly recorded late payment.
 func (h *Handler) plan(o *domain.Order, fx *effects) {
 	if h.planner == nil {
 		return
 	}
 	var items []domain.AllocationItem
-	if fx.firstCompleted {
+	if o.Status == domain.StatusCompleted && !o.SplitsPlanned && o.PreciseCompleted() {
+		o.SplitsPlanned = true
+		fx.changed = true
 		items = append(items, h.planner.OnCompleted(o)...)
 	}
 	for _, lp := range fx.lateRecorded {
@@ -250,22 +277,22 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 	}
 }
 
-// fetchIfMerchantUnknown fetches the order from the provider when a late
-// payment must be credited to a merchant paystream does not know yet.
-func (h *Handler) fetchIfMerchantUnknown(ctx context.Context, orderID string) (*domain.Snapshot, error) {
-	if h.planner == nil || h.fetcher == nil || !h.planner.NeedsMerchantForLate() {
+// fetchUnless fetches the order from the provider unless the stored order
+// already satisfies known. It returns nil when no fetch was needed.
+func (h *Handler) fetchUnless(ctx context.Context, orderID string, known func(*domain.Order) bool) (*domain.Snapshot, error) {
+	if h.planner == nil || h.fetcher == nil {
 		return nil, nil
 	}
 	o, _, err := h.repo.Get(ctx, orderID)
 	switch {
-	case err == nil && o.View().MerchantID != "":
+	case err == nil && known(o):
 		return nil, nil
 	case err != nil && !errors.Is(err, domain.ErrNotFound):
 		return nil, fmt.Errorf("load order %s: %w", orderID, err)
 	}
 	snap, err := h.fetcher.FetchOrder(ctx, orderID)
 	if err != nil {
-		return nil, fmt.Errorf("fetch order %s for its late payment: %w", orderID, err)
+		return nil, fmt.Errorf("fetch order %s: %w", orderID, err)
 	}
 	return snap, nil
 }

@@ -221,6 +221,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			m.handled.WithLabelValues(typeLabel(ev.Type), "error").Inc()
 			return err
 		}
+		if out.FetchWarning != nil {
+			cfg.Logger.Warn().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Err(out.FetchWarning).Msg("order fetch failed; splits wait for the full order event")
+		}
 		if am != nil {
 			for _, it := range out.Planned {
 				am.ItemPlanned(it)
