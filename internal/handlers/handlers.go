@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
@@ -81,6 +83,8 @@ type Outcome struct {
 	ConflictingFinal domain.OrderStatus
 	// Planned lists allocation items this event's commit added.
 	Planned []domain.AllocationItem
+	// StatusTo is the status the commit moved the order to, or "".
+	StatusTo domain.OrderStatus
 	// FetchWarning is set when fetching the order from the provider failed
 	// and planning waits for a later event instead.
 	FetchWarning error
@@ -247,6 +251,7 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 			LateRecorded:     fx.lateRecorded,
 			ConflictingFinal: fx.conflictingFinal,
 			Planned:          fx.planned,
+			StatusTo:         fx.statusTo,
 		}, nil
 	}
 	return Outcome{}, fmt.Errorf("update order %s: %d attempts lost the race: %w", orderID, h.maxAttempts, domain.ErrConflict)
@@ -275,6 +280,8 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 			fx.changed = true
 		}
 	}
+	// Sorted so the stored order does not depend on event arrival order.
+	slices.SortFunc(o.Allocations, func(a, b domain.AllocationItem) int { return strings.Compare(a.ID, b.ID) })
 }
 
 // fetchUnless fetches the order from the provider unless the stored order

@@ -11,6 +11,7 @@ import (
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 
+	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
@@ -230,4 +231,62 @@ func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, domain.StatusCompleted, got.Status)
 	}
+}
+
+// fetcher answers as Cobo's order API would for the lifecycle orders.
+type fetcher struct{}
+
+func (fetcher) FetchOrder(_ context.Context, orderID string) (*domain.Snapshot, error) {
+	var data cobo.OrderData
+	env, err := cobo.ParseEnvelope(testutil.OrderEvent("f", orderID, "M1001", "Completed", 200, "102.000001"))
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(env.Data, &data); err != nil {
+		return nil, err
+	}
+	return handlers.SnapshotFromOrder(data), nil
+}
+
+func TestEveryPermutationPlansTheSameAllocationsOnce(t *testing.T) {
+	store := newStore(t)
+	rules, err := allocation.ParseRules([]byte(`{"splits":[
+		{"merchant_id":"M1001","destination_account":"developer","share":"0.10","description":"platform commission"},
+		{"merchant_id":"*","destination_account":"M9000","share":"0.05","description":"referral"}],
+		"late_payments":"credit_merchant"}`))
+	require.NoError(t, err)
+	h := handlers.New(store, handlers.WithPlanner(rules), handlers.WithFetcher(fetcher{}))
+	ctx := context.Background()
+	var want string
+	for i, p := range permutations(len(lifecycle("x"))) {
+		orderID := fmt.Sprintf("O-plan-%d", i)
+		evs := lifecycle(orderID)
+		planned := map[string]int{}
+		for _, idx := range p {
+			for range 2 {
+				out, err := h.Handle(ctx, delivery(t, evs[idx]))
+				require.NoError(t, err)
+				for _, it := range out.Planned {
+					planned[it.ID]++
+				}
+			}
+		}
+		require.Len(t, planned, 3, "permutation %v", p)
+		for id, n := range planned {
+			require.Equal(t, 1, n, "item %s planned %d times in permutation %v", id, n, p)
+		}
+		o, _, err := store.Get(ctx, orderID)
+		require.NoError(t, err)
+		b, err := json.Marshal(o.View().Allocations)
+		require.NoError(t, err)
+		got := strings.ReplaceAll(string(b), orderID, "X")
+		if want == "" {
+			want = got
+		}
+		require.JSONEq(t, want, got, "permutation %v", p)
+	}
+	require.Contains(t, want, `"amount":"10"`)
+	require.Contains(t, want, `"amount":"5"`)
+	require.Contains(t, want, `"amount":"5.123456"`)
+	require.NotContains(t, want, `"failed"`)
 }

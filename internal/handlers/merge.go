@@ -18,6 +18,8 @@ type effects struct {
 	conflictingFinal domain.OrderStatus
 	// planned: allocation items this change added.
 	planned []domain.AllocationItem
+	// statusTo is the status this change moved the order to, if any.
+	statusTo domain.OrderStatus
 }
 
 // mergeStatus moves the order forward: Pending < Processing < final, and a
@@ -41,6 +43,7 @@ func mergeStatus(o *domain.Order, s domain.OrderStatus, eventID string, fx *effe
 	}
 	o.Status = s
 	fx.changed = true
+	fx.statusTo = s
 	if s == domain.StatusCompleted && o.CompletedByEvent == "" {
 		o.CompletedByEvent = eventID
 		fx.firstCompleted = true

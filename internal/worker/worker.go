@@ -98,6 +98,7 @@ func (c Config) validate() error {
 // Metrics are the worker's business metrics.
 type Metrics struct {
 	handled        *prometheus.CounterVec
+	transitions    *prometheus.CounterVec
 	completed      prometheus.Counter
 	lateRecorded   prometheus.Counter
 	conflictFinals prometheus.Counter
@@ -108,6 +109,9 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_worker_events_total", Help: "Events handled, by type and result.",
 		}, []string{"type", "result"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_order_transitions_total", Help: "Order status changes committed, by new status; summed over workers, final statuses count orders.",
+		}, []string{"status"}),
 		completed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "paystream_orders_completed_total", Help: "Orders seen reaching Completed for the first time.",
 		}),
@@ -118,7 +122,7 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "paystream_order_conflicting_finals_total", Help: "Final statuses that contradicted an order's stored final status (kept).",
 		}),
 	}
-	reg.MustRegister(m.handled, m.completed, m.lateRecorded, m.conflictFinals)
+	reg.MustRegister(m.handled, m.transitions, m.completed, m.lateRecorded, m.conflictFinals)
 	return m
 }
 
@@ -237,6 +241,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			}
 		}
 		m.handled.WithLabelValues(typeLabel(ev.Type), string(out.Result)).Inc()
+		if out.StatusTo != "" {
+			m.transitions.WithLabelValues(string(out.StatusTo)).Inc()
+		}
 		log := cfg.Logger.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger()
 		if out.FirstCompleted {
 			m.completed.Inc()
