@@ -1,0 +1,340 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/testutil"
+	"github.com/paystream/paystream/internal/worker"
+)
+
+const testRules = `{"splits": [
+   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
+   {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
+ "late_payments": "credit_merchant"}`
+
+// allocStack is ingest plus a Cobo sandbox that workers allocate against.
+type allocStack struct {
+	signer *testutil.Signer
+	ing    *ingest.Service
+	sim    *cobosim.Sim
+	simURL string
+	api    *cobo.APISigner
+	rules  *allocation.Rules
+}
+
+func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
+	t.Helper()
+	seed := make([]byte, 32)
+	_, err := rand.Read(seed)
+	require.NoError(t, err)
+	api, err := cobo.NewAPISigner(hex.EncodeToString(seed))
+	require.NoError(t, err)
+	simCfg.APIKeys = []string{api.APIKey()}
+	simCfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	sim := cobosim.New(simCfg)
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	rules, err := allocation.ParseRules([]byte(testRules))
+	require.NoError(t, err)
+	signer := testutil.NewSigner(t)
+	return &allocStack{signer: signer, ing: startIngest(t, signer, ingest.Config{}), sim: sim, simURL: srv.URL, api: api, rules: rules}
+}
+
+// gate sits between a worker and the sandbox. It can hold batch POSTs
+// before they reach the sandbox, or after the sandbox answered, the way a
+// process that is about to die would.
+type gate struct {
+	mode string // "", "before" or "after"
+	hit  chan struct{}
+	once sync.Once
+}
+
+func (g *gate) RoundTrip(req *http.Request) (*http.Response, error) {
+	isPost := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/payments/batch_allocations")
+	if !isPost || g.mode == "" {
+		return http.DefaultTransport.RoundTrip(req)
+	}
+	if g.mode == "after" {
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+	}
+	g.once.Do(func() { close(g.hit) })
+	<-req.Context().Done()
+	return nil, req.Context().Err()
+}
+
+func (s *allocStack) startWorker(t *testing.T, g *gate) *runningWorker {
+	t.Helper()
+	var transport http.RoundTripper = http.DefaultTransport
+	if g != nil {
+		transport = g
+	}
+	w, err := worker.Start(context.Background(), worker.Config{
+		NATSURL:       s.ing.NATSURL(),
+		MetricsListen: "127.0.0.1:0",
+		Consumer:      testConsumerConfig(),
+		StreamWait:    10 * time.Second,
+		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		Allocation: &worker.AllocationConfig{
+			Rules: s.rules,
+			Cobo: cobo.ClientConfig{
+				BaseURL: s.simURL + "/v2", Signer: s.api, HTTP: &http.Client{Transport: transport},
+				MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond,
+			},
+			Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
+		},
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		r.err = w.Run(ctx)
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(15 * time.Second):
+			t.Error("worker did not stop within 15s")
+		}
+	})
+	return r
+}
+
+// kill drops the worker's connection and stops it without any cleanup.
+func (r *runningWorker) kill() {
+	r.w.Kill()
+	r.cancel()
+}
+
+// expectedItems is what orderEvents histories allocate under testRules:
+// 10% commission, 5% referral and the late payment, per order.
+func expectedItems(orderIDs ...string) map[string]string {
+	want := map[string]string{}
+	for _, id := range orderIDs {
+		want["platform commission "+id] = "10"
+		want["referral "+id] = "5"
+		want[fmt.Sprintf("late payment %s-tx2 for order %s", id, id)] = "5.123456"
+	}
+	return want
+}
+
+// requireAllocatedOnce waits until every order records its allocations as
+// completed, then checks the sandbox holds each expected item exactly once.
+func (s *allocStack) requireAllocatedOnce(t *testing.T, orderIDs ...string) {
+	t.Helper()
+	for _, id := range orderIDs {
+		waitFor(t, 30*time.Second, "allocations of "+id, func() bool {
+			v, ok := getOrder(t, s.ing, id)
+			if !ok || len(v.Allocations) != 3 {
+				return false
+			}
+			for _, a := range v.Allocations {
+				if a.Status != domain.AllocCompleted {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	want := expectedItems(orderIDs...)
+	got := map[string]int{}
+	for _, it := range s.sim.Items() {
+		got[it.Description]++
+		amount, ok := want[it.Description]
+		require.True(t, ok, "unexpected item %+v", it)
+		require.True(t, decimal.RequireFromString(amount).Equal(decimal.RequireFromString(it.Amount)), "%s: got %s want %s", it.Description, it.Amount, amount)
+	}
+	for desc := range want {
+		require.Equal(t, 1, got[desc], "item %q must exist exactly once at the provider", desc)
+	}
+}
+
+// registerOrders tells the sandbox the orders, as Cobo knows every order
+// it sends events for; the worker fetches them when it must.
+func (s *allocStack) registerOrders(orderIDs ...string) {
+	for _, id := range orderIDs {
+		s.sim.PutOrder(cobo.OrderData{OrderID: id, MerchantID: "M1001", PSPOrderCode: "P-" + id, Status: "Completed",
+			PricingCurrency: "USD", PricingAmount: amount("100.00"), FeeAmount: amount("2.00"), PayableCurrency: "ETH_USDT",
+			PayableAmount: amount("102.00"), ReceivedTokenAmount: amount("102.000001"), UpdatedTimestamp: 200})
+	}
+}
+
+func sendHistories(t *testing.T, s *allocStack, orderIDs ...string) {
+	t.Helper()
+	s.registerOrders(orderIDs...)
+	var all [][]byte
+	for _, id := range orderIDs {
+		all = append(all, orderEvents(id)...)
+	}
+	sendConcurrently(t, s.signer, s.ing, all, 4)
+}
+
+func TestAllocationsHappyPath(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.startWorker(t, nil)
+	ids := []string{"O-alloc-1", "O-alloc-2", "O-alloc-3"}
+	sendHistories(t, s, ids...)
+	s.requireAllocatedOnce(t, ids...)
+	v, _ := getOrder(t, s.ing, "O-alloc-1")
+	for _, a := range v.Allocations {
+		require.NotEmpty(t, a.RequestID)
+		require.NotEmpty(t, a.ProviderID)
+	}
+}
+
+func TestAllocationSurvivesWorkerKilledBeforeSend(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	g := &gate{mode: "before", hit: make(chan struct{})}
+	victim := s.startWorker(t, g)
+	sendHistories(t, s, "O-kb")
+	<-g.hit
+	victim.kill()
+	require.Empty(t, s.sim.Batches(), "nothing reached the provider yet")
+	s.startWorker(t, nil)
+	s.requireAllocatedOnce(t, "O-kb")
+}
+
+func TestAllocationSurvivesWorkerKilledAfterResponseBeforeRecording(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	g := &gate{mode: "after", hit: make(chan struct{})}
+	victim := s.startWorker(t, g)
+	sendHistories(t, s, "O-ka")
+	<-g.hit
+	victim.kill()
+	require.NotEmpty(t, s.sim.Batches(), "the provider recorded the batch")
+	s.startWorker(t, nil)
+	s.requireAllocatedOnce(t, "O-ka")
+}
+
+func TestAllocationSurvivesProviderFaults(t *testing.T) {
+	cases := []struct {
+		name  string
+		code  int
+		fault cobosim.Fault
+	}{
+		{"500 before recording", 0, cobosim.Fault{Kind: cobosim.FaultError500, Count: 3}},
+		{"recorded, 502 lost response, duplicate 12009", 12009, cobosim.Fault{Kind: cobosim.FaultLoseResponse, Count: 2}},
+		{"recorded, 502 lost response, duplicate 2040", 2040, cobosim.Fault{Kind: cobosim.FaultLoseResponse, Count: 1}},
+		{"recorded, 502 lost response, duplicate 30001", 30001, cobosim.Fault{Kind: cobosim.FaultLoseResponse, Count: 1}},
+		{"recorded, response timed out", 0, cobosim.Fault{Kind: cobosim.FaultTimeout, Count: 1, Delay: 2 * time.Second}},
+		{"rate limited", 0, cobosim.Fault{Kind: cobosim.FaultRateLimit, Count: 2}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startAllocStack(t, cobosim.Config{DuplicateCode: tc.code})
+			tc.fault.Method, tc.fault.PathPrefix = http.MethodPost, "/v2/payments/batch_allocations"
+			s.sim.InjectFault(tc.fault)
+			s.startWorker(t, nil)
+			sendHistories(t, s, "O-fault")
+			s.requireAllocatedOnce(t, "O-fault")
+		})
+	}
+}
+
+// TestCompletedFiveTimesAndRacingWorkers has Cobo report an order's
+// completion five times (distinct event_ids) to two workers at once.
+func TestCompletedFiveTimesAndRacingWorkers(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.startWorker(t, nil)
+	s.startWorker(t, nil)
+	var all [][]byte
+	ids := []string{"O-5x-1", "O-5x-2", "O-5x-3", "O-5x-4"}
+	s.registerOrders(ids...)
+	for _, id := range ids {
+		for round := range 5 {
+			all = append(all, orderEventsWithSuffix(id, fmt.Sprintf("-x%d", round))...)
+		}
+	}
+	sendConcurrently(t, s.signer, s.ing, all, 8)
+	s.requireAllocatedOnce(t, ids...)
+}
+
+// TestLatePaymentOfUnknownOrderFetchesIt sends only the late payment of an
+// order paystream never saw: the worker fetches the order from Cobo to
+// learn its merchant.
+func TestLatePaymentOfUnknownOrderFetchesIt(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.sim.PutOrder(cobo.OrderData{OrderID: "O-unknown", MerchantID: "M1001", Status: "Expired", PayableCurrency: "ETH_USDT",
+		PayableAmount: amount("102"), ReceivedTokenAmount: amount("0"), FeeAmount: amount("2"), UpdatedTimestamp: 500})
+	s.startWorker(t, nil)
+	postUntilStored(t, s.signer, s.ing, testutil.TransactionEvent("late-only", "late", "O-unknown", "tx-u", "7.25"))
+	waitFor(t, 20*time.Second, "late allocation", func() bool {
+		v, ok := getOrder(t, s.ing, "O-unknown")
+		return ok && len(v.Allocations) == 1 && v.Allocations[0].Status == domain.AllocCompleted
+	})
+	v, _ := getOrder(t, s.ing, "O-unknown")
+	require.Equal(t, domain.StatusExpired, v.Status)
+	require.Equal(t, "M1001", v.Allocations[0].Destination)
+	items := s.sim.Items()
+	require.Len(t, items, 1)
+	require.Equal(t, "developer", items[0].SourceAccount)
+	require.Equal(t, "M1001", items[0].DestinationAccount)
+	require.Equal(t, "7.25", items[0].Amount)
+}
+
+// TestFailedItemsAreSurfacedNotRetried has Cobo fail one destination's
+// items: they are recorded failed for an operator and never re-sent.
+func TestFailedItemsAreSurfacedNotRetried(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.sim.SetItemFailure("M9000")
+	w := s.startWorker(t, nil)
+	sendHistories(t, s, "O-fail")
+	waitFor(t, 20*time.Second, "allocations recorded", func() bool {
+		v, ok := getOrder(t, s.ing, "O-fail")
+		if !ok || len(v.Allocations) != 3 {
+			return false
+		}
+		for _, a := range v.Allocations {
+			if !a.Final() {
+				return false
+			}
+		}
+		return true
+	})
+	v, _ := getOrder(t, s.ing, "O-fail")
+	for _, a := range v.Allocations {
+		if a.Destination == "M9000" {
+			require.Equal(t, domain.AllocFailed, a.Status)
+			require.NotEmpty(t, a.Reason)
+		} else {
+			require.Equal(t, domain.AllocCompleted, a.Status)
+		}
+	}
+	batches := len(s.sim.Batches())
+	// Give recovery several rounds to (wrongly) resend anything.
+	time.Sleep(time.Second)
+	require.Len(t, s.sim.Batches(), batches)
+	code, body := getJSON(t, "http://"+w.w.MetricsAddr()+"/metrics", nil)
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, string(body), `paystream_allocation_items_total{backend="cobo",status="failed"} 1`)
+}
+
+func amount(s string) cobo.Amount {
+	var a cobo.Amount
+	if err := a.UnmarshalJSON([]byte(`"` + s + `"`)); err != nil {
+		panic(err)
+	}
+	return a
+}

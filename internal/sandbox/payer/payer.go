@@ -1,0 +1,409 @@
+// Package payer plays payers paying Cobo pay-in orders, and delivers the
+// resulting webhooks to a PSP endpoint signed exactly as Cobo signs them.
+// Orders end Completed (some overpaid or short within tolerance), Underpaid
+// or Expired, some receive late deposits, and delivery can be shuffled and
+// duplicated the way Cobo's at-least-once, unordered delivery allows. All
+// content derives from Config.Seed, so a run can be reproduced.
+package payer
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/sandbox/cobosim"
+)
+
+// Defaults for Config.
+const (
+	DefaultConcurrency    = 4
+	DefaultMaxAttempts    = 10 // Cobo's documented delivery attempts
+	DefaultAttemptTimeout = 2 * time.Second
+	DefaultBackoffBase    = 100 * time.Millisecond
+	DefaultBackoffMax     = 2 * time.Second
+)
+
+// DefaultMerchants are the merchant ids orders are spread over.
+var DefaultMerchants = []string{"M1001", "M1002", "M1003"}
+
+// Config configures a Run.
+type Config struct {
+	// WebhookURL is where events are POSTed; it is also the envelope's url.
+	WebhookURL string
+	// WebhookKey signs every delivery (Cobo's private half; the receiver
+	// trusts its public key).
+	WebhookKey ed25519.PrivateKey
+	// Orders is how many orders are played.
+	Orders int
+	// Merchants are the merchant ids orders belong to; DefaultMerchants
+	// when empty.
+	Merchants []string
+	// Seed determines every order, amount, id, event order and resend.
+	Seed uint64
+	// Duplicates is the probability (0 to 1) that an event is delivered a
+	// second time, later, with the same event_id and body.
+	Duplicates float64
+	// Shuffle delivers each order's events in a random order instead of
+	// the order they happened in.
+	Shuffle bool
+	// LateRatio is the probability (0 to 1) that a finished order receives
+	// a late deposit.
+	LateRatio float64
+	// Concurrency is how many orders are played at once; DefaultConcurrency
+	// when zero. One order's deliveries are always sequential.
+	Concurrency int
+	// MaxAttempts bounds attempts per delivery on non-2xx answers and
+	// transport errors; DefaultMaxAttempts when zero.
+	MaxAttempts int
+	// Sim, when set, learns every order's final state (PutOrder) before the
+	// order's webhooks are delivered, so GET /v2/payments/orders works.
+	Sim *cobosim.Sim
+	// Logger receives progress at info and each failed attempt at debug. It
+	// never sees keys or signatures.
+	Logger zerolog.Logger
+	// HTTP is the client; a default one is used when nil. Redirects are
+	// never followed, as Cobo does not follow them.
+	HTTP *http.Client
+
+	// Rate bounds how many orders start per second; 0 means no bound.
+	Rate float64
+	// Start anchors the orders' timestamps (all in the two hours before it)
+	// and the date in order ids; time.Now() when zero. Fix it, with Seed,
+	// for byte-identical webhook bodies.
+	Start time.Time
+	// AttemptTimeout bounds one delivery attempt; DefaultAttemptTimeout
+	// (Cobo's 2 s) when zero.
+	AttemptTimeout time.Duration
+	// BackoffBase and BackoffMax bound the pause between attempts;
+	// DefaultBackoffBase and DefaultBackoffMax when zero.
+	BackoffBase, BackoffMax time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if len(c.Merchants) == 0 {
+		c.Merchants = DefaultMerchants
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.AttemptTimeout == 0 {
+		c.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = max(DefaultBackoffMax, c.BackoffBase)
+	}
+	if c.Start.IsZero() {
+		c.Start = time.Now()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	u, err := url.Parse(c.WebhookURL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("WebhookURL must be an http(s) URL, got %q", c.WebhookURL)
+	case len(c.WebhookKey) != ed25519.PrivateKeySize:
+		return errors.New("WebhookKey must be an Ed25519 private key")
+	case c.Orders < 0:
+		return fmt.Errorf("Orders must not be negative, got %d", c.Orders)
+	case !(c.Duplicates >= 0 && c.Duplicates <= 1) || !(c.LateRatio >= 0 && c.LateRatio <= 1):
+		return fmt.Errorf("Duplicates and LateRatio must be from 0 to 1, got %v and %v", c.Duplicates, c.LateRatio)
+	case c.Concurrency < 1 || c.MaxAttempts < 1:
+		return fmt.Errorf("Concurrency and MaxAttempts must be positive, got %d and %d", c.Concurrency, c.MaxAttempts)
+	case !(c.Rate >= 0):
+		return fmt.Errorf("Rate must not be negative, got %v", c.Rate)
+	case c.AttemptTimeout < 0 || c.BackoffBase < 0 || c.BackoffMax < c.BackoffBase:
+		return errors.New("AttemptTimeout and BackoffBase must not be negative, and BackoffMax must be at least BackoffBase")
+	}
+	for _, m := range c.Merchants {
+		if m == "" {
+			return errors.New("Merchants must not contain an empty id")
+		}
+	}
+	return nil
+}
+
+// Stats summarises a Run.
+type Stats struct {
+	// Orders is how many orders were played to the end.
+	Orders int `json:"orders"`
+	// Events is how many distinct events those orders produced.
+	Events int `json:"events"`
+	// Sent counts HTTP attempts, retries included.
+	Sent int `json:"sent"`
+	// Accepted counts deliveries that ended with a 2xx answer.
+	Accepted int `json:"accepted"`
+	// Duplicates counts deliberate resends of an already delivered event.
+	Duplicates int `json:"duplicates"`
+	// Retried counts attempts that followed a failed attempt.
+	Retried int `json:"retried"`
+	// Failed counts deliveries abandoned after MaxAttempts.
+	Failed int `json:"failed"`
+	// Late counts late deposits among the orders played.
+	Late int `json:"late"`
+	// ByStatus counts the orders played by final status.
+	ByStatus map[string]int `json:"by_status"`
+}
+
+// Run plays cfg.Orders orders and delivers their webhooks, then returns.
+// It is bounded: every delivery gets at most MaxAttempts attempts of at
+// most AttemptTimeout each. Deliveries that never succeed are counted in
+// Stats.Failed, not returned as an error. When ctx ends first, Run stops
+// promptly and returns the stats so far with ctx's error.
+func Run(ctx context.Context, cfg Config) (Stats, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return Stats{}, fmt.Errorf("payer config: %w", err)
+	}
+	p := &player{cfg: cfg, run: runNumber(cfg.Seed), client: httpClient(cfg), stats: Stats{ByStatus: map[string]int{}}}
+	cfg.Logger.Info().Int("orders", cfg.Orders).Uint64("seed", cfg.Seed).Int("run", p.run).Str("url", cfg.WebhookURL).
+		Float64("duplicates", cfg.Duplicates).Bool("shuffle", cfg.Shuffle).Float64("late_ratio", cfg.LateRatio).Msg("payer starting")
+
+	jobs := make(chan int)
+	go func() {
+		defer close(jobs)
+		begin := time.Now()
+		for i := range cfg.Orders {
+			if cfg.Rate > 0 {
+				// Absolute start times: a slow consumer does not lower the rate
+				// below what was asked, it only catches up.
+				due := begin.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+				if !sleepCtx(ctx, time.Until(due)) {
+					return
+				}
+			}
+			select {
+			case jobs <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var planErr error
+	var errOnce sync.Once
+	for range cfg.Concurrency {
+		wg.Go(func() {
+			for i := range jobs {
+				if ctx.Err() != nil {
+					continue // drain; the dispatcher stops too
+				}
+				if err := p.playOrder(ctx, i); err != nil {
+					errOnce.Do(func() { planErr = err })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := p.snapshot()
+	log := cfg.Logger.Info().Int("orders", st.Orders).Int("events", st.Events).Int("sent", st.Sent).Int("accepted", st.Accepted).
+		Int("duplicates", st.Duplicates).Int("retried", st.Retried).Int("failed", st.Failed).Int("late", st.Late).
+		Interface("by_status", st.ByStatus)
+	log.Msg("payer finished")
+	if planErr != nil {
+		return st, planErr
+	}
+	if st.Orders < cfg.Orders {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+type player struct {
+	cfg    Config
+	run    int
+	client *http.Client
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+func (p *player) snapshot() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.stats
+	st.ByStatus = maps.Clone(p.stats.ByStatus)
+	return st
+}
+
+func (p *player) count(f func(*Stats)) {
+	p.mu.Lock()
+	f(&p.stats)
+	p.mu.Unlock()
+}
+
+// playOrder delivers one order's events in their planned sequence. A
+// delivery that fails every attempt does not stop the others, as Cobo
+// keeps delivering an order's other events.
+func (p *player) playOrder(ctx context.Context, index int) error {
+	o, err := planOrder(p.cfg, p.run, p.cfg.Start, index)
+	if err != nil {
+		return err
+	}
+	if p.cfg.Sim != nil {
+		// The story is in the past, so the API already shows the final state.
+		data, err := o.final.orderData()
+		if err != nil {
+			return err
+		}
+		p.cfg.Sim.PutOrder(data)
+	}
+	for _, d := range o.deliveries {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if d.resend {
+			p.count(func(s *Stats) { s.Duplicates++ })
+		}
+		p.deliver(ctx, d)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	var done int
+	p.count(func(s *Stats) {
+		s.Orders++
+		s.Events += o.events
+		s.ByStatus[o.status]++
+		if o.late {
+			s.Late++
+		}
+		done = s.Orders
+	})
+	p.cfg.Logger.Debug().Str("order_id", o.orderID).Str("status", o.status).Int("deliveries", len(o.deliveries)).Bool("late", o.late).Msg("order played")
+	// Progress at every tenth of the run, so big runs stay readable.
+	if total := p.cfg.Orders; done*10/total != (done-1)*10/total {
+		st := p.snapshot()
+		p.cfg.Logger.Info().Int("played", done).Int("of", total).Int("sent", st.Sent).Int("accepted", st.Accepted).
+			Int("retried", st.Retried).Int("failed", st.Failed).Msg("payer progress")
+	}
+	return nil
+}
+
+// deliver POSTs d until a 2xx answer, at most MaxAttempts times, pausing
+// with capped exponential backoff between attempts.
+func (p *player) deliver(ctx context.Context, d delivery) {
+	var last string
+	for attempt := 1; attempt <= p.cfg.MaxAttempts; attempt++ {
+		if attempt > 1 {
+			p.count(func(s *Stats) { s.Retried++ })
+			if !sleepCtx(ctx, p.backoff(attempt-1)) {
+				return
+			}
+		}
+		status, err := p.post(ctx, d)
+		p.count(func(s *Stats) { s.Sent++ })
+		if err == nil && status >= 200 && status < 300 {
+			p.count(func(s *Stats) { s.Accepted++ })
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		last = strconv.Itoa(status)
+		if err != nil {
+			last = err.Error()
+		}
+		p.cfg.Logger.Debug().Str("event_id", d.eventID).Str("order_id", d.orderID).Int("attempt", attempt).Str("result", last).Msg("delivery attempt failed")
+	}
+	p.count(func(s *Stats) { s.Failed++ })
+	p.cfg.Logger.Warn().Str("event_id", d.eventID).Str("order_id", d.orderID).Str("type", d.eventType).
+		Int("attempts", p.cfg.MaxAttempts).Str("last_result", last).Msg("delivery abandoned")
+}
+
+// post makes one signed attempt and returns the HTTP status.
+func (p *player) post(ctx context.Context, d delivery) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.WebhookURL, bytes.NewReader(d.body))
+	if err != nil {
+		return 0, err
+	}
+	// Each attempt is signed with its own timestamp, in milliseconds.
+	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	sig := cobo.SignWebhook(p.cfg.WebhookKey, d.body, ts)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "paystream-sandbox-payer")
+	if d.underscore {
+		// Set directly so the spelling goes out exactly as written.
+		req.Header[cobo.HeaderTimestampAlt] = []string{ts}
+		req.Header[cobo.HeaderSignatureAlt] = []string{sig}
+	} else {
+		req.Header.Set(cobo.HeaderTimestamp, ts)
+		req.Header.Set(cobo.HeaderSignature, sig)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, nil
+}
+
+// backoff returns the pause before retry n (from 1): doubling from
+// BackoffBase, capped at BackoffMax, jittered over its upper half so that
+// retries of many orders spread out.
+func (p *player) backoff(n int) time.Duration {
+	d := p.cfg.BackoffBase
+	for i := 1; i < n && d < p.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, p.cfg.BackoffMax)
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d unless ctx ends first; it reports whether ctx is alive.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// httpClient copies cfg.HTTP (or a default client) with redirects disabled:
+// Cobo treats a redirect as a failed delivery.
+func httpClient(cfg Config) *http.Client {
+	var c http.Client
+	if cfg.HTTP != nil {
+		c = *cfg.HTTP
+	} else {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = cfg.Concurrency
+		c.Transport = tr
+	}
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
+}
