@@ -26,8 +26,8 @@ fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZ_TIME)
 
 .PHONY: run
-run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox
-	$(BIN)/demo
+run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox (Ctrl-C stops)
+	$(BIN)/demo $(DEMO_ARGS)
 
 .PHONY: bench
 bench: build ## Go benchmarks and the load generator against the real binaries

@@ -1,0 +1,399 @@
+// Command demo runs paystream end to end on loopback, as `make run` does:
+// ingest with embedded JetStream, two workers and the provider sandbox, each
+// the real binary, with live progress read from their metrics. Ctrl-C stops
+// everything cleanly.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/paystream/paystream/internal/cli"
+)
+
+func main() {
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+const demoRules = `{"splits": [
+  {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
+  {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
+ "late_payments": "credit_merchant"}
+`
+
+// Loopback addresses the demo uses; the README lists them.
+const (
+	ingestAddr  = "127.0.0.1:8080"
+	adminAddr   = "127.0.0.1:8081"
+	natsAddr    = "127.0.0.1:4222"
+	sandboxAddr = "127.0.0.1:9000"
+	workerBase  = 9091
+)
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := cli.NewFlags("demo", getenv, stdout)
+	binDir := fs.String("bin", "PAYSTREAM_DEMO_BIN", "bin", "directory holding the built binaries")
+	dir := fs.String("dir", "PAYSTREAM_DEMO_DIR", ".run", "working directory for data, keys and logs (recreated)")
+	orders := fs.Int("orders", "PAYSTREAM_DEMO_ORDERS", 200, "orders the sandbox plays")
+	rate := fs.String("rate", "PAYSTREAM_DEMO_RATE", "20", "orders started per second")
+	workers := fs.Int("workers", "PAYSTREAM_DEMO_WORKERS", 2, "worker processes")
+	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations")
+	duration := fs.Duration("duration", "PAYSTREAM_DEMO_DURATION", 0, "stop after this long; 0 runs until Ctrl-C")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+	d := &demo{bin: *binDir, dir: *dir, out: stdout}
+	if err := d.prepare(); err != nil {
+		return err
+	}
+	defer d.stopAll()
+
+	say := func(format string, a ...any) { fmt.Fprintf(stdout, "demo │ "+format+"\n", a...) }
+	key, err := d.output("sandbox", "-print-webhook-pubkey")
+	if err != nil {
+		return err
+	}
+	say("data, keys and logs in %s/", d.dir)
+	if err := d.start("ingest", "-listen", ingestAddr, "-admin-listen", adminAddr, "-nats-listen", natsAddr,
+		"-data-dir", filepath.Join(d.dir, "data"), "-cobo-pubkey", key, "-log-level", "warn"); err != nil {
+		return err
+	}
+	if err := waitReady(ctx, "http://"+adminAddr+"/readyz"); err != nil {
+		return fmt.Errorf("ingest: %w (see %s)", err, d.logPath("ingest"))
+	}
+	say("ingest ready: webhooks on http://%s/webhooks/cobo, admin on http://%s, embedded JetStream on %s", ingestAddr, adminAddr, natsAddr)
+	var workerURLs []string
+	for i := range *workers {
+		addr := fmt.Sprintf("127.0.0.1:%d", workerBase+i)
+		workerURLs = append(workerURLs, "http://"+addr+"/metrics")
+		if err := d.start(fmt.Sprintf("worker-%d", i+1), "-nats-url", "nats://"+natsAddr, "-metrics-listen", addr,
+			"-rules", d.rules, "-cobo-api-url", "http://"+sandboxAddr+"/v2", "-cobo-api-secret-file", d.secret,
+			"-batch-wait", "500ms", "-log-level", "info"); err != nil {
+			return err
+		}
+	}
+	for _, u := range workerURLs {
+		if err := waitReady(ctx, strings.TrimSuffix(u, "/metrics")+"/readyz"); err != nil {
+			return fmt.Errorf("worker: %w (see %s/worker-*.log)", err, d.dir)
+		}
+	}
+	say("%d workers ready (metrics on 127.0.0.1:%d..)", *workers, workerBase)
+	if err := d.start("sandbox", "-listen", sandboxAddr, "-webhook-url", "http://"+ingestAddr+"/webhooks/cobo",
+		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults, "-log-level", "warn"); err != nil {
+		return err
+	}
+	say("Cobo sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles, late payments and faults %q; Ctrl-C stops", sandboxAddr, *orders, *rate, *faults)
+
+	p := &progress{out: stdout, admin: "http://" + adminAddr + "/metrics", workers: workerURLs, sandbox: "http://" + sandboxAddr + "/sandbox/state"}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	start := time.Now()
+	settled := false
+	var last snapshot
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(stdout)
+			say("stopping: sandbox, workers, then ingest")
+			d.stopAll()
+			say("final: %d webhooks stored (%d duplicates collapsed), %d orders final, %d allocations done, %d failed, %d at Cobo in %d batches",
+				last.stored, last.dups, last.ordersFinal, last.allocated, last.failed, last.items, last.batches)
+			say("logs: %s/*.log; data in %s/data (removed at the next run)", d.dir, d.dir)
+			return nil
+		case <-tick.C:
+			s := p.scrape()
+			if s != last || time.Since(p.printedAt) >= 10*time.Second {
+				p.print(time.Since(start), s, last)
+			}
+			if !settled && s.ordersFinal > 0 && s.inFlight == 0 && s == last {
+				settled = true
+				check := "✔ every allocation exists exactly once at Cobo"
+				if s.items != s.allocated+s.failed {
+					check = fmt.Sprintf("✘ %d items at Cobo for %d recorded allocations", s.items, s.allocated+s.failed)
+				}
+				say("settled: %s", check)
+				if id := completedOrderID(d.logPath("worker-1")); id != "" {
+					say("look at an order: curl -s http://%s/v1/orders/%s", adminAddr, id)
+				}
+			}
+			last = s
+		}
+	}
+}
+
+type demo struct {
+	bin, dir, secret, rules string
+	out                     io.Writer
+	procs                   []*proc
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (d *demo) logPath(name string) string { return filepath.Join(d.dir, name+".log") }
+
+// prepare recreates the working directory with a fresh API key and rules.
+func (d *demo) prepare() error {
+	for _, b := range []string{"ingest", "worker", "sandbox"} {
+		if _, err := os.Stat(filepath.Join(d.bin, b)); err != nil {
+			return fmt.Errorf("binary %s missing in %s: run make build", b, d.bin)
+		}
+	}
+	if err := os.RemoveAll(d.dir); err != nil {
+		return fmt.Errorf("clean %s: %w", d.dir, err)
+	}
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", d.dir, err)
+	}
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		return fmt.Errorf("generate api key: %w", err)
+	}
+	d.secret = filepath.Join(d.dir, "cobo-api-secret")
+	if err := os.WriteFile(d.secret, []byte(hex.EncodeToString(seed)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write api secret: %w", err)
+	}
+	d.rules = filepath.Join(d.dir, "rules.json")
+	if err := os.WriteFile(d.rules, []byte(demoRules), 0o600); err != nil {
+		return fmt.Errorf("write rules: %w", err)
+	}
+	return nil
+}
+
+func (d *demo) output(name string, args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(d.bin, name), args...).Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (d *demo) start(name string, args ...string) error {
+	bin := name
+	if i := strings.IndexByte(name, '-'); i > 0 {
+		bin = name[:i]
+	}
+	logf, err := os.Create(d.logPath(name))
+	if err != nil {
+		return fmt.Errorf("log for %s: %w", name, err)
+	}
+	cmd := exec.Command(filepath.Join(d.bin, bin), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group: Ctrl-C reaches the demo, which stops children in
+	// order instead of all at once.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	d.procs = append(d.procs, p)
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited at start; see %s", name, d.logPath(name))
+	case <-time.After(300 * time.Millisecond):
+		return nil
+	}
+}
+
+// stopOne stops a process softly (SIGINT), then hard after 15 s.
+func (d *demo) stopOne(name string) {
+	for i, p := range d.procs {
+		if p.name != name {
+			continue
+		}
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		d.procs = append(d.procs[:i], d.procs[i+1:]...)
+		return
+	}
+}
+
+// stopAll stops the sandbox first, then the workers, then ingest.
+func (d *demo) stopAll() {
+	for _, prefix := range []string{"sandbox", "worker", "ingest"} {
+		for _, p := range append([]*proc(nil), d.procs...) {
+			if strings.HasPrefix(p.name, prefix) {
+				d.stopOne(p.name)
+			}
+		}
+	}
+}
+
+func waitReady(ctx context.Context, url string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return errors.New("not ready after 20s: " + url)
+}
+
+type snapshot struct {
+	stored, dups, rejected                  int
+	events                                  int
+	completed, expired, underpaid           int
+	planned, allocated, failed, inFlight    int
+	ordersFinal                             int
+	batches, items, dupRequests, faultsUsed int
+}
+
+type progress struct {
+	out       io.Writer
+	admin     string
+	workers   []string
+	sandbox   string
+	printedAt time.Time
+}
+
+// scrape reads every process's metrics into one snapshot.
+func (p *progress) scrape() snapshot {
+	var s snapshot
+	ing := scrape(p.admin)
+	s.stored = int(ing.sum(`paystream_webhook_requests_total{code="200"}`)) - int(ing.sum("paystream_webhook_duplicates_total"))
+	s.dups = int(ing.sum("paystream_webhook_duplicates_total"))
+	s.rejected = int(ing.sumPrefix("paystream_webhook_requests_total")) - s.stored - s.dups
+	for _, u := range p.workers {
+		w := scrape(u)
+		s.events += int(w.sumPrefix("paystream_worker_events_total"))
+		s.completed += int(w.sum(`paystream_order_transitions_total{status="Completed"}`))
+		s.expired += int(w.sum(`paystream_order_transitions_total{status="Expired"}`))
+		s.underpaid += int(w.sum(`paystream_order_transitions_total{status="Underpaid"}`))
+		s.planned += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="planned"}`))
+		s.allocated += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="completed"}`))
+		s.failed += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="failed"}`))
+	}
+	s.inFlight = max(0, s.planned-s.allocated-s.failed)
+	s.ordersFinal = s.completed + s.expired + s.underpaid
+	if resp, err := http.Get(p.sandbox); err == nil {
+		var st struct {
+			Batches           int `json:"batches"`
+			Items             int `json:"items"`
+			DuplicateRequests int `json:"duplicate_requests"`
+			FaultsApplied     int `json:"faults_applied"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		s.batches, s.items, s.dupRequests, s.faultsUsed = st.Batches, st.Items, st.DuplicateRequests, st.FaultsApplied
+	}
+	return s
+}
+
+// print writes one progress line; the event rate is since the last line.
+func (p *progress) print(elapsed time.Duration, s, prev snapshot) {
+	rate := 0.0
+	if !p.printedAt.IsZero() {
+		rate = float64(s.events-prev.events) / time.Since(p.printedAt).Seconds()
+	}
+	p.printedAt = time.Now()
+	fmt.Fprintf(p.out, "%4.0fs │ webhooks %5d stored %4d dup %3d rejected │ events %6d %5.0f/s │ orders %4d completed %3d expired %3d underpaid │ allocations %4d done %2d failed %3d in flight │ Cobo %3d batches %4d items, %d faults injected, %d duplicate request_ids\n",
+		elapsed.Seconds(), s.stored, s.dups, s.rejected, s.events, rate, s.completed, s.expired, s.underpaid,
+		s.allocated, s.failed, s.inFlight, s.batches, s.items, s.faultsUsed, s.dupRequests)
+}
+
+// metrics is a scraped Prometheus text exposition, series -> value.
+type metrics map[string]float64
+
+func scrape(url string) metrics {
+	m := metrics{}
+	resp, err := http.Get(url)
+	if err != nil {
+		return m
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
+}
+
+func (m metrics) sum(series string) float64 { return m[series] }
+
+func (m metrics) sumPrefix(name string) float64 {
+	t := 0.0
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			t += v
+		}
+	}
+	return t
+}
+
+// completedOrderID returns an order id a worker logged as completed.
+func completedOrderID(logPath string) string {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			OrderID string `json:"order_id"`
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "order completed" && line.OrderID != "" {
+			return line.OrderID
+		}
+	}
+	return ""
+}
