@@ -1,0 +1,609 @@
+// Package bitgo allocates funds to a BitGo Go Network (Off-Exchange
+// Settlement) partner connection: POST
+// /api/network/v1/enterprises/{eid}/clients/connections/{cid}/allocations,
+// with the payload signed by the Go Account's user key as a Bitcoin Signed
+// Message, as BitGoJS does.
+//
+// Allocation is split in two so that it is exactly-once across crashes:
+// Prepare builds and signs a Request (with a fresh nonce), the caller
+// persists it durably, and Send sends exactly those bytes, as often as
+// needed. BitGo deduplicates on clientExternalId, and documents re-sending
+// the identical request as the way to retry.
+package bitgo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/decred/dcrd/dcrec/secp256k1/v4"
+	"github.com/shopspring/decimal"
+)
+
+// Base URLs of BitGo's API. Network API paths hang directly off them.
+const (
+	TestBaseURL = "https://app.bitgo-test.com"
+	ProdBaseURL = "https://app.bitgo.com"
+)
+
+// Defaults for Config.
+const (
+	DefaultMaxAttempts = 5
+	DefaultBackoffBase = 200 * time.Millisecond
+	DefaultBackoffMax  = 5 * time.Second
+	// DefaultHTTPTimeout bounds one exchange when Config.HTTP is nil.
+	DefaultHTTPTimeout = 30 * time.Second
+)
+
+// Allocation statuses. Cleared is terminal success, released terminal
+// failure, reserved pending (poll Get).
+const (
+	StatusCleared  = "cleared"
+	StatusReleased = "released"
+	StatusReserved = "reserved"
+)
+
+// maxResponse bounds a response body read into memory.
+const maxResponse = 1 << 20
+
+// maxField bounds connectionId, clientExternalId and notes; BitGo does not
+// document limits.
+const maxField = 1024
+
+// ErrReleased means BitGo released the allocation: a terminal failure such
+// as insufficient balance, an inactive connection or a partner rejection.
+// Re-sending cannot change it; a new attempt needs a new clientExternalId.
+// Test with errors.Is; errors.As with *ReleasedError gives the allocation.
+var ErrReleased = errors.New("bitgo allocation released")
+
+// ReleasedError is the error for a released allocation. It wraps
+// ErrReleased.
+type ReleasedError struct {
+	// Allocation is the released allocation BitGo returned; its ID may be
+	// empty if BitGo sent none.
+	Allocation Allocation
+	// Reason is BitGo's reason, or its error message when there is none.
+	Reason string
+}
+
+// Error implements error.
+func (e *ReleasedError) Error() string {
+	return fmt.Sprintf("%v: allocation %q: %s", ErrReleased, e.Allocation.ID, e.Reason)
+}
+
+// Unwrap returns ErrReleased.
+func (e *ReleasedError) Unwrap() error { return ErrReleased }
+
+// APIError is an HTTP error answer from BitGo, with its {"error"} message
+// (or the start of the body when there is none).
+type APIError struct {
+	HTTPStatus int
+	Message    string
+}
+
+// Error implements error.
+func (e *APIError) Error() string {
+	return fmt.Sprintf("bitgo api: http %d: %s", e.HTTPStatus, e.Message)
+}
+
+// Retryable reports whether the same request may succeed later: 5xx
+// (including 500 with a reserved, retriable allocation) and 429. Other 4xx
+// are configuration, authorization or signing problems.
+func (e *APIError) Retryable() bool {
+	return e.HTTPStatus >= 500 || e.HTTPStatus == http.StatusTooManyRequests
+}
+
+// Amount is an amount in base units: Quantity is an integer string.
+type Amount struct {
+	Currency string `json:"currency"`
+	Quantity string `json:"quantity"`
+}
+
+// Allocation is BitGo's allocation object, as returned by the allocate,
+// get and list routes. Reason is set when not cleared. Retriable is true
+// only for a reserved allocation that must be re-sent. Times are ISO-8601.
+type Allocation struct {
+	ID               string `json:"id"`
+	ConnectionID     string `json:"connectionId"`
+	ClientExternalID string `json:"clientExternalId"`
+	Status           string `json:"status"`
+	Reason           string `json:"reason,omitempty"`
+	Notes            string `json:"notes,omitempty"`
+	Amount           Amount `json:"amount"`
+	Retriable        bool   `json:"retriable"`
+	CreatedAt        string `json:"createdAt,omitempty"`
+	UpdatedAt        string `json:"updatedAt,omitempty"`
+}
+
+// Config configures a Client. BaseURL, EnterpriseID, AccessToken,
+// SigningKey and Currencies are required.
+type Config struct {
+	// BaseURL is TestBaseURL, ProdBaseURL or a simulator, without a path.
+	BaseURL string
+	// EnterpriseID is the BitGo enterprise that owns the connections.
+	EnterpriseID string
+	// AccessToken is a token with settlement_network_read/write scopes,
+	// sent as "Authorization: Bearer <token>".
+	AccessToken string
+	// SigningKey is the Go Account user key that signs payloads (see
+	// ParseSigningKey).
+	SigningKey *secp256k1.PrivateKey
+	// Currencies maps Cobo token ids to BitGo currencies. New copies it.
+	Currencies map[string]Currency
+	// HTTP is the transport; its Timeout bounds one exchange. When nil, a
+	// client with DefaultHTTPTimeout is used.
+	HTTP *http.Client
+	// MaxAttempts bounds tries of one call; DefaultMaxAttempts when zero.
+	MaxAttempts int
+	// BackoffBase and BackoffMax bound the jittered, doubling delay between
+	// tries; the defaults apply when zero.
+	BackoffBase, BackoffMax time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.HTTP == nil {
+		c.HTTP = &http.Client{Timeout: DefaultHTTPTimeout}
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	u, err := url.Parse(c.BaseURL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("BaseURL must be an http(s) URL, got %q", c.BaseURL)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return fmt.Errorf("BaseURL must have no query, fragment or credentials, got %q", u.Redacted())
+	case strings.TrimSpace(c.EnterpriseID) == "":
+		return errors.New("EnterpriseID is required")
+	case strings.ContainsAny(c.EnterpriseID, "/?# \t"):
+		return fmt.Errorf("EnterpriseID %q is not a path segment", c.EnterpriseID)
+	case strings.TrimSpace(c.AccessToken) == "":
+		return errors.New("AccessToken is required")
+	case strings.ContainsAny(c.AccessToken, " \t\r\n"):
+		// Do not echo the token: it is a credential.
+		return errors.New("AccessToken contains blanks or line breaks")
+	case c.SigningKey == nil:
+		return errors.New("SigningKey is required")
+	case len(c.Currencies) == 0:
+		return errors.New("Currencies must map at least one token id")
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
+		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
+	}
+	for token, cur := range c.Currencies {
+		if token == "" {
+			return errors.New("Currencies has an empty token id")
+		}
+		if err := cur.validate(); err != nil {
+			return fmt.Errorf("Currencies[%s]: %w", token, err)
+		}
+	}
+	return nil
+}
+
+// Client prepares and sends BitGo partner-connection allocations. It is
+// safe for concurrent use.
+type Client struct {
+	cfg  Config
+	base string
+	// nonce makes a Prepare nonce; tests fix it.
+	nonce func() (string, error)
+}
+
+// New returns a Client for cfg with defaults applied. An invalid config is
+// an error naming the field; it never contains the token or key.
+func New(cfg Config) (*Client, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("bitgo client config: %w", err)
+	}
+	cur := make(map[string]Currency, len(cfg.Currencies))
+	for k, v := range cfg.Currencies {
+		cur[k] = v
+	}
+	cfg.Currencies = cur
+	return &Client{
+		cfg:   cfg,
+		base:  strings.TrimRight(cfg.BaseURL, "/"),
+		nonce: randomNonce,
+	}, nil
+}
+
+// Request is a fully prepared allocation request. The caller persists it
+// durably BEFORE the first Send and resends exactly it (same bytes) on
+// retries, also after a restart: a fresh Prepare would carry a new nonce
+// and signature. Body is the JSON POST body.
+type Request struct {
+	ConnectionID     string          `json:"connection_id"`
+	ClientExternalID string          `json:"client_external_id"`
+	Body             json.RawMessage `json:"body"`
+}
+
+// allocationPayload is the signed payload, with fields in BitGoJS order
+// (prepareAllocation: connectionId, amount, notes, clientExternalId, nonce).
+type allocationPayload struct {
+	ConnectionID     string `json:"connectionId"`
+	Amount           Amount `json:"amount"`
+	Notes            string `json:"notes,omitempty"`
+	ClientExternalID string `json:"clientExternalId"`
+	Nonce            string `json:"nonce"`
+}
+
+// allocationBody is the POST body.
+type allocationBody struct {
+	Amount           Amount `json:"amount"`
+	ClientExternalID string `json:"clientExternalId"`
+	Nonce            string `json:"nonce"`
+	Notes            string `json:"notes,omitempty"`
+	Payload          string `json:"payload"`
+	Signature        string `json:"signature"`
+}
+
+// Prepare builds and signs the request allocating amount of tokenID (a
+// Cobo token id mapped by Config.Currencies) to connectionID. The body is
+// {amount:{currency,quantity}, clientExternalId, nonce, notes?, payload,
+// signature}, where quantity is amount*10^decimals as an integer string,
+// nonce 32 random bytes in hex, payload the compact JSON of
+// {connectionId, amount, notes (omitted when empty), clientExternalId,
+// nonce} in that order without HTML escaping, and signature
+// SignMessage(payload). clientExternalId is BitGo's idempotency key:
+// derive it deterministically from what is being paid.
+//
+// It fails when the token is unknown; when amount is not positive or has
+// more significant decimals than the currency; when connectionID or
+// clientExternalID is empty; or when an id or the notes are longer than
+// 1024 bytes or not printable ASCII (which keeps the signed bytes
+// identical to what BitGoJS would sign). Prepare does no I/O.
+func (c *Client) Prepare(connectionID, clientExternalID, tokenID string, amount decimal.Decimal, notes string) (Request, error) {
+	r, err := c.prepare(connectionID, clientExternalID, tokenID, amount, notes)
+	if err != nil {
+		return Request{}, fmt.Errorf("bitgo prepare %s: %w", clientExternalID, err)
+	}
+	return r, nil
+}
+
+func (c *Client) prepare(connectionID, clientExternalID, tokenID string, amount decimal.Decimal, notes string) (Request, error) {
+	if err := checkText("connectionId", connectionID, true); err != nil {
+		return Request{}, err
+	}
+	if err := checkText("clientExternalId", clientExternalID, true); err != nil {
+		return Request{}, err
+	}
+	if err := checkText("notes", notes, false); err != nil {
+		return Request{}, err
+	}
+	cur, ok := c.cfg.Currencies[tokenID]
+	if !ok {
+		return Request{}, fmt.Errorf("token %q has no BitGo currency configured", tokenID)
+	}
+	qty, err := cur.quantity(amount)
+	if err != nil {
+		return Request{}, err
+	}
+	nonce, err := c.nonce()
+	if err != nil {
+		return Request{}, fmt.Errorf("nonce: %w", err)
+	}
+	amt := Amount{Currency: cur.Name, Quantity: qty}
+	payload, err := marshalCompact(allocationPayload{
+		ConnectionID:     connectionID,
+		Amount:           amt,
+		Notes:            notes,
+		ClientExternalID: clientExternalID,
+		Nonce:            nonce,
+	})
+	if err != nil {
+		return Request{}, fmt.Errorf("encode payload: %w", err)
+	}
+	body, err := marshalCompact(allocationBody{
+		Amount:           amt,
+		ClientExternalID: clientExternalID,
+		Nonce:            nonce,
+		Notes:            notes,
+		Payload:          string(payload),
+		Signature:        SignMessage(c.cfg.SigningKey, payload),
+	})
+	if err != nil {
+		return Request{}, fmt.Errorf("encode body: %w", err)
+	}
+	return Request{ConnectionID: connectionID, ClientExternalID: clientExternalID, Body: body}, nil
+}
+
+// marshalCompact is json.Marshal without HTML escaping, so that '<', '>'
+// and '&' appear as JSON.stringify writes them.
+func marshalCompact(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// checkText keeps signed strings to printable ASCII: for other text Go's
+// encoder and JSON.stringify differ (U+2028), and BitGo's message signing
+// may count UTF-16 units instead of bytes.
+func checkText(field, s string, required bool) error {
+	if s == "" {
+		if required {
+			return fmt.Errorf("%s is empty", field)
+		}
+		return nil
+	}
+	if len(s) > maxField {
+		return fmt.Errorf("%s has %d bytes, at most %d allowed", field, len(s), maxField)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return fmt.Errorf("%s has a byte that is not printable ASCII at offset %d", field, i)
+		}
+	}
+	return nil
+}
+
+func randomNonce() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// allocationEnvelope is the body of allocation answers, success or error.
+type allocationEnvelope struct {
+	Allocation *Allocation `json:"allocation"`
+	Error      string      `json:"error"`
+}
+
+// outcome is the result of one exchange.
+type outcome struct {
+	alloc Allocation
+	err   error
+	retry bool
+}
+
+// Send POSTs r.Body, byte for byte, to r.ConnectionID's allocations route
+// and interprets BitGo's answer:
+//   - 200 cleared: the Allocation, nil.
+//   - 200 reserved (retriable=false): the Allocation with Status reserved,
+//     nil; BitGo finishes it asynchronously, so poll Get.
+//   - 422, or 200 with a released allocation: the released Allocation
+//     and a *ReleasedError wrapping ErrReleased. Terminal.
+//   - 200 without a usable allocation (no body, unknown status, another
+//     clientExternalId): an error, not retried.
+//   - network errors, timeouts, 429, 5xx, and 500 with a reserved
+//     retriable allocation: the identical body is sent again after a
+//     jittered backoff, up to Config.MaxAttempts tries in all. If they all
+//     fail, the error is the last one (an *APIError with Retryable true,
+//     or a transport error), and the allocation's fate is unknown: the
+//     caller must Send the same Request again later.
+//   - other 4xx: an *APIError, not retried.
+//
+// If ctx ends first, the error wraps both ctx.Err() and the last failure;
+// the allocation's fate is then unknown too.
+//
+// Errors are wrapped as "bitgo allocate <clientExternalId>: ...". Send is
+// safe to call concurrently, also with the same Request. BitGo documents
+// clientExternalId as its idempotency key and replaying the identical
+// request as the way to retry; that a replay of an already recorded
+// allocation answers 200 with that allocation (as bitgosim does) is not
+// confirmed by BitGo's documentation, so an unexpected 4xx on a replay
+// should be reconciled with the list endpoint, not treated as a failure.
+func (c *Client) Send(ctx context.Context, r Request) (Allocation, error) {
+	a, err := c.send(ctx, r)
+	if err != nil {
+		return a, fmt.Errorf("bitgo allocate %s: %w", r.ClientExternalID, err)
+	}
+	return a, nil
+}
+
+func (c *Client) send(ctx context.Context, r Request) (Allocation, error) {
+	if r.ConnectionID == "" || r.ClientExternalID == "" || len(r.Body) == 0 {
+		return Allocation{}, errors.New("request is incomplete: connection id, client external id and body are required")
+	}
+	u := c.enterpriseURL() + "/clients/connections/" + url.PathEscape(r.ConnectionID) + "/allocations"
+	return c.retry(ctx, func(ctx context.Context) outcome {
+		status, data, err := c.exchange(ctx, http.MethodPost, u, r.Body)
+		if err != nil {
+			// The server may have acted; the identical body is safe to
+			// replay because BitGo deduplicates on clientExternalId.
+			return outcome{err: err, retry: true}
+		}
+		return c.postOutcome(status, data, r.ClientExternalID)
+	})
+}
+
+func (c *Client) postOutcome(status int, data []byte, clientExternalID string) outcome {
+	var env allocationEnvelope
+	decodeErr := json.Unmarshal(data, &env)
+	var a Allocation
+	if env.Allocation != nil {
+		a = *env.Allocation
+	}
+	switch {
+	case status >= 200 && status < 300:
+		if decodeErr != nil || env.Allocation == nil {
+			return outcome{err: fmt.Errorf("http %d without an allocation in the body", status)}
+		}
+		if a.ClientExternalID != "" && a.ClientExternalID != clientExternalID {
+			return outcome{alloc: a, err: fmt.Errorf("answer is for clientExternalId %q", a.ClientExternalID)}
+		}
+		switch a.Status {
+		case StatusCleared:
+			return outcome{alloc: a}
+		case StatusReserved:
+			if a.Retriable {
+				return outcome{alloc: a, retry: true, err: &APIError{HTTPStatus: status, Message: "allocation reserved, retriable: " + a.Reason}}
+			}
+			return outcome{alloc: a}
+		case StatusReleased:
+			return outcome{alloc: a, err: &ReleasedError{Allocation: a, Reason: firstNonEmpty(a.Reason, env.Error, "no reason given")}}
+		default:
+			return outcome{alloc: a, err: fmt.Errorf("allocation %s has unknown status %q", a.ID, a.Status)}
+		}
+	case status == http.StatusUnprocessableEntity:
+		// 422 is BitGo's terminal business failure; the body normally
+		// carries the released allocation.
+		return outcome{alloc: a, err: &ReleasedError{Allocation: a, Reason: firstNonEmpty(a.Reason, env.Error, "http 422")}}
+	}
+	apiErr := newAPIError(status, data, env.Error)
+	if env.Allocation != nil && a.Status == StatusReserved && a.Retriable {
+		apiErr.Message = "allocation reserved, retriable: " + firstNonEmpty(a.Reason, apiErr.Message)
+	}
+	return outcome{alloc: a, err: apiErr, retry: apiErr.Retryable()}
+}
+
+// Get returns the allocation with id allocationID (GET
+// .../clients/allocations/{id}). Transient failures are retried like
+// Send's; other answers are an *APIError (404 when unknown).
+func (c *Client) Get(ctx context.Context, allocationID string) (Allocation, error) {
+	if allocationID == "" {
+		return Allocation{}, errors.New("bitgo get allocation: empty allocation id")
+	}
+	u := c.enterpriseURL() + "/clients/allocations/" + url.PathEscape(allocationID)
+	a, err := c.retry(ctx, func(ctx context.Context) outcome {
+		status, data, err := c.exchange(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return outcome{err: err, retry: true}
+		}
+		if status < 200 || status >= 300 {
+			var env allocationEnvelope
+			_ = json.Unmarshal(data, &env)
+			apiErr := newAPIError(status, data, env.Error)
+			return outcome{err: apiErr, retry: apiErr.Retryable()}
+		}
+		var env allocationEnvelope
+		if err := json.Unmarshal(data, &env); err != nil || env.Allocation == nil {
+			return outcome{err: fmt.Errorf("http %d without an allocation in the body", status)}
+		}
+		return outcome{alloc: *env.Allocation}
+	})
+	if err != nil {
+		return a, fmt.Errorf("bitgo get allocation %s: %w", allocationID, err)
+	}
+	return a, nil
+}
+
+func (c *Client) enterpriseURL() string {
+	return c.base + "/api/network/v1/enterprises/" + url.PathEscape(c.cfg.EnterpriseID)
+}
+
+// retry runs op until it succeeds, fails for good, the context ends or
+// MaxAttempts tries are used. An ended context is reported together with
+// the last failure, both wrapped.
+func (c *Client) retry(ctx context.Context, op func(context.Context) outcome) (Allocation, error) {
+	var last outcome
+	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+		if attempt > 1 {
+			t := time.NewTimer(c.backoff(attempt - 1))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return last.alloc, fmt.Errorf("%w (last error: %w)", ctx.Err(), last.err)
+			case <-t.C:
+			}
+		}
+		last = op(ctx)
+		if !last.retry || last.err == nil {
+			return last.alloc, last.err
+		}
+		if err := ctx.Err(); err != nil {
+			if errors.Is(last.err, err) {
+				return last.alloc, last.err
+			}
+			return last.alloc, fmt.Errorf("%w (last error: %w)", err, last.err)
+		}
+	}
+	return last.alloc, fmt.Errorf("gave up after %d attempts: %w", c.cfg.MaxAttempts, last.err)
+}
+
+// exchange performs one HTTP exchange and reads the answer. Errors name
+// the method and path only: the URL has no secrets, but headers do.
+func (c *Client) exchange(ctx context.Context, method, u string, body []byte) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", method, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.AccessToken)
+	req.Header.Set("enterprise-id", c.cfg.EnterpriseID)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.cfg.HTTP.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: %w", method, req.URL.Path, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: read http %d answer: %w", method, req.URL.Path, resp.StatusCode, err)
+	}
+	return resp.StatusCode, data, nil
+}
+
+// unwrapURLError drops *url.Error's repetition of method and URL.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func newAPIError(status int, data []byte, msg string) *APIError {
+	if msg == "" {
+		msg = strings.TrimSpace(string(data[:min(len(data), 200)]))
+	}
+	if msg == "" || msg == "{}" {
+		msg = http.StatusText(status)
+	}
+	return &APIError{HTTPStatus: status, Message: msg}
+}
+
+// backoff returns the delay before retry n (from 1): doubling from base,
+// capped, with jitter over the upper half so that concurrent clients do
+// not retry in step.
+func (c *Client) backoff(n int) time.Duration {
+	d := c.cfg.BackoffBase
+	for i := 1; i < n && d < c.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.BackoffMax)
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

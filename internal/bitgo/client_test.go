@@ -1,0 +1,473 @@
+package bitgo_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/decred/dcrd/dcrec/secp256k1/v4"
+	"github.com/rs/zerolog"
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/bitgo"
+	"github.com/paystream/paystream/internal/sandbox/bitgosim"
+)
+
+const (
+	enterpriseID = "0123456789abcdef0123456789abcdef"
+	connectionID = "11111111-2222-4333-8444-555555555555"
+	accessToken  = "v2xsecret-test-token"
+)
+
+// env is a client wired to a simulator on loopback.
+type env struct {
+	sim      *bitgosim.Sim
+	srv      *httptest.Server
+	client   *bitgo.Client
+	key      *secp256k1.PrivateKey
+	requests atomic.Int32 // POSTs seen by the server
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	key, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	e := &env{key: key}
+	e.sim = bitgosim.New(bitgosim.Config{
+		EnterpriseID: enterpriseID,
+		AccessToken:  accessToken,
+		SigningPub:   key.PubKey(),
+		Logger:       zerolog.Nop(),
+	})
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			e.requests.Add(1)
+		}
+		e.sim.ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.srv.Close)
+	e.client = e.newClient(t, accessToken)
+	return e
+}
+
+func (e *env) newClient(t *testing.T, token string) *bitgo.Client {
+	t.Helper()
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL:      e.srv.URL,
+		EnterpriseID: enterpriseID,
+		AccessToken:  token,
+		SigningKey:   e.key,
+		Currencies:   bitgo.DefaultCurrencies(),
+		HTTP:         e.srv.Client(),
+		BackoffBase:  time.Millisecond,
+		BackoffMax:   2 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	return c
+}
+
+func (e *env) prepare(t *testing.T, externalID string) bitgo.Request {
+	t.Helper()
+	r, err := e.client.Prepare(connectionID, externalID, "ETH_USDT", decimal.RequireFromString("12.5"), "order 42")
+	require.NoError(t, err)
+	return r
+}
+
+func TestSendCleared(t *testing.T) {
+	e := newEnv(t)
+	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-1"))
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusCleared, a.Status)
+	require.NotEmpty(t, a.ID)
+	require.Equal(t, "pay-1", a.ClientExternalID)
+	require.Equal(t, connectionID, a.ConnectionID)
+	require.Equal(t, bitgo.Amount{Currency: "ofcusdt", Quantity: "12500000"}, a.Amount)
+	require.Equal(t, "order 42", a.Notes)
+	require.False(t, a.Retriable)
+	require.Equal(t, []bitgo.Allocation{a}, e.sim.Allocations())
+	require.EqualValues(t, 1, e.requests.Load())
+
+	got, err := e.client.Get(context.Background(), a.ID)
+	require.NoError(t, err)
+	require.Equal(t, a, got)
+}
+
+func TestSendLostResponseRecordsOnce(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultLoseResponse})
+	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-lost"))
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusCleared, a.Status)
+	require.EqualValues(t, 2, e.requests.Load())
+	require.Equal(t, []bitgo.Allocation{a}, e.sim.Allocations())
+}
+
+func TestSendRetriesError500(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500, Count: 2})
+	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-500"))
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusCleared, a.Status)
+	require.EqualValues(t, 3, e.requests.Load())
+	require.Len(t, e.sim.Allocations(), 1)
+}
+
+func TestSendRetriesReservedRetriable(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultReserveRetriable})
+	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-rr"))
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusCleared, a.Status)
+	require.EqualValues(t, 2, e.requests.Load())
+	require.Equal(t, []bitgo.Allocation{a}, e.sim.Allocations())
+}
+
+func TestSendGivesUpAfterMaxAttempts(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500, Count: bitgo.DefaultMaxAttempts})
+	r := e.prepare(t, "pay-down")
+	_, err := e.client.Send(context.Background(), r)
+	require.Error(t, err)
+	var apiErr *bitgo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusInternalServerError, apiErr.HTTPStatus)
+	require.True(t, apiErr.Retryable())
+	require.Contains(t, err.Error(), "bitgo allocate pay-down")
+	require.EqualValues(t, bitgo.DefaultMaxAttempts, e.requests.Load())
+	require.Empty(t, e.sim.Allocations())
+
+	// The caller's later resend of the persisted request succeeds once.
+	a, err := e.client.Send(context.Background(), r)
+	require.NoError(t, err)
+	require.Equal(t, []bitgo.Allocation{a}, e.sim.Allocations())
+}
+
+func TestSendReleased(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultRelease})
+	r := e.prepare(t, "pay-rel")
+	a, err := e.client.Send(context.Background(), r)
+	require.ErrorIs(t, err, bitgo.ErrReleased)
+	var rel *bitgo.ReleasedError
+	require.ErrorAs(t, err, &rel)
+	require.Equal(t, bitgosim.ReasonInsufficientBalance, rel.Reason)
+	require.Equal(t, bitgo.StatusReleased, rel.Allocation.Status)
+	require.Equal(t, a, rel.Allocation)
+	require.EqualValues(t, 1, e.requests.Load(), "a release is terminal, not retried")
+
+	// Re-sending cannot change a released allocation.
+	_, err = e.client.Send(context.Background(), r)
+	require.ErrorIs(t, err, bitgo.ErrReleased)
+	require.Len(t, e.sim.Allocations(), 1)
+}
+
+func TestSendWrongTokenNotRetried(t *testing.T) {
+	e := newEnv(t)
+	c := e.newClient(t, "v2xwrong-token")
+	_, err := c.Send(context.Background(), e.prepare(t, "pay-401"))
+	var apiErr *bitgo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusUnauthorized, apiErr.HTTPStatus)
+	require.False(t, apiErr.Retryable())
+	require.NotContains(t, err.Error(), "v2xwrong-token")
+	require.EqualValues(t, 1, e.requests.Load())
+	require.Empty(t, e.sim.Allocations())
+}
+
+func TestSendWrongSigningKey(t *testing.T) {
+	e := newEnv(t)
+	other, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
+		SigningKey: other, Currencies: bitgo.DefaultCurrencies(), HTTP: e.srv.Client(),
+	})
+	require.NoError(t, err)
+	r, err := c.Prepare(connectionID, "pay-badsig", "ETH_USDT", decimal.RequireFromString("1"), "")
+	require.NoError(t, err)
+	_, err = c.Send(context.Background(), r)
+	var apiErr *bitgo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusUnauthorized, apiErr.HTTPStatus)
+	require.Equal(t, bitgosim.MsgInvalidSignature, apiErr.Message)
+	require.Empty(t, e.sim.Allocations())
+}
+
+func TestSendReservedThenGetCleared(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultReserved})
+	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-res"))
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusReserved, a.Status)
+	require.False(t, a.Retriable)
+
+	got, err := e.client.Get(context.Background(), a.ID)
+	require.NoError(t, err)
+	require.Equal(t, bitgo.StatusCleared, got.Status)
+	require.Equal(t, a.ID, got.ID)
+	require.Len(t, e.sim.Allocations(), 1)
+}
+
+func TestGetUnknown(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.client.Get(context.Background(), "no-such-id")
+	var apiErr *bitgo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusNotFound, apiErr.HTTPStatus)
+	require.Contains(t, err.Error(), "bitgo get allocation no-such-id")
+}
+
+func TestSendConcurrentSameRequest(t *testing.T) {
+	e := newEnv(t)
+	r := e.prepare(t, "pay-concurrent")
+	const n = 10
+	ids := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := e.client.Send(context.Background(), r)
+			ids[i], errs[i] = a.ID, err
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i])
+		require.Equal(t, ids[0], ids[i])
+	}
+	all := e.sim.Allocations()
+	require.Len(t, all, 1)
+	require.Equal(t, ids[0], all[0].ID)
+}
+
+// cancelAfter is a transport that cancels a context once a response has
+// been read in full, so that the client sees the answer and then an ended
+// context.
+type cancelAfter struct {
+	base   http.RoundTripper
+	cancel context.CancelFunc
+}
+
+func (c cancelAfter) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	c.cancel()
+	return resp, err
+}
+
+func TestSendContextCanceledAfterRetryableAnswer(t *testing.T) {
+	e := newEnv(t)
+	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
+		SigningKey: e.key, Currencies: bitgo.DefaultCurrencies(),
+		HTTP:        &http.Client{Transport: cancelAfter{base: e.srv.Client().Transport, cancel: cancel}},
+		BackoffBase: time.Hour, BackoffMax: time.Hour,
+	})
+	require.NoError(t, err)
+	_, err = c.Send(ctx, e.prepare(t, "pay-cancel"))
+	require.ErrorIs(t, err, context.Canceled)
+	var apiErr *bitgo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusInternalServerError, apiErr.HTTPStatus)
+	require.EqualValues(t, 1, e.requests.Load())
+	require.Empty(t, e.sim.Allocations())
+}
+
+func TestSendIncompleteRequest(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.client.Send(context.Background(), bitgo.Request{ClientExternalID: "x"})
+	require.Error(t, err)
+	require.EqualValues(t, 0, e.requests.Load())
+}
+
+// TestSendAnswers covers answers the simulator does not produce.
+func TestSendAnswers(t *testing.T) {
+	cases := []struct {
+		name      string
+		status    int
+		body      string
+		wantTries int32
+		check     func(t *testing.T, a bitgo.Allocation, err error)
+	}{
+		{"429 retried", http.StatusTooManyRequests, `{"error":"slow down"}`, 3, func(t *testing.T, _ bitgo.Allocation, err error) {
+			var apiErr *bitgo.APIError
+			require.ErrorAs(t, err, &apiErr)
+			require.Equal(t, "slow down", apiErr.Message)
+			require.Contains(t, err.Error(), "gave up after 3 attempts")
+		}},
+		{"403 not retried", http.StatusForbidden, `{"error":"no OES license"}`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			var apiErr *bitgo.APIError
+			require.ErrorAs(t, err, &apiErr)
+			require.Equal(t, &bitgo.APIError{HTTPStatus: 403, Message: "no OES license"}, apiErr)
+		}},
+		{"400 empty body", http.StatusBadRequest, `{}`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			var apiErr *bitgo.APIError
+			require.ErrorAs(t, err, &apiErr)
+			require.Equal(t, "Bad Request", apiErr.Message)
+		}},
+		{"422 without allocation", http.StatusUnprocessableEntity, `{"error":"connection is inactive"}`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			var rel *bitgo.ReleasedError
+			require.ErrorAs(t, err, &rel)
+			require.Equal(t, "connection is inactive", rel.Reason)
+		}},
+		{"200 released", http.StatusOK, `{"allocation":{"id":"a1","clientExternalId":"ext","status":"released","reason":"partner rejected"}}`, 1, func(t *testing.T, a bitgo.Allocation, err error) {
+			require.ErrorIs(t, err, bitgo.ErrReleased)
+			require.Equal(t, "a1", a.ID)
+		}},
+		{"200 unknown status", http.StatusOK, `{"allocation":{"id":"a1","clientExternalId":"ext","status":"weird"}}`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			require.ErrorContains(t, err, `unknown status "weird"`)
+		}},
+		{"200 other allocation", http.StatusOK, `{"allocation":{"id":"a1","clientExternalId":"someone-else","status":"cleared"}}`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			require.ErrorContains(t, err, "someone-else")
+		}},
+		{"200 garbage", http.StatusOK, `<html>`, 1, func(t *testing.T, _ bitgo.Allocation, err error) {
+			require.ErrorContains(t, err, "without an allocation")
+		}},
+		{"500 reserved retriable exhausts", http.StatusInternalServerError, `{"allocation":{"id":"r1","clientExternalId":"ext","status":"reserved","retriable":true,"reason":"busy"}}`, 3, func(t *testing.T, a bitgo.Allocation, err error) {
+			var apiErr *bitgo.APIError
+			require.ErrorAs(t, err, &apiErr)
+			require.True(t, apiErr.Retryable())
+			require.Contains(t, apiErr.Message, "busy")
+			require.Equal(t, "r1", a.ID)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var tries atomic.Int32
+			var mu sync.Mutex
+			var seen []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tries.Add(1)
+				mu.Lock()
+				seen = append(seen, strings.Join([]string{r.Method, r.URL.EscapedPath(), r.Header.Get("Authorization"), r.Header.Get("enterprise-id"), r.Header.Get("Content-Type")}, " "))
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			t.Cleanup(srv.Close)
+			key, err := secp256k1.GeneratePrivateKey()
+			require.NoError(t, err)
+			c, err := bitgo.New(bitgo.Config{
+				BaseURL: srv.URL + "/", EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
+				Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), MaxAttempts: 3,
+				BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+			})
+			require.NoError(t, err)
+			a, err := c.Send(context.Background(), bitgo.Request{ConnectionID: "conn/1", ClientExternalID: "ext", Body: []byte(`{"x":1}`)})
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "bitgo allocate ext")
+			tc.check(t, a, err)
+			require.Equal(t, tc.wantTries, tries.Load())
+			mu.Lock()
+			defer mu.Unlock()
+			for _, got := range seen {
+				require.Equal(t, "POST /api/network/v1/enterprises/"+enterpriseID+"/clients/connections/conn%2F1/allocations Bearer "+accessToken+" "+enterpriseID+" application/json", got)
+			}
+		})
+	}
+}
+
+func TestSendResendsIdenticalBytes(t *testing.T) {
+	var mu sync.Mutex
+	var bodies []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		first := len(bodies) == 1
+		mu.Unlock()
+		if first {
+			// Drop the connection: a transport error, not an HTTP answer.
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				_ = conn.Close()
+			}
+			return
+		}
+		_, _ = w.Write([]byte(`{"allocation":{"id":"a1","clientExternalId":"ext","status":"cleared"}}`))
+	}))
+	t.Cleanup(srv.Close)
+	key, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
+		Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(),
+		BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+	})
+	require.NoError(t, err)
+	body := `{"amount":{"currency":"ofcusdt","quantity":"1"},"payload":"p"}`
+	a, err := c.Send(context.Background(), bitgo.Request{ConnectionID: connectionID, ClientExternalID: "ext", Body: []byte(body)})
+	require.NoError(t, err)
+	require.Equal(t, "a1", a.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []string{body, body}, bodies)
+}
+
+func TestNewValidates(t *testing.T) {
+	key, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	good := bitgo.Config{
+		BaseURL: bitgo.TestBaseURL, EnterpriseID: enterpriseID, AccessToken: accessToken,
+		SigningKey: key, Currencies: bitgo.DefaultCurrencies(),
+	}
+	_, err = bitgo.New(good)
+	require.NoError(t, err)
+
+	cases := []struct {
+		field  string
+		mutate func(*bitgo.Config)
+	}{
+		{"BaseURL", func(c *bitgo.Config) { c.BaseURL = "" }},
+		{"BaseURL", func(c *bitgo.Config) { c.BaseURL = "ftp://x" }},
+		{"BaseURL", func(c *bitgo.Config) { c.BaseURL = "https://app.bitgo-test.com?x=1" }},
+		{"EnterpriseID", func(c *bitgo.Config) { c.EnterpriseID = " " }},
+		{"EnterpriseID", func(c *bitgo.Config) { c.EnterpriseID = "a/b" }},
+		{"AccessToken", func(c *bitgo.Config) { c.AccessToken = "" }},
+		{"AccessToken", func(c *bitgo.Config) { c.AccessToken = accessToken + "\n" }},
+		{"SigningKey", func(c *bitgo.Config) { c.SigningKey = nil }},
+		{"Currencies", func(c *bitgo.Config) { c.Currencies = nil }},
+		{"Currencies[X]", func(c *bitgo.Config) { c.Currencies = map[string]bitgo.Currency{"X": {Name: "", Decimals: 6}} }},
+		{"MaxAttempts", func(c *bitgo.Config) { c.MaxAttempts = -1 }},
+		{"BackoffBase", func(c *bitgo.Config) { c.BackoffBase, c.BackoffMax = time.Second, time.Millisecond }},
+	}
+	for _, tc := range cases {
+		cfg := good
+		tc.mutate(&cfg)
+		_, err := bitgo.New(cfg)
+		require.Error(t, err, tc.field)
+		require.Contains(t, err.Error(), tc.field)
+		require.NotContains(t, err.Error(), accessToken)
+	}
+}
+
+func TestNewCopiesCurrencies(t *testing.T) {
+	e := newEnv(t)
+	cur := map[string]bitgo.Currency{"ETH_USDT": {Name: "ofcusdt", Decimals: 6}}
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
+		SigningKey: e.key, Currencies: cur, HTTP: e.srv.Client(),
+	})
+	require.NoError(t, err)
+	delete(cur, "ETH_USDT")
+	_, err = c.Prepare(connectionID, "x", "ETH_USDT", decimal.NewFromInt(1), "")
+	require.NoError(t, err)
+}
