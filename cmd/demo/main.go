@@ -36,7 +36,8 @@ func main() {
 
 const demoRules = `{"splits": [
   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
-  {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
+  {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"},
+  {"merchant_id": "*", "destination_account": "bitgo:demo-connection", "share": "0.02", "description": "BitGo settlement"}],
  "late_payments": "credit_merchant"}
 `
 
@@ -57,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	rate := fs.String("rate", "PAYSTREAM_DEMO_RATE", "20", "orders started per second")
 	workers := fs.Int("workers", "PAYSTREAM_DEMO_WORKERS", 2, "worker processes")
 	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations")
+	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_DEMO_BITGO_FAULTS", "error500:2,lose:2,reserved:2", "faults the sandbox injects into BitGo allocations")
 	duration := fs.Duration("duration", "PAYSTREAM_DEMO_DURATION", 0, "stop after this long; 0 runs until Ctrl-C")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -92,6 +94,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		workerURLs = append(workerURLs, "http://"+addr+"/metrics")
 		if err := d.start(fmt.Sprintf("worker-%d", i+1), "-nats-url", "nats://"+natsAddr, "-metrics-listen", addr,
 			"-rules", d.rules, "-cobo-api-url", "http://"+sandboxAddr+"/v2", "-cobo-api-secret-file", d.secret,
+			"-bitgo-url", "http://"+sandboxAddr, "-bitgo-enterprise-id", demoEnterprise,
+			"-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,
 			"-batch-wait", "500ms", "-log-level", "info"); err != nil {
 			return err
 		}
@@ -103,12 +107,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	say("%d workers ready (metrics on 127.0.0.1:%d..)", *workers, workerBase)
 	if err := d.start("sandbox", "-listen", sandboxAddr, "-webhook-url", "http://"+ingestAddr+"/webhooks/cobo",
-		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults, "-log-level", "warn"); err != nil {
+		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults,
+		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,
+		"-bitgo-faults", *bitgoFaults, "-log-level", "warn"); err != nil {
 		return err
 	}
-	say("Cobo sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles, late payments and faults %q; Ctrl-C stops", sandboxAddr, *orders, *rate, *faults)
+	say("Cobo and BitGo sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles, late payments and faults %q (Cobo), %q (BitGo); Ctrl-C stops",
+		sandboxAddr, *orders, *rate, *faults, *bitgoFaults)
 
-	p := &progress{out: stdout, admin: "http://" + adminAddr + "/metrics", workers: workerURLs, sandbox: "http://" + sandboxAddr + "/sandbox/state"}
+	token, err := os.ReadFile(d.bitgoToken)
+	if err != nil {
+		return fmt.Errorf("read bitgo token: %w", err)
+	}
+	p := &progress{out: stdout, admin: "http://" + adminAddr + "/metrics", workers: workerURLs, sandbox: "http://" + sandboxAddr + "/sandbox/state",
+		bitgo: "http://" + sandboxAddr + "/api/network/v1/enterprises/" + demoEnterprise + "/clients/allocations", bitgoToken: strings.TrimSpace(string(token))}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	start := time.Now()
@@ -120,8 +132,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			fmt.Fprintln(stdout)
 			say("stopping: sandbox, workers, then ingest")
 			d.stopAll()
-			say("final: %d webhooks stored (%d duplicates collapsed), %d orders final, %d allocations done, %d failed, %d at Cobo in %d batches",
-				last.stored, last.dups, last.ordersFinal, last.allocated, last.failed, last.items, last.batches)
+			say("final: %d webhooks stored (%d duplicates collapsed), %d orders final, %d allocations done, %d failed, %d at Cobo in %d batches, %d at BitGo",
+				last.stored, last.dups, last.ordersFinal, last.allocated, last.failed, last.items, last.batches, last.bitgoAllocs)
 			say("logs: %s/*.log; data in %s/data (removed at the next run)", d.dir, d.dir)
 			return nil
 		case <-tick.C:
@@ -131,9 +143,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			}
 			if !settled && s.ordersFinal > 0 && s.inFlight == 0 && s == last {
 				settled = true
-				check := "✔ every allocation exists exactly once at Cobo"
-				if s.items != s.allocated+s.failed {
-					check = fmt.Sprintf("✘ %d items at Cobo for %d recorded allocations", s.items, s.allocated+s.failed)
+				check := "✔ every allocation exists exactly once at Cobo or BitGo"
+				if s.items+s.bitgoAllocs != s.allocated+s.failed {
+					check = fmt.Sprintf("✘ %d items at Cobo and %d at BitGo for %d recorded allocations", s.items, s.bitgoAllocs, s.allocated+s.failed)
 				}
 				say("settled: %s", check)
 				if id := completedOrderID(d.logPath("worker-1")); id != "" {
@@ -145,8 +157,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 }
 
+// demoEnterprise is the BitGo enterprise the demo's sandbox serves.
+const demoEnterprise = "demo-enterprise"
+
 type demo struct {
 	bin, dir, secret, rules string
+	bitgoToken, bitgoKey    string
 	out                     io.Writer
 	procs                   []*proc
 }
@@ -179,6 +195,21 @@ func (d *demo) prepare() error {
 	d.secret = filepath.Join(d.dir, "cobo-api-secret")
 	if err := os.WriteFile(d.secret, []byte(hex.EncodeToString(seed)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write api secret: %w", err)
+	}
+	// The BitGo access token and signing key are random per run, like the
+	// Cobo key: the sandbox is given the same files to check them.
+	for _, f := range []struct {
+		path *string
+		name string
+	}{{&d.bitgoToken, "bitgo-token"}, {&d.bitgoKey, "bitgo-signing-key"}} {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return fmt.Errorf("generate %s: %w", f.name, err)
+		}
+		*f.path = filepath.Join(d.dir, f.name)
+		if err := os.WriteFile(*f.path, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
 	}
 	d.rules = filepath.Join(d.dir, "rules.json")
 	if err := os.WriteFile(d.rules, []byte(demoRules), 0o600); err != nil {
@@ -282,14 +313,17 @@ type snapshot struct {
 	planned, allocated, failed, inFlight    int
 	ordersFinal                             int
 	batches, items, dupRequests, faultsUsed int
+	bitgoAllocs                             int
 }
 
 type progress struct {
-	out       io.Writer
-	admin     string
-	workers   []string
-	sandbox   string
-	printedAt time.Time
+	out     io.Writer
+	admin   string
+	workers []string
+	sandbox string
+	// bitgo lists the sandbox's BitGo allocations with bitgoToken.
+	bitgo, bitgoToken string
+	printedAt         time.Time
 }
 
 // scrape reads every process's metrics into one snapshot.
@@ -305,9 +339,9 @@ func (p *progress) scrape() snapshot {
 		s.completed += int(w.sum(`paystream_order_transitions_total{status="Completed"}`))
 		s.expired += int(w.sum(`paystream_order_transitions_total{status="Expired"}`))
 		s.underpaid += int(w.sum(`paystream_order_transitions_total{status="Underpaid"}`))
-		s.planned += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="planned"}`))
-		s.allocated += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="completed"}`))
-		s.failed += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="failed"}`))
+		s.planned += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="planned"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="planned"}`))
+		s.allocated += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="completed"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="completed"}`))
+		s.failed += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="failed"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="failed"}`))
 	}
 	s.inFlight = max(0, s.planned-s.allocated-s.failed)
 	s.ordersFinal = s.completed + s.expired + s.underpaid
@@ -322,6 +356,17 @@ func (p *progress) scrape() snapshot {
 		resp.Body.Close()
 		s.batches, s.items, s.dupRequests, s.faultsUsed = st.Batches, st.Items, st.DuplicateRequests, st.FaultsApplied
 	}
+	if req, err := http.NewRequest(http.MethodGet, p.bitgo, nil); err == nil {
+		req.Header.Set("Authorization", "Bearer "+p.bitgoToken)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			var list struct {
+				Allocations []json.RawMessage `json:"allocations"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&list)
+			resp.Body.Close()
+			s.bitgoAllocs = len(list.Allocations)
+		}
+	}
 	return s
 }
 
@@ -332,9 +377,9 @@ func (p *progress) print(elapsed time.Duration, s, prev snapshot) {
 		rate = float64(s.events-prev.events) / time.Since(p.printedAt).Seconds()
 	}
 	p.printedAt = time.Now()
-	fmt.Fprintf(p.out, "%4.0fs │ webhooks %5d stored %4d dup %3d rejected │ events %6d %5.0f/s │ orders %4d completed %3d expired %3d underpaid │ allocations %4d done %2d failed %3d in flight │ Cobo %3d batches %4d items, %d faults injected, %d duplicate request_ids\n",
+	fmt.Fprintf(p.out, "%4.0fs │ webhooks %5d stored %4d dup %3d rejected │ events %6d %5.0f/s │ orders %4d completed %3d expired %3d underpaid │ allocations %4d done %2d failed %3d in flight │ Cobo %3d batches %4d items, %d faults injected, %d duplicate request_ids │ BitGo %3d\n",
 		elapsed.Seconds(), s.stored, s.dups, s.rejected, s.events, rate, s.completed, s.expired, s.underpaid,
-		s.allocated, s.failed, s.inFlight, s.batches, s.items, s.faultsUsed, s.dupRequests)
+		s.allocated, s.failed, s.inFlight, s.batches, s.items, s.faultsUsed, s.dupRequests, s.bitgoAllocs)
 }
 
 // metrics is a scraped Prometheus text exposition, series -> value.

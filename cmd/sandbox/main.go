@@ -1,4 +1,4 @@
-// Command sandbox simulates Cobo on loopback for demos and tests. It serves
+// Command sandbox simulates Cobo and BitGo on loopback for demos and tests. It serves
 // a Cobo payments API simulator (batch allocations, orders; signed requests
 // checked as Cobo checks them; injectable faults) and plays payers, sending
 // signed webhooks for their orders to paystream's ingest, shuffled and
@@ -23,8 +23,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/sandbox/payer"
 )
@@ -76,11 +78,13 @@ type options struct {
 	logLevel     string
 	logFormat    string
 	seedFromTime bool
+	bitgo        bitgosim.Config
+	bitgoFaults  []bitgosim.Fault
 }
 
 func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
 	fs := &moreFlags{Flags: cli.NewFlags("sandbox", getenv, stdout), getenv: getenv}
-	listen := fs.String("listen", "PAYSTREAM_SANDBOX_LISTEN", DefaultListen, "address serving the Cobo API simulator (and, later, BitGo's); keep it on loopback")
+	listen := fs.String("listen", "PAYSTREAM_SANDBOX_LISTEN", DefaultListen, "address serving the Cobo and BitGo API simulators; keep it on loopback")
 	webhookURL := fs.String("webhook-url", "PAYSTREAM_SANDBOX_WEBHOOK_URL", DefaultWebhookURL, "ingest endpoint receiving the webhooks")
 	webhookSeed := fs.String("webhook-seed", "PAYSTREAM_SANDBOX_WEBHOOK_SEED", DefaultWebhookSeed, "derives the webhook signing key (SHA-256 of it); ingest must trust its public key")
 	printKey := fs.Bool("print-webhook-pubkey", "PAYSTREAM_SANDBOX_PRINT_WEBHOOK_PUBKEY", false, "print the webhook public key (for ingest -cobo-pubkey) and exit")
@@ -100,6 +104,11 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	keepServing := fs.Bool("keep-serving", "PAYSTREAM_SANDBOX_KEEP_SERVING", true, "keep serving the API after the orders are played, until a signal")
 	logLevel := fs.String("log-level", "PAYSTREAM_SANDBOX_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_SANDBOX_LOG_FORMAT", "json", "json or console")
+	bitgoEnterprise := fs.String("bitgo-enterprise-id", "PAYSTREAM_SANDBOX_BITGO_ENTERPRISE_ID", DefaultBitGoEnterprise, "the one BitGo enterprise the simulator serves")
+	bitgoTokenFile := fs.String("bitgo-token-file", "PAYSTREAM_SANDBOX_BITGO_TOKEN_FILE", "", "file holding the BitGo access token accepted; empty answers every BitGo request 401")
+	bitgoKeyFile := fs.String("bitgo-signing-key-file", "PAYSTREAM_SANDBOX_BITGO_SIGNING_KEY_FILE", "", "the client's BitGo signing key file (xprv or hex); its public key verifies payloads")
+	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_SANDBOX_BITGO_FAULTS", "", "faults for POST BitGo allocations, kind[:count[:delay]] comma-separated; kinds error500, lose, slow, reserve_retriable, reserved, release")
+	bitgoReplayConflict := fs.Bool("bitgo-replay-conflict", "PAYSTREAM_SANDBOX_BITGO_REPLAY_CONFLICT", false, "answer a replayed clientExternalId 409 instead of 200 with the recorded allocation")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -158,7 +167,67 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		return o, fmt.Errorf("-faults: %w", err)
 	}
 	o.faults = fl
+	o.bitgo = bitgosim.Config{EnterpriseID: *bitgoEnterprise, ReplayConflict: *bitgoReplayConflict}
+	if *bitgoTokenFile != "" {
+		tok, err := cli.ReadSecretFile(*bitgoTokenFile)
+		if err != nil {
+			return o, fmt.Errorf("-bitgo-token-file: %w", err)
+		}
+		o.bitgo.AccessToken = tok
+	}
+	if *bitgoKeyFile != "" {
+		raw, err := cli.ReadSecretFile(*bitgoKeyFile)
+		if err != nil {
+			return o, fmt.Errorf("-bitgo-signing-key-file: %w", err)
+		}
+		key, err := bitgo.ParseSigningKey(raw)
+		if err != nil {
+			return o, fmt.Errorf("-bitgo-signing-key-file: %w", err)
+		}
+		o.bitgo.SigningPub = key.PubKey()
+	}
+	if o.bitgoFaults, err = parseBitGoFaults(*bitgoFaults); err != nil {
+		return o, fmt.Errorf("-bitgo-faults: %w", err)
+	}
 	return o, nil
+}
+
+// DefaultBitGoEnterprise is the enterprise id the BitGo simulator serves
+// unless told otherwise.
+const DefaultBitGoEnterprise = "sandbox-enterprise"
+
+// parseBitGoFaults parses kind[:count[:delay]] entries.
+func parseBitGoFaults(s string) ([]bitgosim.Fault, error) {
+	var out []bitgosim.Fault
+	for _, entry := range cobo.ParseKeyList(s) {
+		parts := strings.Split(entry, ":")
+		f := bitgosim.Fault{Kind: bitgosim.FaultKind(parts[0]), Count: 1}
+		switch f.Kind {
+		case bitgosim.FaultError500, bitgosim.FaultLoseResponse, bitgosim.FaultSlow,
+			bitgosim.FaultReserveRetriable, bitgosim.FaultReserved, bitgosim.FaultRelease:
+		default:
+			return nil, fmt.Errorf("%q: unknown kind %q", entry, parts[0])
+		}
+		if len(parts) > 3 {
+			return nil, fmt.Errorf("%q: want kind[:count[:delay]]", entry)
+		}
+		if len(parts) > 1 {
+			n, err := strconv.Atoi(parts[1])
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("%q: count must be a positive integer", entry)
+			}
+			f.Count = n
+		}
+		if len(parts) > 2 {
+			d, err := time.ParseDuration(parts[2])
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("%q: delay must be a positive duration", entry)
+			}
+			f.Delay = d
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -199,9 +268,14 @@ func start(o options, log zerolog.Logger) (*sandbox, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", sim) // Cobo: /v2/... and the operator's /sandbox/...
-	// BITGO SIMULATOR: mount the BitGo simulator here, e.g.
-	//   mux.Handle("/api/network/", bitgosim.New(bitgosim.Config{...}))
 	// Cobo's routes are all under /v2 and /sandbox, so the prefixes do not clash.
+	bcfg := o.bitgo
+	bcfg.Logger = log.With().Str("component", "bitgosim").Logger()
+	bsim := bitgosim.New(bcfg)
+	for _, f := range o.bitgoFaults {
+		bsim.InjectFault(f)
+	}
+	mux.Handle("/api/network/", bsim)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
@@ -40,6 +41,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "allocation rules file (JSON); empty keeps order state only")
 	batchMax := fs.Int("batch-max", "PAYSTREAM_BATCH_MAX", allocation.DefaultBatchMax, "items per Cobo batch allocation at most")
 	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
+	bg := bitgoFlags{
+		url:        fs.String("bitgo-url", "PAYSTREAM_BITGO_URL", bitgo.TestBaseURL, "BitGo API base URL, without a path"),
+		enterprise: fs.String("bitgo-enterprise-id", "PAYSTREAM_BITGO_ENTERPRISE_ID", "", "BitGo enterprise owning the partner connections"),
+		tokenFile:  fs.String("bitgo-token-file", "PAYSTREAM_BITGO_TOKEN_FILE", "", "file holding the BitGo access token"),
+		keyFile:    fs.String("bitgo-signing-key-file", "PAYSTREAM_BITGO_SIGNING_KEY_FILE", "", "file holding the Go Account key signing allocation payloads (xprv or 32-byte hex)"),
+		currencies: fs.String("bitgo-currencies", "PAYSTREAM_BITGO_CURRENCIES", "", "Cobo token id to BitGo currency and decimals, TOKEN=NAME:DECIMALS comma-separated; empty uses the built-in mainnet table"),
+	}
 	natsFlags := cli.NATSAuthFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -56,6 +64,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	if alloc != nil && (alloc.Rules.UsesBitGo() || *bg.tokenFile != "") {
+		if alloc.BitGo, err = bg.config(); err != nil {
+			return err
+		}
+	}
 	return worker.Run(ctx, worker.Config{
 		Allocation:    alloc,
 		NATSURL:       *natsURL,
@@ -65,6 +78,41 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
 		Logger:        log,
 	})
+}
+
+// bitgoFlags are the BitGo client's flags.
+type bitgoFlags struct {
+	url, enterprise, tokenFile, keyFile, currencies *string
+}
+
+// config builds and checks the BitGo client configuration.
+func (f bitgoFlags) config() (*bitgo.Config, error) {
+	if *f.enterprise == "" || *f.tokenFile == "" || *f.keyFile == "" {
+		return nil, fmt.Errorf("the rules route items to bitgo: destinations; set -bitgo-enterprise-id, -bitgo-token-file and -bitgo-signing-key-file")
+	}
+	token, err := cli.ReadSecretFile(*f.tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("-bitgo-token-file: %w", err)
+	}
+	raw, err := cli.ReadSecretFile(*f.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("-bitgo-signing-key-file: %w", err)
+	}
+	key, err := bitgo.ParseSigningKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("-bitgo-signing-key-file: %w", err)
+	}
+	cur := bitgo.DefaultCurrencies()
+	if *f.currencies != "" {
+		if cur, err = bitgo.ParseCurrencies(*f.currencies); err != nil {
+			return nil, fmt.Errorf("-bitgo-currencies: %w", err)
+		}
+	}
+	cfg := &bitgo.Config{BaseURL: *f.url, EnterpriseID: *f.enterprise, AccessToken: token, SigningKey: key, Currencies: cur}
+	if _, err := bitgo.New(*cfg); err != nil {
+		return nil, fmt.Errorf("-bitgo-*: %w", err)
+	}
+	return cfg, nil
 }
 
 // allocationConfig loads the rules and the Cobo client; without -rules the

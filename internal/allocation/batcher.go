@@ -482,6 +482,8 @@ type Metrics struct {
 	batchSize prometheus.Histogram
 	apiTime   *prometheus.HistogramVec
 	apiErrors *prometheus.CounterVec
+	// bitgoSends counts BitGo send and poll answers by result.
+	bitgoSends *prometheus.CounterVec
 }
 
 var nopMetrics = newMetrics()
@@ -502,13 +504,16 @@ func newMetrics() *Metrics {
 		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_cobo_api_errors_total", Help: "Cobo API errors by endpoint, HTTP status and error_code.",
 		}, []string{"endpoint", "status", "code"}),
+		bitgoSends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_bitgo_answers_total", Help: "BitGo allocation answers by result (cleared, reserved, released, refused, error).",
+		}, []string{"result"}),
 	}
 }
 
 // NewMetrics registers the allocation metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := newMetrics()
-	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors)
+	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends)
 	return m
 }
 

@@ -154,6 +154,16 @@ func SplitAmount(v domain.OrderView, share decimal.Decimal) (decimal.Decimal, er
 	return q, nil
 }
 
+// UsesBitGo reports whether any split routes to a BitGo connection.
+func (r *Rules) UsesBitGo() bool {
+	for _, s := range r.Splits {
+		if backendFor(s.DestinationAccount) == domain.BackendBitGo {
+			return true
+		}
+	}
+	return false
+}
+
 func backendFor(destination string) string {
 	if strings.HasPrefix(destination, BitGoPrefix) {
 		return domain.BackendBitGo

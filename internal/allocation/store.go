@@ -46,19 +46,28 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 	}); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", IntentStream, err)
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, IntentStream, jetstream.ConsumerConfig{
-		Durable:       BatcherConsumer,
-		Description:   "paystream batchers",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ackWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 10000,
-	}); err != nil {
-		return fmt.Errorf("ensure consumer %s: %w", BatcherConsumer, err)
+	for _, c := range []struct{ name, desc, backend string }{
+		{BatcherConsumer, "paystream Cobo batchers", domain.BackendCobo},
+		{BitGoConsumer, "paystream BitGo senders", domain.BackendBitGo},
+	} {
+		// MaxDeliver is unlimited: an intent is only ever acked once its
+		// outcome is durable, and dropping one would lose money movement.
+		if _, err := js.CreateOrUpdateConsumer(ctx, IntentStream, jetstream.ConsumerConfig{
+			Durable:       c.name,
+			Description:   c.desc,
+			FilterSubject: IntentSubjectPrefix + "." + c.backend + ".>",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       ackWait,
+			MaxDeliver:    -1,
+			MaxAckPending: 10000,
+		}); err != nil {
+			return fmt.Errorf("ensure consumer %s: %w", c.name, err)
+		}
 	}
 	for _, b := range []struct{ name, desc string }{
 		{BatchesBucket, "allocation batches not yet recorded on their orders"},
 		{ClaimsBucket, "allocation item id -> request id"},
+		{BitGoRequestsBucket, "BitGo item id -> prepared, signed request and its last outcome"},
 	} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,

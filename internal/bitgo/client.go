@@ -607,3 +607,62 @@ func firstNonEmpty(s ...string) string {
 	}
 	return ""
 }
+
+// Bounds of Find's scan of the list endpoint.
+const (
+	findPageSize = 500
+	findMaxPages = 200
+)
+
+// Find looks for the allocation recorded under clientExternalID on
+// connectionID, created on or after since (zero: any time), through GET
+// .../clients/allocations. BitGo's list has no clientExternalId filter, so
+// it filters by connection and date and matches on the client side. It
+// reports false when no such allocation exists. Use it to reconcile when a
+// replay of a request is refused: whether BitGo answers a replay of a
+// recorded clientExternalId with the allocation or with an error is
+// unconfirmed.
+func (c *Client) Find(ctx context.Context, connectionID, clientExternalID string, since time.Time) (Allocation, bool, error) {
+	for page := 0; page < findMaxPages; page++ {
+		q := url.Values{}
+		q.Set("connectionIds[]", connectionID)
+		q.Set("types[]", "allocation")
+		q.Set("pageNumber", fmt.Sprint(page))
+		q.Set("pageSize", fmt.Sprint(findPageSize))
+		if !since.IsZero() {
+			q.Set("createdOnOrAfter", since.UTC().Format(time.RFC3339))
+		}
+		u := c.enterpriseURL() + "/clients/allocations?" + q.Encode()
+		var list struct {
+			Allocations []Allocation `json:"allocations"`
+		}
+		_, err := c.retry(ctx, func(ctx context.Context) outcome {
+			status, data, err := c.exchange(ctx, http.MethodGet, u, nil)
+			if err != nil {
+				return outcome{err: err, retry: true}
+			}
+			if status < 200 || status >= 300 {
+				var env allocationEnvelope
+				_ = json.Unmarshal(data, &env)
+				apiErr := newAPIError(status, data, env.Error)
+				return outcome{err: apiErr, retry: apiErr.Retryable()}
+			}
+			if err := json.Unmarshal(data, &list); err != nil {
+				return outcome{err: fmt.Errorf("http %d: decode allocation list: %w", status, err)}
+			}
+			return outcome{}
+		})
+		if err != nil {
+			return Allocation{}, false, fmt.Errorf("bitgo find allocation %s: %w", clientExternalID, err)
+		}
+		for _, a := range list.Allocations {
+			if a.ClientExternalID == clientExternalID {
+				return a, true, nil
+			}
+		}
+		if len(list.Allocations) < findPageSize {
+			return Allocation{}, false, nil
+		}
+	}
+	return Allocation{}, false, fmt.Errorf("bitgo find allocation %s: more than %d allocations on connection %s since %s; narrow the window", clientExternalID, findPageSize*findMaxPages, connectionID, since.Format(time.RFC3339))
+}

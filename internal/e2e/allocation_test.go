@@ -38,6 +38,8 @@ type allocStack struct {
 	simURL string
 	api    *cobo.APISigner
 	rules  *allocation.Rules
+	// bitgo, when set, is the BitGo side workers also allocate against.
+	bitgo *bitgoSide
 }
 
 func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
@@ -65,10 +67,16 @@ type gate struct {
 	mode string // "", "before" or "after"
 	hit  chan struct{}
 	once sync.Once
+	// suffix selects the POSTs held; Cobo's batch route when empty.
+	suffix string
 }
 
 func (g *gate) RoundTrip(req *http.Request) (*http.Response, error) {
-	isPost := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/payments/batch_allocations")
+	suffix := g.suffix
+	if suffix == "" {
+		suffix = "/payments/batch_allocations"
+	}
+	isPost := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, suffix)
 	if !isPost || g.mode == "" {
 		return http.DefaultTransport.RoundTrip(req)
 	}
@@ -89,20 +97,26 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *runningWorker {
 	if g != nil {
 		transport = g
 	}
+	alloc := &worker.AllocationConfig{
+		Rules: s.rules,
+		Cobo: cobo.ClientConfig{
+			BaseURL: s.simURL + "/v2", Signer: s.api, HTTP: &http.Client{Transport: transport},
+			MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond,
+		},
+		Batcher:       allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
+		IntentAckWait: 3 * time.Second,
+	}
+	if s.bitgo != nil {
+		alloc.BitGo = s.bitgo.clientConfig(transport)
+		alloc.BitGoSender = allocation.BitGoSenderConfig{Poll: 50 * time.Millisecond, Retry: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, SendTimeout: 5 * time.Second}
+	}
 	w, err := worker.Start(context.Background(), worker.Config{
 		NATSURL:       s.ing.NATSURL(),
 		MetricsListen: "127.0.0.1:0",
 		Consumer:      testConsumerConfig(),
 		StreamWait:    10 * time.Second,
 		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-		Allocation: &worker.AllocationConfig{
-			Rules: s.rules,
-			Cobo: cobo.ClientConfig{
-				BaseURL: s.simURL + "/v2", Signer: s.api, HTTP: &http.Client{Transport: transport},
-				MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond,
-			},
-			Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
-		},
+		Allocation:    alloc,
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -19,6 +19,7 @@ import (
 
 	"github.com/paystream/paystream/internal/admin"
 	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
@@ -64,6 +65,15 @@ type AllocationConfig struct {
 	Cobo cobo.ClientConfig
 	// Batcher tunes batching and recovery.
 	Batcher allocation.BatcherConfig
+	// BitGo configures the BitGo client. Required when a rule routes to
+	// "bitgo:<connectionId>".
+	BitGo *bitgo.Config
+	// BitGoSender tunes BitGo delivery.
+	BitGoSender allocation.BitGoSenderConfig
+	// IntentAckWait is how long an allocation intent held by a dead
+	// process waits before another takes it; allocation.DefaultIntentAck
+	// when zero.
+	IntentAckWait time.Duration
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -85,6 +95,9 @@ func (c Config) WithDefaults() Config {
 func (c Config) validate() error {
 	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
 		return errors.New("Allocation needs Rules and Cobo.Signer")
+	}
+	if a := c.Allocation; a != nil && a.BitGo == nil && a.Rules.UsesBitGo() {
+		return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
 	}
 	if err := c.Stream.Validate(); err != nil {
 		return fmt.Errorf("Stream.%w", err)
@@ -140,6 +153,7 @@ func typeLabel(t string) string {
 type Worker struct {
 	cfg       Config
 	batcher   *allocation.Batcher
+	bitgo     *allocation.BitGoSender
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	consumer  *events.Consumer
@@ -200,7 +214,11 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	var am *allocation.Metrics
 	if a := cfg.Allocation; a != nil {
 		am = allocation.NewMetrics(reg)
-		if err = allocation.EnsureResources(ctx, w.js, cfg.Stream, allocation.DefaultIntentAck); err != nil {
+		ackWait := a.IntentAckWait
+		if ackWait == 0 {
+			ackWait = allocation.DefaultIntentAck
+		}
+		if err = allocation.EnsureResources(ctx, w.js, cfg.Stream, ackWait); err != nil {
 			return nil, err
 		}
 		ccfg := a.Cobo
@@ -216,6 +234,18 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		bcfg.Metrics = am
 		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
 			return nil, err
+		}
+		if a.BitGo != nil {
+			bg, err := bitgo.New(*a.BitGo)
+			if err != nil {
+				return nil, err
+			}
+			scfg := a.BitGoSender
+			scfg.Logger = cfg.Logger.With().Str("component", "bitgo").Logger()
+			scfg.Metrics = am
+			if w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg); err != nil {
+				return nil, err
+			}
 		}
 	}
 	h := handlers.New(w.orders, hopts...)
@@ -323,7 +353,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	} else {
 		batcherDone <- nil
 	}
-	err := errors.Join(w.consumer.Run(ctx), <-batcherDone)
+	bitgoDone := make(chan error, 1)
+	if w.bitgo != nil {
+		go func() { bitgoDone <- w.bitgo.Run(ctx) }()
+	} else {
+		bitgoDone <- nil
+	}
+	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone)
 	w.cfg.Logger.Info().Msg("worker stopping")
 	w.close()
 	return err

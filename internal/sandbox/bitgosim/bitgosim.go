@@ -60,7 +60,14 @@ type Config struct {
 	// Logger receives a line per recorded allocation and fault (info) and
 	// per request (debug). It never logs tokens or signatures.
 	Logger zerolog.Logger
+	// ReplayConflict makes a replay of a recorded clientExternalId answer
+	// 409 {"error"} instead of 200 with the recorded allocation. BitGo does
+	// not document which it does; clients must cope with both.
+	ReplayConflict bool
 }
+
+// MsgReplayConflict is the error of a refused replay (Config.ReplayConflict).
+const MsgReplayConflict = "clientExternalId already exists"
 
 // Sim is an in-memory BitGo Go Network API. It implements http.Handler;
 // mount it at the server root (its paths start /api/network/v1/...). It
@@ -287,9 +294,13 @@ func (s *Sim) postAllocation(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	a, conflict := s.allocate(cid, &req, f.Kind)
+	a, conflict, replay := s.allocate(cid, &req, f.Kind)
 	if conflict != "" {
 		writeError(w, http.StatusBadRequest, conflict)
+		return
+	}
+	if replay && s.cfg.ReplayConflict {
+		writeError(w, http.StatusConflict, MsgReplayConflict)
 		return
 	}
 	if f.Kind == FaultLoseResponse {
@@ -308,17 +319,17 @@ func (s *Sim) postAllocation(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"allocation": wire(a, false)})
 }
 
-// allocate returns the allocation recorded for req.ClientExternalID,
-// recording a new one shaped by kind if there is none. A recorded
-// clientExternalId with different request data is a conflict.
-func (s *Sim) allocate(cid string, req *allocRequest, kind FaultKind) (bitgo.Allocation, string) {
+// allocate returns the allocation recorded for req.ClientExternalID
+// (replay true), recording a new one shaped by kind if there is none. A
+// recorded clientExternalId with different request data is a conflict.
+func (s *Sim) allocate(cid string, req *allocRequest, kind FaultKind) (bitgo.Allocation, string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if rec, ok := s.byExt[req.ClientExternalID]; ok {
 		if rec.a.ConnectionID != cid || rec.a.Amount != *req.Amount || rec.a.Notes != deref(req.Notes) {
-			return bitgo.Allocation{}, "clientExternalId already used for a different allocation"
+			return bitgo.Allocation{}, "clientExternalId already used for a different allocation", true
 		}
-		return s.readLocked(rec), ""
+		return s.readLocked(rec), "", true
 	}
 	now := timestamp()
 	rec := &record{a: bitgo.Allocation{
@@ -351,7 +362,7 @@ func (s *Sim) allocate(cid string, req *allocRequest, kind FaultKind) (bitgo.All
 		Str("quantity", rec.a.Amount.Quantity).
 		Str("status", rec.a.Status).
 		Msg("bitgo allocation recorded")
-	return rec.a, ""
+	return rec.a, "", false
 }
 
 // readLocked returns rec's allocation as a reader sees it now, clearing a
