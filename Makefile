@@ -29,10 +29,16 @@ fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
 run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox (Ctrl-C stops)
 	$(BIN)/demo $(DEMO_ARGS)
 
+# Soak length for `make bench`; the published figure uses SOAK=10m.
+SOAK      ?= 1m
+
 .PHONY: bench
-bench: build ## Go benchmarks and the load generator against the real binaries
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+bench: build ## Go benchmarks, then loadgen and workers against the real binaries; rewrites BENCHMARKS.md
+	@mkdir -p .bench
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./internal/cobo ./internal/events | tee .bench/gobench.txt
+	$(GO) test -run '^$$' -bench AllocationThroughput -benchtime 3000x ./internal/allocation | tee -a .bench/gobench.txt
+	$(BIN)/benchrun -gobench .bench/gobench.txt -soak $(SOAK) -out BENCHMARKS.md
 
 .PHONY: clean
 clean: ## remove build output and demo data
-	rm -rf $(BIN) data .run
+	rm -rf $(BIN) data .run .bench

@@ -19,10 +19,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/procs"
 )
 
 func main() {
@@ -164,13 +164,7 @@ type demo struct {
 	bin, dir, secret, rules string
 	bitgoToken, bitgoKey    string
 	out                     io.Writer
-	procs                   []*proc
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	procs                   []*procs.Proc
 }
 
 func (d *demo) logPath(name string) string { return filepath.Join(d.dir, name+".log") }
@@ -231,61 +225,26 @@ func (d *demo) start(name string, args ...string) error {
 	if i := strings.IndexByte(name, '-'); i > 0 {
 		bin = name[:i]
 	}
-	logf, err := os.Create(d.logPath(name))
+	p, err := procs.Start(name, filepath.Join(d.bin, bin), args, d.logPath(name), 300*time.Millisecond)
 	if err != nil {
-		return fmt.Errorf("log for %s: %w", name, err)
+		return err
 	}
-	cmd := exec.Command(filepath.Join(d.bin, bin), args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group: Ctrl-C reaches the demo, which stops children in
-	// order instead of all at once.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
 	d.procs = append(d.procs, p)
-	select {
-	case <-p.done:
-		return fmt.Errorf("%s exited at start; see %s", name, d.logPath(name))
-	case <-time.After(300 * time.Millisecond):
-		return nil
-	}
-}
-
-// stopOne stops a process softly (SIGINT), then hard after 15 s.
-func (d *demo) stopOne(name string) {
-	for i, p := range d.procs {
-		if p.name != name {
-			continue
-		}
-		_ = p.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		d.procs = append(d.procs[:i], d.procs[i+1:]...)
-		return
-	}
+	return nil
 }
 
 // stopAll stops the sandbox first, then the workers, then ingest.
+// Each is stopped softly (SIGINT), then hard after 15 s. Calling it again
+// does nothing.
 func (d *demo) stopAll() {
 	for _, prefix := range []string{"sandbox", "worker", "ingest"} {
-		for _, p := range append([]*proc(nil), d.procs...) {
-			if strings.HasPrefix(p.name, prefix) {
-				d.stopOne(p.name)
+		for _, p := range d.procs {
+			if strings.HasPrefix(p.Name, prefix) {
+				p.Stop(15 * time.Second)
 			}
 		}
 	}
+	d.procs = nil
 }
 
 func waitReady(ctx context.Context, url string) error {

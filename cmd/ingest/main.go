@@ -39,6 +39,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	maxAge := fs.Duration("stream-max-age", "PAYSTREAM_STREAM_MAX_AGE", events.DefaultMaxAge, "how long events are kept for replay")
 	dedup := fs.Duration("dedup-window", "PAYSTREAM_DEDUP_WINDOW", events.DefaultDuplicateWindow, "how long event_ids are remembered for dedup")
 	storeTimeout := fs.Duration("store-timeout", "PAYSTREAM_STORE_TIMEOUT", 1500*time.Millisecond, "deadline to store an event before answering 503")
+	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the admin listener")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
 	natsFlags := cli.NATSAuthFlags(fs)
@@ -54,6 +55,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	cfg := ingest.Config{
+		Pprof:        *pprof,
 		Listen:       *listen,
 		AdminListen:  *adminListen,
 		NATSURL:      *natsURL,

@@ -17,18 +17,6 @@ type moreFlags struct {
 
 func usage(u, env string) string { return u + " (env " + env + ")" }
 
-// Bool defines a bool flag defaulting to env (strconv.ParseBool), then def.
-func (f *moreFlags) Bool(name, env string, def bool, u string) *bool {
-	if v := f.getenv(env); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: %w", env, v, err))
-		}
-		def = b
-	}
-	return f.FlagSet.Bool(name, def, usage(u, env))
-}
-
 // Float defines a float64 flag defaulting to env, then def. It is for
 // ratios and rates only, never money.
 func (f *moreFlags) Float(name, env string, def float64, u string) *float64 {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -36,6 +37,10 @@ type Config struct {
 	// Token, when non-empty, is required as "Authorization: Bearer <token>"
 	// on every request.
 	Token string
+	// Pprof serves the Go profiler under /debug/pprof/ for finding where
+	// time goes under load. It exposes internals, so it is off by default
+	// and, like everything here, behind Token when one is set.
+	Pprof bool
 }
 
 // NewRouter returns the admin HTTP handler.
@@ -71,6 +76,13 @@ func NewRouter(cfg Config) http.Handler {
 				writeJSON(w, http.StatusOK, o.View())
 			}
 		}).Methods(http.MethodGet)
+	}
+	if cfg.Pprof {
+		r.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		r.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		r.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		r.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		r.PathPrefix("/debug/pprof/").HandlerFunc(pprof.Index)
 	}
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no route " + req.URL.Path})

@@ -70,6 +70,18 @@ func (f *Flags) Int(name, env string, def int, u string) *int {
 	return f.FlagSet.Int(name, def, usage(u, env))
 }
 
+// Bool defines a bool flag defaulting to env (strconv.ParseBool), then def.
+func (f *Flags) Bool(name, env string, def bool, u string) *bool {
+	if v, ok := f.env(name, env); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: %w", env, v, err))
+		}
+		def = b
+	}
+	return f.FlagSet.Bool(name, def, usage(u, env))
+}
+
 // Parse parses args and reports bad environment values first.
 func (f *Flags) Parse(args []string) error {
 	if len(f.errs) > 0 {

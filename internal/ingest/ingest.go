@@ -47,6 +47,8 @@ type Config struct {
 	AdminListen string
 	// AdminToken, when set, is required as a Bearer token on AdminListen.
 	AdminToken string
+	// Pprof serves /debug/pprof/ on AdminListen.
+	Pprof bool
 	// NATSURL is the NATS server list; empty runs an embedded server.
 	NATSURL string
 	// NATSOptions are extra connection options (credentials, TLS).
@@ -212,6 +214,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		Ready:    s.ready,
 		Gatherer: reg,
 		Token:    cfg.AdminToken,
+		Pprof:    cfg.Pprof,
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { s.served <- serve(s.public, s.publicLn) }()
 	go func() { s.served <- serve(s.admin, s.adminLn) }()

@@ -1,0 +1,68 @@
+package events_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/loadgen"
+	"github.com/paystream/paystream/internal/testutil"
+)
+
+// BenchmarkPublishSync measures synchronous JetStream publishes per
+// second of loadgen's webhook payloads, stored exactly as ingest stores
+// them (headers, message id, file storage, embedded server). "serial" is
+// one publisher waiting for each ack; "concurrent-64" is 64 publishers,
+// as ingest under load has one per request in flight.
+func BenchmarkPublishSync(b *testing.B) {
+	for _, par := range []int{1, 64} {
+		name := "serial"
+		if par > 1 {
+			name = fmt.Sprintf("concurrent-%d", par)
+		}
+		b.Run(name, func(b *testing.B) {
+			srv := testutil.StartJetStream(b)
+			_, js := testutil.Connect(b, srv)
+			ctx := context.Background()
+			_, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
+			require.NoError(b, err)
+			run := strconv.FormatInt(time.Now().UnixNano(), 36)
+			var next atomic.Int64
+			b.ResetTimer()
+			b.SetParallelism((par + 1) / 2) // RunParallel multiplies by GOMAXPROCS (2 here)
+			if par == 1 {
+				for i := range b.N {
+					publish(b, ctx, js, run, i)
+				}
+			} else {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						publish(b, ctx, js, run, int(next.Add(1)))
+					}
+				})
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
+		})
+	}
+}
+
+func publish(b *testing.B, ctx context.Context, js jetstream.JetStream, run string, i int) {
+	body := loadgen.Body(run, i)
+	env, err := cobo.ParseEnvelope(body)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	d := cobo.Delivery{Envelope: env, Body: body, Timestamp: "1700000000000", Signature: "00", ReceivedAt: time.Now()}
+	if _, err := js.PublishMsg(ctx, events.NewMsg(d), jetstream.WithExpectStream(events.StreamName)); err != nil {
+		b.Error(err)
+	}
+}
