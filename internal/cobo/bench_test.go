@@ -42,3 +42,15 @@ func BenchmarkVerify(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
 }
+
+// BenchmarkParseEnvelope measures the envelope parse ingest does on every
+// verified webhook.
+func BenchmarkParseEnvelope(b *testing.B) {
+	body := loadgen.Body("bench", 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := cobo.ParseEnvelope(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

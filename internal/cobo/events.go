@@ -72,12 +72,17 @@ func ParseEnvelope(body []byte) (Envelope, error) {
 	// created_timestamp is informational; a malformed one is not fatal.
 	_ = env.CreatedTimestamp.UnmarshalJSON(raw.CreatedTimestamp)
 
-	var fields map[string]json.RawMessage
+	// A struct of the two routing fields, not a map of all of them: this
+	// runs on every webhook, and a map allocates every key and value.
+	var fields struct {
+		DataType json.RawMessage `json:"data_type"`
+		OrderID  json.RawMessage `json:"order_id"`
+	}
 	if err := json.Unmarshal(data, &fields); err != nil {
 		return Envelope{}, fmt.Errorf("%w: data: %v", ErrMalformedEvent, err)
 	}
-	env.DataType, _ = nonEmptyString(fields["data_type"])
-	env.OrderID, _ = nonEmptyString(fields["order_id"])
+	env.DataType, _ = nonEmptyString(fields.DataType)
+	env.OrderID, _ = nonEmptyString(fields.OrderID)
 	return env, nil
 }
 
