@@ -1,5 +1,11 @@
 // Command worker consumes stored webhooks and keeps every pay-in order's
 // state. Run any number of replicas against the same NATS.
+//
+// Its operator subcommands read and repair the stored events:
+//
+//	worker replay [-order ID] [-type T] [-since T] [-until T] [-from-seq N] [-verify] [-apply] ...
+//	worker dlq list [-order ID] [-type T] ...
+//	worker dlq redrive -seq N | -all ...
 package main
 
 import (
@@ -27,6 +33,16 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	// A subcommand is the first argument; flags start with "-", so plain
+	// `worker [flags]` is unaffected.
+	if len(args) > 0 {
+		switch args[0] {
+		case "replay":
+			return runReplay(ctx, args[1:], getenv, stdout)
+		case "dlq":
+			return runDLQ(ctx, args[1:], getenv, stdout)
+		}
+	}
 	fs := cli.NewFlags("worker", getenv, stdout)
 	natsURL := fs.String("nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list")
 	metricsListen := fs.String("metrics-listen", "PAYSTREAM_METRICS_LISTEN", worker.DefaultMetricsListen, "serves /metrics, /healthz and /readyz; - disables")
@@ -34,6 +50,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	concurrency := fs.Int("concurrency", "PAYSTREAM_CONCURRENCY", events.DefaultConcurrency, "events processed at once by this worker")
 	maxDeliver := fs.Int("max-deliver", "PAYSTREAM_MAX_DELIVER", events.DefaultMaxDeliver, "deliveries before an event is dead-lettered")
 	ackWait := fs.Duration("ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
+	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the metrics listener")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
 	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
@@ -74,6 +91,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		NATSURL:       *natsURL,
 		NATSOptions:   natsOpts,
 		MetricsListen: *metricsListen,
+		Pprof:         *pprof,
 		Stream:        events.StreamConfig{Replicas: *replicas},
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
 		Logger:        log,

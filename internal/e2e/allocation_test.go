@@ -343,6 +343,9 @@ func TestFailedItemsAreSurfacedNotRetried(t *testing.T) {
 	code, body := getJSON(t, "http://"+w.w.MetricsAddr()+"/metrics", nil)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(body), `paystream_allocation_items_total{backend="cobo",status="failed"} 1`)
+	// Lag is polled from consumer info at start and every LagInterval.
+	require.Contains(t, string(body), `paystream_consumer_pending{consumer="paystream-worker"}`)
+	require.Contains(t, string(body), `paystream_consumer_ack_pending{consumer="paystream-batcher"}`)
 }
 
 func amount(s string) cobo.Amount {

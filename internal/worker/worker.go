@@ -30,6 +30,8 @@ import (
 const (
 	DefaultNATSURL       = "nats://127.0.0.1:4222"
 	DefaultMetricsListen = ":9091"
+	// DefaultLagInterval is how often consumer lag is polled.
+	DefaultLagInterval = 5 * time.Second
 )
 
 // Config configures a worker.
@@ -51,6 +53,10 @@ type Config struct {
 	Logger zerolog.Logger
 	// Observer, when set, sees every committed outcome (tests).
 	Observer func(ctx context.Context, ev events.Event, out handlers.Outcome) error
+	// LagInterval is how often consumer lag is polled for the metrics.
+	LagInterval time.Duration
+	// Pprof serves /debug/pprof/ on MetricsListen.
+	Pprof bool
 	// Allocation, when set, plans allocations by its rules and delivers
 	// them exactly once.
 	Allocation *AllocationConfig
@@ -86,6 +92,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.StreamWait == 0 {
 		c.StreamWait = 2 * time.Minute
+	}
+	if c.LagInterval == 0 {
+		c.LagInterval = DefaultLagInterval
 	}
 	c.Stream = c.Stream.WithDefaults()
 	c.Consumer = c.Consumer.WithDefaults()
@@ -160,6 +169,9 @@ type Worker struct {
 	orders    *events.OrderStore
 	metricsLn net.Listener
 	metrics   *http.Server
+	// lag polls how far behind the shared consumers are.
+	lag          *events.LagCollector
+	lagConsumers []jetstream.Consumer
 }
 
 // Start connects, waits for the event stream, ensures the dead-letter
@@ -209,9 +221,10 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	ccfg.Logger = cfg.Logger
 	ccfg.Metrics = events.NewConsumerMetrics(reg)
 	m := newMetrics(reg)
-	var hopts []handlers.Option
-	var outbox *allocation.Outbox
+	w.lag, w.lagConsumers = events.NewLagCollector(reg), []jetstream.Consumer{cons}
 	var am *allocation.Metrics
+	var rules *allocation.Rules
+	var orderAPI allocation.OrderGetter
 	if a := cfg.Allocation; a != nil {
 		am = allocation.NewMetrics(reg)
 		ackWait := a.IntentAckWait
@@ -227,13 +240,17 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		if err != nil {
 			return nil, err
 		}
-		outbox = allocation.NewOutbox(w.js)
-		hopts = append(hopts, handlers.WithPlanner(a.Rules), handlers.WithFetcher(allocation.CoboOrders{API: client}))
+		rules, orderAPI = a.Rules, client
 		bcfg := a.Batcher
 		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
 		bcfg.Metrics = am
 		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
 			return nil, err
+		}
+		for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
+			if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
+				w.lagConsumers = append(w.lagConsumers, c)
+			}
 		}
 		if a.BitGo != nil {
 			bg, err := bitgo.New(*a.BitGo)
@@ -248,57 +265,19 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			}
 		}
 	}
-	h := handlers.New(w.orders, hopts...)
+	// The per-event path is the Processor, shared with `worker replay
+	// -apply`, so that re-applying an event is exactly what a redelivery is.
+	p := newProcessor(w.orders, w.js, rules, orderAPI, cfg.Logger)
+	p.metrics, p.alloc, p.observer = m, am, cfg.Observer
 	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
-		out, err := h.Handle(ctx, ev.Delivery)
-		if err != nil {
-			m.handled.WithLabelValues(typeLabel(ev.Type), "error").Inc()
-			return err
-		}
-		if out.FetchWarning != nil {
-			cfg.Logger.Warn().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Err(out.FetchWarning).Msg("order fetch failed; splits wait for the full order event")
-		}
-		if am != nil {
-			for _, it := range out.Planned {
-				am.ItemPlanned(it)
-			}
-		}
-		// Publish before the ack: if this process dies first, the event is
-		// redelivered and the still-planned items are published then.
-		if outbox != nil && out.Order != nil {
-			if _, err := outbox.Publish(ctx, out.Order); err != nil {
-				return err
-			}
-		}
-		m.handled.WithLabelValues(typeLabel(ev.Type), string(out.Result)).Inc()
-		if out.StatusTo != "" {
-			m.transitions.WithLabelValues(string(out.StatusTo)).Inc()
-		}
-		log := cfg.Logger.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger()
-		if out.FirstCompleted {
-			m.completed.Inc()
-			log.Info().Msg("order completed")
-		}
-		if n := len(out.LateRecorded); n > 0 {
-			m.lateRecorded.Add(float64(n))
-			for _, lp := range out.LateRecorded {
-				log.Info().Str("transaction_id", lp.TransactionID).Str("amount", lp.Amount.String()).Str("token_id", lp.TokenID).Msg("late payment recorded")
-			}
-		}
-		if out.ConflictingFinal != "" {
-			m.conflictFinals.Inc()
-			log.Warn().Str("stored", string(out.Order.Status)).Str("reported", string(out.ConflictingFinal)).Msg("conflicting final status ignored")
-		}
-		if cfg.Observer != nil {
-			return cfg.Observer(ctx, ev, out)
-		}
-		return nil
+		_, err := p.Process(ctx, ev)
+		return err
 	})
 	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
 		return nil, err
 	}
 	if w.metricsLn != nil {
-		w.metrics = &http.Server{Handler: admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg}), ReadHeaderTimeout: 5 * time.Second}
+		w.metrics = &http.Server{Handler: admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg, Pprof: cfg.Pprof}), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = w.metrics.Serve(w.metricsLn) }()
 	}
 	return w, nil
@@ -347,6 +326,12 @@ func (w *Worker) MetricsAddr() string {
 // in-flight events and drains the connection.
 func (w *Worker) Run(ctx context.Context) error {
 	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).Msg("worker started")
+	lagCtx, stopLag := context.WithCancel(ctx)
+	lagDone := make(chan struct{})
+	go func() {
+		defer close(lagDone)
+		w.lag.Poll(lagCtx, w.cfg.LagInterval, w.cfg.Logger, w.lagConsumers...)
+	}()
 	batcherDone := make(chan error, 1)
 	if w.batcher != nil {
 		go func() { batcherDone <- w.batcher.Run(ctx) }()
@@ -361,6 +346,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone)
 	w.cfg.Logger.Info().Msg("worker stopping")
+	stopLag()
+	<-lagDone
 	w.close()
 	return err
 }

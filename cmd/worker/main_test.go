@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/replay"
+	"github.com/paystream/paystream/internal/testutil"
+)
+
+func noEnv(string) string { return "" }
+
+func TestSubcommandFlagErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dlq"}, "usage: worker dlq"},
+		{[]string{"dlq", "purge"}, `unknown dlq command "purge"`},
+		{[]string{"dlq", "redrive"}, "give -seq N or -all"},
+		{[]string{"dlq", "redrive", "-seq", "3", "-all"}, "exclude each other"},
+		{[]string{"dlq", "redrive", "-seq", "3", "-order", "O1"}, "go with -all"},
+		{[]string{"dlq", "list", "extra"}, `unexpected argument "extra"`},
+		{[]string{"replay", "-apply"}, "-no-allocations"},
+		{[]string{"replay", "-apply", "-no-allocations", "-rules", "rules.json"}, "contradicts -rules"},
+		{[]string{"replay", "-apply", "-rules", "/nonexistent/rules.json"}, "-rules"},
+		{[]string{"replay", "-since", "yesterday"}, "-since"},
+		{[]string{"replay", "-since", "1h", "-until", "2h"}, "Until"},
+		{[]string{"replay", "-verify", "-cobo-env", "staging"}, "-cobo-env"},
+		{[]string{"replay", "-verify", "-cobo-pubkey", "zz"}, "-cobo-pubkey"},
+	}
+	for _, c := range cases {
+		var out bytes.Buffer
+		err := run(context.Background(), c.args, noEnv, &out)
+		require.ErrorContains(t, err, c.want, "%v", c.args)
+	}
+}
+
+func TestReplayAndDLQCommands(t *testing.T) {
+	srv := testutil.StartJetStreamAt(t, t.TempDir(), "127.0.0.1:0")
+	_, js := testutil.Connect(t, srv)
+	ctx := context.Background()
+	_, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
+	require.NoError(t, err)
+	_, err = events.EnsureDLQStream(ctx, js, events.StreamConfig{})
+	require.NoError(t, err)
+	signer := testutil.NewSigner(t)
+	pub := events.NewPublisher(js)
+	var bodies [][]byte
+	for i, status := range []string{"Pending", "Completed"} {
+		body := testutil.OrderEvent("O-cmd-"+status, "O-cmd", "M1001", status, int64(100*(i+1)), "0")
+		env, err := cobo.ParseEnvelope(body)
+		require.NoError(t, err)
+		ts, sig := signer.Sign(body)
+		_, err = pub.Store(ctx, cobo.Delivery{Envelope: env, Body: body, Timestamp: ts, Signature: sig, ReceivedAt: time.Now()})
+		require.NoError(t, err)
+		bodies = append(bodies, body)
+	}
+	url := srv.ClientURL()
+
+	var out bytes.Buffer
+	require.NoError(t, run(ctx, []string{"replay", "-nats-url", url, "-order", "O-cmd", "-verify", "-cobo-pubkey", signer.PubHex}, noEnv, &out))
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	require.Len(t, lines, 2)
+	for i, l := range lines {
+		var line map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(l), &line))
+		require.Equal(t, "true", string(line["verified"]))
+		require.Equal(t, bodies[i], []byte(line["event"]))
+	}
+
+	// The environment stands in for flags, as for the worker itself.
+	env := map[string]string{"PAYSTREAM_NATS_URL": url}
+	out.Reset()
+	err = run(ctx, []string{"replay", "-type", cobo.EventOrderStatusUpdated, "-verify", "-cobo-env", "prod"}, func(k string) string { return env[k] }, &out)
+	require.ErrorIs(t, err, replay.ErrVerifyFailed)
+	require.Equal(t, 2, strings.Count(out.String(), `"verified":false`))
+
+	out.Reset()
+	require.NoError(t, run(ctx, []string{"dlq", "list", "-nats-url", url}, noEnv, &out))
+	require.Empty(t, out.String())
+	require.ErrorContains(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-seq", "1"}, noEnv, &out), "redriven already")
+	require.NoError(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-all"}, noEnv, &out))
+	require.Empty(t, out.String())
+}

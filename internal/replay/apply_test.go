@@ -1,0 +1,187 @@
+package replay_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/replay"
+	"github.com/paystream/paystream/internal/testutil"
+	"github.com/paystream/paystream/internal/worker"
+)
+
+func TestApplyNeedsTheAllocationDecision(t *testing.T) {
+	_, js := testutil.Connect(t, testutil.StartJetStream(t))
+	_, err := replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Out: io.Discard})
+	require.ErrorContains(t, err, "Apply needs Allocation")
+	require.ErrorContains(t, err, "NoAllocations")
+
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Allocation: &worker.AllocationConfig{}, Out: io.Discard})
+	require.ErrorContains(t, err, "contradict")
+
+	// The fleet's rules need the intent stream a worker with rules made.
+	rules, err := allocation.ParseRules([]byte(testRules))
+	require.NoError(t, err)
+	_, err = events.EnsureEventStream(context.Background(), js, events.StreamConfig{})
+	require.NoError(t, err)
+	api := newAPISigner(t)
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Allocation: &worker.AllocationConfig{Rules: rules}, Out: io.Discard})
+	require.ErrorContains(t, err, "Allocation.Cobo.Signer")
+	cfg := &worker.AllocationConfig{Rules: rules}
+	cfg.Cobo.Signer = api
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Allocation: cfg, Out: io.Discard})
+	require.ErrorContains(t, err, allocation.IntentStream)
+}
+
+func TestApplyChangesNothingOnCurrentOrdersAndRebuildsAFreshBucket(t *testing.T) {
+	s := newStack(t)
+	stop := s.startWorker(t)
+	ids := []string{"O-ap-1", "O-ap-2"}
+	for _, id := range ids {
+		s.postHistory(t, id)
+	}
+	for _, id := range ids {
+		waitFor(t, 20*time.Second, id+" complete", func() bool { return s.orderComplete(t, id) })
+	}
+	s.waitWorkersIdle(t)
+	want := map[string][]byte{}
+	revs := map[string]uint64{}
+	for _, id := range ids {
+		o, rev, ok := s.order(t, id)
+		require.True(t, ok)
+		want[id], revs[id] = mustJSON(t, o), rev
+	}
+
+	// Current state: nothing to do.
+	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, NoAllocations: true})
+	require.NoError(t, err)
+	require.Len(t, lines, 10)
+	require.Equal(t, replay.Summary{Events: 10, Unchanged: 10}, sum)
+	for _, l := range lines {
+		require.Equal(t, map[string]any{"result": "unchanged"}, l.obj(t, "applied"), string(l.raw))
+	}
+	for _, id := range ids {
+		_, rev, _ := s.order(t, id)
+		require.Equal(t, revs[id], rev, "no write to %s", id)
+	}
+
+	// A lost bucket: applying every event rebuilds what the workers built.
+	stop()
+	require.NoError(t, s.js.DeleteKeyValue(context.Background(), events.OrdersBucket))
+	lines, sum, err = s.runReplay(t, replay.Config{Apply: true, NoAllocations: true})
+	require.NoError(t, err)
+	require.Equal(t, 10, sum.Applied)
+	for _, id := range ids {
+		o, _, ok := s.order(t, id)
+		require.True(t, ok)
+		require.JSONEq(t, string(want[id]), string(mustJSON(t, o)), id)
+	}
+	byEvent := map[string]map[string]any{}
+	for _, l := range lines {
+		byEvent[l.str(t, "event_id")] = l.obj(t, "applied")
+	}
+	require.Equal(t, map[string]any{"result": "applied", "status_to": "Pending"}, byEvent["O-ap-1-pending"])
+	require.Equal(t, map[string]any{"result": "applied", "status_from": "Pending", "status_to": "Processing"}, byEvent["O-ap-1-txc"])
+	require.Equal(t, map[string]any{"result": "applied", "status_from": "Processing", "status_to": "Completed", "first_completed": true}, byEvent["O-ap-1-completed"])
+	require.Equal(t, map[string]any{"result": "applied", "late_recorded": []any{"O-ap-1-tx2"}}, byEvent["O-ap-1-late"])
+
+	// And again: nothing changes.
+	_, sum, err = s.runReplay(t, replay.Config{Apply: true, NoAllocations: true})
+	require.NoError(t, err)
+	require.Equal(t, replay.Summary{Events: 10, Unchanged: 10}, sum)
+}
+
+func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
+	s := newStack(t).withAllocations(t)
+	s.registerOrder("O-al")
+	stop := s.startWorker(t)
+	s.postHistory(t, "O-al")
+	waitFor(t, 30*time.Second, "allocations of O-al", func() bool {
+		o, _, ok := s.order(t, "O-al")
+		if !ok || len(o.Allocations) != 3 {
+			return false
+		}
+		for _, a := range o.Allocations {
+			if a.Status != domain.AllocCompleted {
+				return false
+			}
+		}
+		return true
+	})
+	s.waitWorkersIdle(t)
+	intents, claims, items := s.allocationCounts(t)
+	require.Equal(t, uint64(3), intents)
+	require.Equal(t, 3, claims)
+	require.Equal(t, 3, items)
+	_, rev, _ := s.order(t, "O-al")
+
+	// Re-applied with the workers' rules while they run: nothing changes,
+	// nothing is planned or published.
+	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	require.NoError(t, err)
+	require.Equal(t, replay.Summary{Events: 5, Unchanged: 5}, sum)
+	for _, l := range lines {
+		require.NotContains(t, l.obj(t, "applied"), "planned")
+	}
+	_, rev2, _ := s.order(t, "O-al")
+	require.Equal(t, rev, rev2)
+	i2, c2, it2 := s.allocationCounts(t)
+	require.Equal(t, []any{intents, claims, items}, []any{i2, c2, it2})
+
+	// Even with the order state lost, the items planned again keep their
+	// ids: the intent stream stores no second intent and no item gets a
+	// second claim.
+	stop()
+	require.NoError(t, s.js.DeleteKeyValue(context.Background(), events.OrdersBucket))
+	lines, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	require.NoError(t, err)
+	planned := map[string]int{}
+	for _, l := range lines {
+		if p, ok := l.obj(t, "applied")["planned"].([]any); ok {
+			for _, id := range p {
+				planned[id.(string)]++
+			}
+		}
+	}
+	require.Len(t, planned, 3)
+	for id, n := range planned {
+		require.Equal(t, 1, n, "item %s planned once", id)
+	}
+	i3, c3, it3 := s.allocationCounts(t)
+	require.Equal(t, []any{intents, claims, items}, []any{i3, c3, it3})
+	o, _, ok := s.order(t, "O-al")
+	require.True(t, ok)
+	require.Equal(t, domain.StatusCompleted, o.Status)
+	require.True(t, o.SplitsPlanned)
+	require.Len(t, o.Allocations, 3)
+}
+
+// allocationCounts returns the intents stored, the items claimed and the
+// items Cobo holds.
+func (s *stack) allocationCounts(t *testing.T) (uint64, int, int) {
+	t.Helper()
+	intents := s.streamInfo(t, allocation.IntentStream).State.Msgs
+	kv, err := s.js.KeyValue(context.Background(), allocation.ClaimsBucket)
+	require.NoError(t, err)
+	lister, err := kv.ListKeys(context.Background())
+	require.NoError(t, err)
+	claims := 0
+	for range lister.Keys() {
+		claims++
+	}
+	return intents, claims, len(s.alloc.sim.Items())
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return b
+}
