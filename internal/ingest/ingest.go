@@ -22,6 +22,7 @@ import (
 
 	"github.com/paystream/paystream/internal/admin"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/natsembed"
@@ -178,10 +179,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if _, err = events.EnsureEventStream(ctx, s.js, cfg.Stream); err != nil {
 		return nil, err
 	}
-	orders, err := events.OpenOrdersBucket(ctx, s.js, cfg.Stream)
-	if err != nil {
-		return nil, err
-	}
+	orders := &orderReader{js: s.js}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -210,7 +208,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 
 	s.public = &http.Server{Handler: pub, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	s.admin = &http.Server{Handler: admin.NewRouter(admin.Config{
-		Orders:   events.NewOrderStore(orders),
+		Orders:   orders,
 		Ready:    s.ready,
 		Gatherer: reg,
 		Token:    cfg.AdminToken,
@@ -220,6 +218,37 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	go func() { s.served <- serve(s.admin, s.adminLn) }()
 	cfg.Logger.Info().Str("listen", s.PublicAddr()).Str("admin_listen", s.AdminAddr()).Int("trusted_keys", len(cfg.TrustedKeys())).Msg("ingest started")
 	return s, nil
+}
+
+// orderReader reads order state for the admin API. It binds to the orders
+// bucket on first use and never creates it: the workers own the bucket, so
+// ingest needs only read permissions on it (deploy/nats/accounts.conf), and
+// until a worker has created it no order exists.
+type orderReader struct {
+	js    jetstream.JetStream
+	mu    sync.Mutex
+	store *events.OrderStore
+}
+
+// Get implements admin.OrderReader.
+func (r *orderReader) Get(ctx context.Context, orderID string) (*domain.Order, uint64, error) {
+	r.mu.Lock()
+	store := r.store
+	r.mu.Unlock()
+	if store == nil {
+		kv, err := r.js.KeyValue(ctx, events.OrdersBucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, 0, fmt.Errorf("order %s: bucket %s does not exist yet: %w", orderID, events.OrdersBucket, domain.ErrNotFound)
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("open bucket %s: %w", events.OrdersBucket, err)
+		}
+		store = events.NewOrderStore(kv)
+		r.mu.Lock()
+		r.store = store
+		r.mu.Unlock()
+	}
+	return store.Get(ctx, orderID)
 }
 
 func serve(srv *http.Server, ln net.Listener) error {
