@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +48,15 @@ func TestWebhookAnswers(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "duplicate", out["status"])
 
+	// A body of exactly the 1 MiB limit is legal and must be stored, not
+	// refused by the store's message size limit.
+	head, tail := `{"event_id":"ev-big","type":"payment.order.status.updated","data":{"order_id":"O-big","pad":"`, `"}}`
+	big := []byte(head + strings.Repeat("a", 1<<20-len(head)-len(tail)) + tail)
+	require.Len(t, big, 1<<20)
+	code, out = post(t, signer, s, big)
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	require.Equal(t, "accepted", out["status"])
+
 	// The underscore header spellings are accepted.
 	body2 := testutil.OrderEvent("ev-2", "O-1", "M1001", "Completed", 200, "102")
 	ts2, sig2 := signer.Sign(body2)
@@ -81,8 +91,8 @@ func TestWebhookAnswers(t *testing.T) {
 		})
 	}
 
-	// Exactly the two accepted events are stored.
-	require.EqualValues(t, 2, streamMsgs(t, s.NATSURL()))
+	// Exactly the three accepted events are stored.
+	require.EqualValues(t, 3, streamMsgs(t, s.NATSURL()))
 
 	// Orders and metrics are not on the public listener.
 	for _, path := range []string{"/v1/orders/O-1", "/metrics", "/readyz"} {
@@ -103,7 +113,7 @@ func TestWebhookAnswers(t *testing.T) {
 	code, metrics := getJSON(t, "http://"+s.AdminAddr()+"/metrics", auth)
 	require.Equal(t, http.StatusOK, code)
 	for _, want := range []string{
-		`paystream_webhook_requests_total{code="200"} 3`,
+		`paystream_webhook_requests_total{code="200"} 4`,
 		`paystream_webhook_requests_total{code="401"} 4`,
 		`paystream_webhook_requests_total{code="405"} 2`,
 		`paystream_webhook_requests_total{code="413"} 1`,

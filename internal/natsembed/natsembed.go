@@ -38,6 +38,10 @@ type ClusterConfig struct {
 	Routes []string
 }
 
+// MaxPayload is the embedded server's message size limit: room for a
+// 1 MiB webhook body and its headers. deploy/nats sets the same.
+const MaxPayload = 2 << 20
+
 // Start starts a server and waits until it accepts connections.
 func Start(cfg Config) (*server.Server, error) {
 	if cfg.StoreDir == "" {
@@ -56,6 +60,9 @@ func Start(cfg Config) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 		Users:      cfg.Users,
+		// NATS's default 1 MB payload limit is below ingest's 1 MiB body
+		// limit plus headers: a legal webhook would get 503 forever.
+		MaxPayload: MaxPayload,
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
