@@ -119,7 +119,7 @@ func TestWebhookAnswers(t *testing.T) {
 		`paystream_webhook_requests_total{code="413"} 1`,
 		`paystream_webhook_duplicates_total 1`,
 		`paystream_webhook_signature_failures_total 4`,
-		`paystream_webhook_store_seconds_count 3`,
+		`paystream_webhook_store_seconds_count 4`,
 	} {
 		require.Contains(t, string(metrics), want)
 	}
