@@ -155,36 +155,10 @@ func (o *observed) workers() map[string]int {
 	return out
 }
 
-type runningWorker struct {
-	w      *worker.Worker
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error
-}
-
-// stop stops the worker softly and waits for it.
-func (r *runningWorker) stop(t *testing.T) {
-	t.Helper()
-	r.cancel()
-	select {
-	case <-r.done:
-		require.NoError(t, r.err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("worker did not stop within 15s")
-	}
-}
-
-// kill drops the worker's connection as a crash would, then lets its
-// goroutines end.
-func (r *runningWorker) kill() {
-	r.w.Kill()
-	r.cancel()
-}
-
 // startWorker runs the real worker against the cluster as the worker user.
-func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) *runningWorker {
+func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) *testutil.RunningWorker {
 	t.Helper()
-	w, err := worker.Start(context.Background(), worker.Config{
+	return testutil.RunWorker(t, worker.Config{
 		NATSURL:       c.url(),
 		NATSOptions:   []nats.Option{workerUser.opt()},
 		MetricsListen: "127.0.0.1:0",
@@ -198,22 +172,6 @@ func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *log
 		Observer:   obs.observer(name),
 		Allocation: alloc,
 	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		r.err = w.Run(ctx)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			t.Error("worker did not stop within 15s")
-		}
-	})
-	return r
 }
 
 // delivery is the outcome of sending one webhook as Cobo does: resent

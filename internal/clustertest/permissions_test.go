@@ -113,7 +113,7 @@ func TestDeployedPermissions(t *testing.T) {
 	w2 := startWorker(t, c, "w2", newObserved(), logs, alloc)
 	info := streamInfo(t, admin, events.StreamName)
 	require.Equal(t, 3, info.Config.Replicas)
-	for _, url := range []string{"http://" + ing.AdminAddr() + "/readyz", "http://" + w1.w.MetricsAddr() + "/readyz"} {
+	for _, url := range []string{"http://" + ing.AdminAddr() + "/readyz", "http://" + w1.W.MetricsAddr() + "/readyz"} {
 		resp, err := httpClient.Get(url)
 		require.NoError(t, err)
 		resp.Body.Close()
@@ -206,8 +206,8 @@ func TestDeployedPermissions(t *testing.T) {
 	// With no worker running, the operator re-applies one order's stored
 	// events (worker replay -verify -apply): order state and allocation
 	// intents written as the operator; a worker then delivers the intents.
-	w1.stop(t)
-	w2.stop(t)
+	w1.Stop(t)
+	w2.Stop(t)
 	replayed := completedHistory("O-perm-replay")
 	registerOrders(csim, replayed)
 	for _, ev := range replayed.events {

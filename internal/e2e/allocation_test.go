@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -91,7 +90,7 @@ func (g *gate) RoundTrip(req *http.Request) (*http.Response, error) {
 	return nil, req.Context().Err()
 }
 
-func (s *allocStack) startWorker(t *testing.T, g *gate) *runningWorker {
+func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker {
 	t.Helper()
 	var transport http.RoundTripper = http.DefaultTransport
 	if g != nil {
@@ -110,7 +109,7 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *runningWorker {
 		alloc.BitGo = s.bitgo.clientConfig(transport)
 		alloc.BitGoSender = allocation.BitGoSenderConfig{Poll: 50 * time.Millisecond, Retry: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, SendTimeout: 5 * time.Second}
 	}
-	w, err := worker.Start(context.Background(), worker.Config{
+	return testutil.RunWorker(t, worker.Config{
 		NATSURL:       s.ing.NATSURL(),
 		MetricsListen: "127.0.0.1:0",
 		Consumer:      testConsumerConfig(),
@@ -118,28 +117,6 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *runningWorker {
 		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		Allocation:    alloc,
 	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		r.err = w.Run(ctx)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			t.Error("worker did not stop within 15s")
-		}
-	})
-	return r
-}
-
-// kill drops the worker's connection and stops it without any cleanup.
-func (r *runningWorker) kill() {
-	r.w.Kill()
-	r.cancel()
 }
 
 // expectedItems is what orderEvents histories allocate under testRules:
@@ -224,7 +201,7 @@ func TestAllocationSurvivesWorkerKilledBeforeSend(t *testing.T) {
 	victim := s.startWorker(t, g)
 	sendHistories(t, s, "O-kb")
 	<-g.hit
-	victim.kill()
+	victim.Kill()
 	require.Empty(t, s.sim.Batches(), "nothing reached the provider yet")
 	s.startWorker(t, nil)
 	s.requireAllocatedOnce(t, "O-kb")
@@ -236,7 +213,7 @@ func TestAllocationSurvivesWorkerKilledAfterResponseBeforeRecording(t *testing.T
 	victim := s.startWorker(t, g)
 	sendHistories(t, s, "O-ka")
 	<-g.hit
-	victim.kill()
+	victim.Kill()
 	require.NotEmpty(t, s.sim.Batches(), "the provider recorded the batch")
 	s.startWorker(t, nil)
 	s.requireAllocatedOnce(t, "O-ka")
@@ -340,7 +317,7 @@ func TestFailedItemsAreSurfacedNotRetried(t *testing.T) {
 	// Give recovery several rounds to (wrongly) resend anything.
 	time.Sleep(time.Second)
 	require.Len(t, s.sim.Batches(), batches)
-	code, body := getJSON(t, "http://"+w.w.MetricsAddr()+"/metrics", nil)
+	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(body), `paystream_allocation_items_total{backend="cobo",status="failed"} 1`)
 	// Lag is polled from consumer info at start and every LagInterval.

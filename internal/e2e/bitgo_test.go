@@ -134,7 +134,7 @@ func TestBitGoWorkerKilledAfterResponse(t *testing.T) {
 	victim := s.startWorker(t, g)
 	sendHistories(t, s, "O-bg-kill")
 	<-g.hit
-	victim.kill()
+	victim.Kill()
 	require.Len(t, s.bitgo.sim.Allocations(), 1, "BitGo recorded the allocation")
 	s.startWorker(t, nil)
 	s.startWorker(t, nil)
@@ -176,7 +176,7 @@ func TestBitGoReleasedIsFailedNotRetried(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // ten poll intervals for a wrong resend
 	require.Len(t, s.bitgo.sim.Allocations(), 1)
-	code, body := getJSON(t, "http://"+w.w.MetricsAddr()+"/metrics", nil)
+	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(body), `paystream_allocation_items_total{backend="bitgo",status="failed"} 1`)
 }

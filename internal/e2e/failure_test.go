@@ -47,7 +47,7 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 	}
 	sendConcurrently(t, signer, s, all, 4)
 	waitFor(t, 10*time.Second, "the victim to hang", func() bool { return seen.Load() > 8 })
-	victim.w.Kill()
+	victim.W.Kill()
 
 	startWorker(t, s.NATSURL(), obs.observe)
 	for i := range orders {
@@ -109,7 +109,7 @@ func TestIngestRestartKeepsStreamAndState(t *testing.T) {
 		require.Equal(t, "accepted", postUntilStored(t, signer, s, ev))
 	}
 	waitFor(t, 20*time.Second, "order O-restart", func() bool { return orderComplete(t, s, "O-restart") })
-	w.stop(t)
+	w.Stop(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	require.NoError(t, s.Shutdown(ctx))

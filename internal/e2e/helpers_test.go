@@ -79,34 +79,14 @@ func (o *observed) counts(orderID string) (int, int) {
 	return o.firstCompleted[orderID], o.lateRecorded[orderID]
 }
 
-type runningWorker struct {
-	w      *worker.Worker
-	cancel context.CancelFunc
-	// done is closed when Run returns; err is then its result.
-	done chan struct{}
-	err  error
-}
-
-// stop stops the worker softly and waits for it.
-func (r *runningWorker) stop(t *testing.T) {
-	t.Helper()
-	r.cancel()
-	select {
-	case <-r.done:
-		require.NoError(t, r.err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("worker did not stop within 15s")
-	}
-}
-
 func testConsumerConfig() events.ConsumerConfig {
 	return events.ConsumerConfig{AckWait: 2 * time.Second, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Concurrency: 4}
 }
 
 // startWorker starts a real worker against natsURL, stopped when the test ends.
-func startWorker(t *testing.T, natsURL string, observer func(context.Context, events.Event, handlers.Outcome) error) *runningWorker {
+func startWorker(t *testing.T, natsURL string, observer func(context.Context, events.Event, handlers.Outcome) error) *testutil.RunningWorker {
 	t.Helper()
-	w, err := worker.Start(context.Background(), worker.Config{
+	return testutil.RunWorker(t, worker.Config{
 		NATSURL:       natsURL,
 		MetricsListen: "127.0.0.1:0",
 		Consumer:      testConsumerConfig(),
@@ -114,22 +94,6 @@ func startWorker(t *testing.T, natsURL string, observer func(context.Context, ev
 		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		Observer:      observer,
 	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		r.err = w.Run(ctx)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			t.Error("worker did not stop within 15s")
-		}
-	})
-	return r
 }
 
 // post sends a signed webhook and returns the status and decoded body.

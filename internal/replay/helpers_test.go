@@ -146,27 +146,8 @@ func (s *stack) startWorker(t *testing.T) (stop func()) {
 	if s.alloc != nil {
 		cfg.Allocation = s.allocationConfig()
 	}
-	w, err := worker.Start(context.Background(), cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(15 * time.Second):
-			t.Error("worker did not stop within 15s")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	w := testutil.RunWorker(t, cfg)
+	return func() { w.Stop(t) }
 }
 
 // post sends a signed webhook through ingest, retrying like Cobo until it
