@@ -463,7 +463,12 @@ func toRequest(batch *Batch) cobo.CreateBatchAllocationRequest {
 func newRequestID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
+	return uuidString(b, 4)
+}
+
+// uuidString formats b as an RFC 9562 UUID of the given version.
+func uuidString(b [16]byte, version byte) string {
+	b[6] = b[6]&0x0f | version<<4
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b[:])
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]

@@ -3,7 +3,6 @@ package allocation
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -145,11 +144,7 @@ func NewBitGoSender(ctx context.Context, js jetstream.JetStream, api BitGoAPI, o
 // digest of the item id, the same in every process and every retry.
 func ClientExternalID(itemID string) string {
 	sum := sha256.Sum256([]byte("paystream/bitgo/" + itemID))
-	b := sum[:16]
-	b[6] = b[6]&0x0f | 0x50
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b)
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	return uuidString([16]byte(sum[:16]), 5)
 }
 
 // Run delivers items until ctx is done; items in flight then are handed
