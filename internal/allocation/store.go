@@ -30,11 +30,12 @@ const (
 	ClaimsBucket = "paystream_alloc_claims"
 )
 
-// EnsureResources creates or updates the intent stream, the batcher
-// consumer and the buckets.
+// EnsureResources creates the intent stream and the buckets when they do
+// not exist (never changing existing ones, see events.EnsureStream), and
+// creates or updates the batcher and BitGo consumers.
 func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.StreamConfig, ackWait time.Duration) error {
 	cfg = cfg.WithDefaults()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if _, err := cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        IntentStream,
 		Description: "allocation items planned on orders, waiting to be batched",
 		Subjects:    []string{IntentSubjectPrefix + ".>"},
@@ -44,7 +45,7 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 		Replicas:    cfg.Replicas,
 		Duplicates:  cfg.DuplicateWindow,
 	}); err != nil {
-		return fmt.Errorf("ensure stream %s: %w", IntentStream, err)
+		return err
 	}
 	for _, c := range []struct{ name, desc, backend string }{
 		{BatcherConsumer, "paystream Cobo batchers", domain.BackendCobo},
@@ -52,7 +53,7 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 	} {
 		// MaxDeliver is unlimited: an intent is only ever acked once its
 		// outcome is durable, and dropping one would lose money movement.
-		if _, err := js.CreateOrUpdateConsumer(ctx, IntentStream, jetstream.ConsumerConfig{
+		if _, err := events.EnsureDurable(ctx, js, IntentStream, jetstream.ConsumerConfig{
 			Durable:       c.name,
 			Description:   c.desc,
 			FilterSubject: IntentSubjectPrefix + "." + c.backend + ".>",
@@ -61,7 +62,7 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 			MaxDeliver:    -1,
 			MaxAckPending: 10000,
 		}); err != nil {
-			return fmt.Errorf("ensure consumer %s: %w", c.name, err)
+			return err
 		}
 	}
 	for _, b := range []struct{ name, desc string }{
@@ -69,10 +70,10 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 		{ClaimsBucket, "allocation item id -> request id"},
 		{BitGoRequestsBucket, "BitGo item id -> prepared, signed request and its last outcome"},
 	} {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,
 		}); err != nil {
-			return fmt.Errorf("ensure bucket %s: %w", b.name, err)
+			return err
 		}
 	}
 	return nil

@@ -35,6 +35,7 @@ var (
 	ingestUser   = credential{"ingest", "ingest-test-pw", "PAYSTREAM_NATS_INGEST_PASSWORD", "$2a$04$H2fv2VO4K6UnvAVMkIRV1.jjKiGwu5eXzDUEgKdfteZ2rZRMKuFPe"}
 	workerUser   = credential{"worker", "worker-test-pw", "PAYSTREAM_NATS_WORKER_PASSWORD", "$2a$04$m3Ua6GYf65gMPyC7rQ1f8ernd35aTCG60/1U6g4VW.FyPR5EfJIve"}
 	operatorUser = credential{"operator", "operator-test-pw", "PAYSTREAM_NATS_OPERATOR_PASSWORD", "$2a$04$k6QDEIgTJpdRRSBLYNQ4yOt3KSq9ZAGvBjWtA3F33H/gOI9.t8gK."}
+	deployAdmin  = credential{"admin", "admin-test-pw", "PAYSTREAM_NATS_ADMIN_PASSWORD", "$2a$04$s.11r6OYvHzCJ7wAhm/Z/eWKFIHjusNAiXazXdQj09b2/lzi7MYtq"}
 	sysUser      = credential{"sys", "sys-test-pw", "PAYSTREAM_NATS_SYS_PASSWORD", "$2a$04$.0HKPMhV89jmUku5RKy7v.m495uN36.wz1EfW.pZyfiNYCPtRZsWu"}
 	routeUser    = credential{"route", "route-test-pw", "PAYSTREAM_NATS_ROUTE_PASSWORD", "$2a$04$F4GqPIIrWmJ59CCUymjTteC91PgoN.3wXL6F.AdKF0sVTm6aFC4/G"}
 	// adminUser is added by the tests alone (see loadNode): it has the
@@ -108,7 +109,7 @@ type cluster struct {
 // cluster ports.
 func setAuthEnv(t *testing.T, clusterAddrs []string) {
 	t.Helper()
-	for _, c := range []credential{ingestUser, workerUser, operatorUser, sysUser, routeUser} {
+	for _, c := range []credential{ingestUser, workerUser, operatorUser, deployAdmin, sysUser, routeUser} {
 		t.Setenv(c.env, c.hash)
 	}
 	var routes []string

@@ -91,7 +91,14 @@ func (b *logBook) saveFailed(eventID string) bool {
 // startIngest runs the real ingest against the cluster as the ingest user.
 func startIngest(t *testing.T, c *cluster, signer *testutil.Signer, logs *logBook) *ingest.Service {
 	t.Helper()
-	s, err := ingest.Start(context.Background(), ingest.Config{
+	s, err := ingest.Start(context.Background(), ingestConfig(c, signer, logs))
+	return keepIngest(t, s, err)
+}
+
+// ingestConfig is the configuration of the real ingest on the cluster as
+// the ingest user.
+func ingestConfig(c *cluster, signer *testutil.Signer, logs *logBook) ingest.Config {
+	return ingest.Config{
 		Listen:       "127.0.0.1:0",
 		AdminListen:  "127.0.0.1:0",
 		NATSURL:      c.url(),
@@ -100,7 +107,13 @@ func startIngest(t *testing.T, c *cluster, signer *testutil.Signer, logs *logBoo
 		StoreTimeout: time.Second,
 		Stream:       events.StreamConfig{Replicas: 3},
 		Logger:       logs.logger("ingest"),
-	})
+	}
+}
+
+// keepIngest requires that ingest started and shuts it down at the end of
+// the test.
+func keepIngest(t *testing.T, s *ingest.Service, err error) *ingest.Service {
+	t.Helper()
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -158,7 +171,13 @@ func (o *observed) workers() map[string]int {
 // startWorker runs the real worker against the cluster as the worker user.
 func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) *testutil.RunningWorker {
 	t.Helper()
-	return testutil.RunWorker(t, worker.Config{
+	return testutil.RunWorker(t, workerConfig(c, name, obs, logs, alloc))
+}
+
+// workerConfig is the configuration of a real worker on the cluster as
+// the worker user.
+func workerConfig(c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) worker.Config {
+	return worker.Config{
 		NATSURL:       c.url(),
 		NATSOptions:   []nats.Option{workerUser.opt()},
 		MetricsListen: "127.0.0.1:0",
@@ -171,7 +190,7 @@ func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *log
 		Logger:     logs.logger(name),
 		Observer:   obs.observer(name),
 		Allocation: alloc,
-	})
+	}
 }
 
 // delivery is the outcome of sending one webhook as Cobo does: resent

@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
@@ -101,7 +103,6 @@ func TestDeployedPermissions(t *testing.T) {
 	}
 
 	signer := testutil.NewSigner(t)
-	ing := startIngest(t, c, signer, logs)
 	orders := histories("O-perm", 4)
 	alloc, csim, bsim := providers(t, orders)
 	// One batch send times out before Cobo answers, so that the batch stays
@@ -109,8 +110,22 @@ func TestDeployedPermissions(t *testing.T) {
 	// reads it, as it does when a worker crashed mid-send.
 	csim.InjectFault(cobosim.Fault{Kind: cobosim.FaultTimeout, Count: 1, Delay: 2 * time.Second,
 		Method: http.MethodPost, PathPrefix: "/v2/payments/batch_allocations"})
-	w1 := startWorker(t, c, "w1", newObserved(), logs, alloc)
-	w2 := startWorker(t, c, "w2", newObserved(), logs, alloc)
+	// A new deployment: ingest and two workers start at the same moment and
+	// race to create the streams, buckets and consumers, with create-only
+	// permissions (no STREAM.UPDATE for either user).
+	type started struct {
+		s   *ingest.Service
+		err error
+	}
+	ingested := make(chan started, 1)
+	go func() {
+		s, err := ingest.Start(context.Background(), ingestConfig(c, signer, logs))
+		ingested <- started{s, err}
+	}()
+	ws := testutil.RunWorkers(t, workerConfig(c, "w1", newObserved(), logs, alloc), workerConfig(c, "w2", newObserved(), logs, alloc))
+	w1, w2 := ws[0], ws[1]
+	st := <-ingested
+	ing := keepIngest(t, st.s, st.err)
 	info := streamInfo(t, admin, events.StreamName)
 	require.Equal(t, 3, info.Config.Replicas)
 	for _, url := range []string{"http://" + ing.AdminAddr() + "/readyz", "http://" + w1.W.MetricsAddr() + "/readyz"} {
@@ -142,7 +157,7 @@ func TestDeployedPermissions(t *testing.T) {
 
 	// Ingest cannot write order state, only read it.
 	ingestErrs := make(chan error, 10)
-	inc, _ := c.connect(t, ingestUser, ingestErrs)
+	inc, ijs := c.connect(t, ingestUser, ingestErrs)
 	require.NoError(t, inc.Publish("$KV."+events.OrdersBucket+"."+"O-perm-000", []byte(`{"status":"Completed"}`)))
 	require.NoError(t, inc.Flush())
 	select {
@@ -151,7 +166,43 @@ func TestDeployedPermissions(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the ingest user was not told its publish was refused")
 	}
-	expected := 2 // the two refusals above
+
+	// Neither may change a stream: a republish rule would make the server
+	// copy every stored message onto subjects the user may not publish to
+	// (a worker turning dead letters into webhook events, ingest turning
+	// webhooks into allocation intents).
+	for _, tc := range []struct {
+		js          jetstream.JetStream
+		errs        chan error
+		stream, dst string
+	}{
+		{wjs, workerErrs, events.DLQStreamName, "paystream.events.payment_order_status_updated.forged"},
+		{ijs, ingestErrs, events.StreamName, "paystream.alloc.cobo.forged"},
+	} {
+		cfg := streamInfo(t, admin, tc.stream).Config
+		cfg.RePublish = &jetstream.RePublish{Source: ">", Destination: tc.dst}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := tc.js.UpdateStream(ctx, cfg)
+		cancel()
+		require.Error(t, err, tc.stream)
+		select {
+		case err := <-tc.errs:
+			require.ErrorIs(t, err, nats.ErrPermissionViolation)
+			require.Contains(t, err.Error(), `"$JS.API.STREAM.UPDATE.`+tc.stream+`"`)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no permission error for the update of " + tc.stream)
+		}
+		require.Nil(t, streamInfo(t, admin, tc.stream).Config.RePublish, tc.stream)
+	}
+	expected := 4 // the four refusals above
+
+	// Changing a stream is the deployed admin user's job (with the nats
+	// CLI); the workers started later keep the change and report it.
+	_, adminJS := c.connect(t, deployAdmin, nil)
+	dlq := streamInfo(t, admin, events.DLQStreamName).Config
+	dlq.MaxAge = 30 * 24 * time.Hour
+	_, err = adminJS.UpdateStream(context.Background(), dlq)
+	require.NoError(t, err)
 
 	// The real processes under their users: ingest stores signed webhooks,
 	// the worker turns them into order state and allocations.
@@ -222,10 +273,15 @@ func TestDeployedPermissions(t *testing.T) {
 	})
 	require.NoError(t, err, out.String())
 	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Applied: 5}, sum)
-	v, ok = getOrder(t, ing, replayed.orderID)
-	require.True(t, ok)
-	require.True(t, replayed.reached(v), "applied by the operator before any worker saw it: %+v", v)
+	// Order reads may be served by a replica a moment behind the leader
+	// (the bucket allows direct gets), so the replayed state is waited for.
+	waitFor(t, 5*time.Second, "the order applied by the operator before any worker saw it", func() bool {
+		v, ok := getOrder(t, ing, replayed.orderID)
+		return ok && replayed.reached(v)
+	})
 	startWorker(t, c, "w3", newObserved(), logs, alloc)
+	require.Equal(t, 30*24*time.Hour, streamInfo(t, admin, events.DLQStreamName).Config.MaxAge, "a worker never changes a stream")
+	require.Contains(t, strings.Join(logs.all(), "\n"), `"component":"w3","stream":"PAYSTREAM_DLQ","drift":["MaxAge: have 720h0m0s, want 2160h0m0s"]`)
 	waitFor(t, 20*time.Second, "allocations of "+replayed.orderID, func() bool { return allocated(t, ing, replayed.orderID) })
 	require.Len(t, csim.Items(), 8, "referral and replayed payment of four orders")
 	require.Len(t, bsim.Allocations(), 4)
@@ -234,8 +290,11 @@ func TestDeployedPermissions(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	got := c.viol.all()
 	require.Len(t, got, expected, "only the refusals the test provoked: %v", got)
-	require.Contains(t, got[0]+got[1], `"PAYSTREAM/user:worker" - Publish Violation - Subject "paystream.events.`)
-	require.Contains(t, got[0]+got[1], `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$KV.paystream_orders.`)
+	all := strings.Join(got, "\n")
+	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "paystream.events.`)
+	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$KV.paystream_orders.`)
+	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_DLQ"`)
+	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_EVENTS"`)
 }
 
 // registerOrders tells the Cobo sandbox the orders, as Cobo knows every

@@ -119,10 +119,10 @@ func (c ConsumerConfig) Validate() error {
 // EnsureConsumer creates or updates the shared durable pull consumer.
 // Redelivery is bounded by the worker (see ConsumerConfig.MaxDeliver), not
 // the server, so that exhausted events land in the dead-letter stream
-// instead of being skipped.
+// instead of being skipped. An existing one is updated (see EnsureDurable).
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
 	cfg = cfg.WithDefaults()
-	c, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
+	return EnsureDurable(ctx, js, StreamName, jetstream.ConsumerConfig{
 		Durable:       ConsumerName,
 		Description:   "paystream workers: order state and allocations",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -132,10 +132,6 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerCon
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		FilterSubject: SubjectPrefix + ".>",
 	})
-	if err != nil {
-		return nil, fmt.Errorf("ensure consumer %s: %w", ConsumerName, err)
-	}
-	return c, nil
 }
 
 // Consumer runs a Processor over the shared durable consumer. Any number of

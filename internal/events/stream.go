@@ -2,11 +2,11 @@ package events
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // Defaults for StreamConfig.
@@ -30,6 +30,9 @@ type StreamConfig struct {
 	DuplicateWindow time.Duration
 	// DLQMaxAge is how long dead letters are kept.
 	DLQMaxAge time.Duration
+	// Logger gets a warning for each existing stream or bucket whose
+	// configuration differs from these settings (see EnsureStream).
+	Logger zerolog.Logger
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -64,13 +67,14 @@ func (c StreamConfig) Validate() error {
 	return nil
 }
 
-// EnsureEventStream creates or updates the event stream.
+// EnsureEventStream returns the event stream, creating it when it does not
+// exist; it never changes an existing one (see EnsureStream).
 func EnsureEventStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("stream config: %w", err)
 	}
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "verified Cobo webhooks, kept by age for processing and replay",
 		Subjects:    []string{SubjectPrefix + ".>"},
@@ -81,16 +85,13 @@ func EnsureEventStream(ctx context.Context, js jetstream.JetStream, cfg StreamCo
 		Duplicates:  cfg.DuplicateWindow,
 		Discard:     jetstream.DiscardOld,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
-	}
-	return s, nil
 }
 
-// EnsureDLQStream creates or updates the dead-letter stream.
+// EnsureDLQStream returns the dead-letter stream, creating it when it does
+// not exist; it never changes an existing one (see EnsureStream).
 func EnsureDLQStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg = cfg.WithDefaults()
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        DLQStreamName,
 		Description: "events paystream could not process, with the reason",
 		Subjects:    []string{DLQSubjectPrefix + ".>"},
@@ -100,37 +101,48 @@ func EnsureDLQStream(ctx context.Context, js jetstream.JetStream, cfg StreamConf
 		Replicas:    cfg.Replicas,
 		Duplicates:  10 * time.Minute,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", DLQStreamName, err)
-	}
-	return s, nil
 }
 
-// EnsureOrdersBucket creates or updates the order-state bucket.
+// EnsureOrdersBucket returns the order-state bucket, creating it when it
+// does not exist; it never changes an existing one (see EnsureBucket).
 func EnsureOrdersBucket(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.KeyValue, error) {
 	cfg = cfg.WithDefaults()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      OrdersBucket,
 		Description: "pay-in order state, updated with compare-and-set",
 		History:     5,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	})
+}
+
+// EnsureStream is EnsureStream, warning of drift on c.Logger.
+func (c StreamConfig) EnsureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, drift, err := EnsureStream(ctx, js, want)
 	if err != nil {
-		return nil, fmt.Errorf("ensure bucket %s: %w", OrdersBucket, err)
+		return nil, err
 	}
+	c.warnDrift("stream", want.Name, drift)
+	return s, nil
+}
+
+// EnsureBucket is EnsureBucket, warning of drift on c.Logger.
+func (c StreamConfig) EnsureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, drift, err := EnsureBucket(ctx, js, want)
+	if err != nil {
+		return nil, err
+	}
+	c.warnDrift("bucket", want.Bucket, drift)
 	return kv, nil
 }
 
-// OpenOrdersBucket binds to the orders bucket, creating it when it does not
-// exist yet.
-func OpenOrdersBucket(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, OrdersBucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return EnsureOrdersBucket(ctx, js, cfg)
+func (c StreamConfig) warnDrift(kind, name string, drift []string) {
+	if len(drift) == 0 {
+		return
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", OrdersBucket, err)
-	}
-	return kv, nil
+	// Warn, not fail: the existing configuration is what runs, and an
+	// operator may have changed it on purpose (more replicas, a longer
+	// MaxAge); a republish nobody set is worth a look either way.
+	c.Logger.Warn().Str(kind, name).Strs("drift", drift).
+		Msg("existing configuration differs from this process's settings and is kept; change it as an operator (deploy/nats/README.md)")
 }

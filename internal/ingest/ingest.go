@@ -176,7 +176,9 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if s.js, err = jetstream.New(s.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err = events.EnsureEventStream(ctx, s.js, cfg.Stream); err != nil {
+	stream := cfg.Stream
+	stream.Logger = cfg.Logger
+	if _, err = events.EnsureEventStream(ctx, s.js, stream); err != nil {
 		return nil, err
 	}
 	orders := &orderReader{js: s.js}

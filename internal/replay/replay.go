@@ -229,7 +229,7 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 	var orders *events.OrderStore
 	var proc *worker.Processor
 	if cfg.Apply {
-		kv, err := events.OpenOrdersBucket(ctx, cfg.JetStream, cfg.Stream)
+		kv, err := events.EnsureOrdersBucket(ctx, cfg.JetStream, cfg.Stream)
 		if err != nil {
 			return sum, err
 		}

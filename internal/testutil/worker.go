@@ -2,6 +2,8 @@ package testutil
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,23 +25,51 @@ type RunningWorker struct {
 // not stop within 15 s.
 func RunWorker(t testing.TB, cfg worker.Config) *RunningWorker {
 	t.Helper()
-	w, err := worker.Start(context.Background(), cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &RunningWorker{W: w, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		r.err = w.Run(ctx)
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			t.Error("worker did not stop within 15s")
+	return RunWorkers(t, cfg)[0]
+}
+
+// RunWorkers is RunWorker for several workers started at the same moment,
+// as a deployment's replicas are: their start-ups race each other.
+func RunWorkers(t testing.TB, cfgs ...worker.Config) []*RunningWorker {
+	t.Helper()
+	started := make([]*worker.Worker, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started[i], errs[i] = worker.Start(context.Background(), cfg)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, w := range started {
+			if w != nil {
+				w.Kill()
+			}
 		}
-	})
-	return r
+		require.NoError(t, err, "start workers")
+	}
+	out := make([]*RunningWorker, len(started))
+	for i, w := range started {
+		ctx, cancel := context.WithCancel(context.Background())
+		r := &RunningWorker{W: w, cancel: cancel, done: make(chan struct{})}
+		go func() {
+			r.err = w.Run(ctx)
+			close(r.done)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			select {
+			case <-r.done:
+			case <-time.After(15 * time.Second):
+				t.Error("worker did not stop within 15s")
+			}
+		})
+		out[i] = r
+	}
+	return out
 }
 
 // Stop stops the worker softly, waits for it and requires a clean exit.

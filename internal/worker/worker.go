@@ -202,10 +202,12 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err = w.waitForStream(ctx); err != nil {
 		return nil, err
 	}
-	if _, err = events.EnsureDLQStream(ctx, w.js, cfg.Stream); err != nil {
+	stream := cfg.Stream
+	stream.Logger = cfg.Logger
+	if _, err = events.EnsureDLQStream(ctx, w.js, stream); err != nil {
 		return nil, err
 	}
-	kv, err := events.OpenOrdersBucket(ctx, w.js, cfg.Stream)
+	kv, err := events.EnsureOrdersBucket(ctx, w.js, stream)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +233,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		if ackWait == 0 {
 			ackWait = allocation.DefaultIntentAck
 		}
-		if err = allocation.EnsureResources(ctx, w.js, cfg.Stream, ackWait); err != nil {
+		if err = allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
 			return nil, err
 		}
 		ccfg := a.Cobo
@@ -287,7 +289,12 @@ func (w *Worker) waitForStream(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.StreamWait)
 	defer cancel()
 	for logged := false; ; {
-		_, err := w.js.Stream(ctx, events.StreamName)
+		// Each look-up gets its own short deadline: while a new replicated
+		// stream elects its first leader, the server may leave a look-up
+		// unanswered, and one such request must not use up the whole wait.
+		lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := w.js.Stream(lctx, events.StreamName)
+		lcancel()
 		if err == nil {
 			return nil
 		}
