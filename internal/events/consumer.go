@@ -274,6 +274,9 @@ func (c *Consumer) deadLetter(msg jetstream.Msg, ev Event, log zerolog.Logger, k
 			dl.Header[k] = v
 		}
 	}
+	if id := msg.Headers().Get(jetstream.MsgIDHeader); id != "" {
+		dl.Header.Set(HeaderDLQOrigMsgID, id)
+	}
 	dl.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%d-%d", ev.Seq, ev.NumDelivered))
 	dl.Header.Set(HeaderDLQReason, kind+": "+reason)
 	dl.Header.Set(HeaderDLQDeliveries, itoa(ev.NumDelivered))

@@ -45,6 +45,9 @@ const (
 	HeaderDLQDeliveries = "Paystream-Dlq-Deliveries"
 	HeaderDLQOrigSeq    = "Paystream-Dlq-Original-Seq"
 	HeaderDLQAt         = "Paystream-Dlq-At"
+	// HeaderDLQOrigMsgID keeps the event's own Nats-Msg-Id (its event_id,
+	// or a redrive id), which the dead letter cannot keep as its message id.
+	HeaderDLQOrigMsgID = "Paystream-Dlq-Original-Msg-Id"
 )
 
 // NoOrderToken stands in the subject for events that name no order.

@@ -61,7 +61,8 @@ func DecodeDeadLetter(subject string, seq uint64, h nats.Header, body []byte) De
 	if err != nil {
 		// Ingest wrote these headers from the envelope it parsed; they
 		// identify the event even when the stored body does not.
-		dl.Event = EventRef{Type: h.Get(HeaderEventType), OrderID: h.Get(HeaderOrderID)}
+		eventID, _, _ := strings.Cut(h.Get(HeaderDLQOrigMsgID), redriveInfix)
+		dl.Event = EventRef{EventID: eventID, Type: h.Get(HeaderEventType), OrderID: h.Get(HeaderOrderID)}
 		dl.Event.ReceivedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderReceivedAt))
 	}
 	return dl
@@ -76,8 +77,10 @@ func RedriveMsgID(eventID string, dlqSeq uint64) string {
 	if eventID == "" {
 		eventID = "unparseable"
 	}
-	return eventID + ":redrive:" + strconv.FormatUint(dlqSeq, 10)
+	return eventID + redriveInfix + strconv.FormatUint(dlqSeq, 10)
 }
+
+const redriveInfix = ":redrive:"
 
 // RedriveMsg builds the message that sends dead letter dl back to the event
 // stream for the workers: the raw body and the stored webhook headers

@@ -58,7 +58,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	require.Equal(t, badSeq, badDL.uint(t, "original_seq"))
 	require.True(t, strings.HasPrefix(badDL.str(t, "reason"), "unparseable: "), badDL.str(t, "reason"))
 	require.NotEmpty(t, badDL.str(t, "error"))
-	require.Empty(t, badDL.str(t, "event_id"))
+	require.Equal(t, "bad-1", badDL.str(t, "event_id"), "the stored message id, kept though the body is unreadable")
 	require.NotContains(t, badDL.fields, "event")
 	require.Equal(t, base64.StdEncoding.EncodeToString([]byte("not json")), badDL.str(t, "body_base64"))
 
@@ -124,7 +124,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, out, 1)
 	require.Equal(t, badDL.uint(t, "dlq_seq"), out[0].uint(t, "dlq_seq"))
-	require.Equal(t, fmt.Sprintf("unparseable:redrive:%d", badDL.uint(t, "dlq_seq")), out[0].str(t, "msg_id"))
+	require.Equal(t, fmt.Sprintf("bad-1:redrive:%d", badDL.uint(t, "dlq_seq")), out[0].str(t, "msg_id"))
 	waitFor(t, 20*time.Second, "the unparseable event dead-lettered again", func() bool {
 		return s.streamInfo(t, events.DLQStreamName).State.Msgs == 1
 	})
@@ -132,6 +132,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	require.Len(t, rest, 1)
 	require.Greater(t, rest[0].uint(t, "dlq_seq"), badDL.uint(t, "dlq_seq"))
 	require.True(t, strings.HasPrefix(rest[0].str(t, "reason"), "unparseable: "))
+	require.Equal(t, "bad-1", rest[0].str(t, "event_id"))
 }
 
 func TestRedriveNeedsOneOfSeqAndAll(t *testing.T) {
