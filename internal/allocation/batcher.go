@@ -366,49 +366,39 @@ func (b *Batcher) record(ctx context.Context, batch *Batch) error {
 }
 
 func (b *Batcher) recordOrder(ctx context.Context, batch *Batch, orderID string, items []domain.AllocationItem) error {
-	for attempt := 0; attempt < 50; attempt++ {
-		o, rev, err := b.orders.Get(ctx, orderID)
-		if err != nil {
-			return fmt.Errorf("load order %s: %w", orderID, err)
-		}
-		var changed []domain.AllocationItem
-		for _, it := range items {
-			cur := o.Allocation(it.ID)
-			if cur == nil || cur.Final() {
-				continue
-			}
-			st, reason := itemStatus(batch, it)
-			if cur.Status == st && cur.RequestID == batch.RequestID && cur.ProviderStatus == it.ProviderStatus {
-				continue
-			}
-			cur.Status, cur.Reason = st, reason
-			cur.RequestID = batch.RequestID
-			cur.ProviderID = batch.BatchAllocationID
-			cur.ProviderStatus = it.ProviderStatus
-			changed = append(changed, *cur)
-		}
-		if len(changed) == 0 {
-			return nil
-		}
-		if _, err := b.orders.Put(ctx, o, rev); err != nil {
-			if errors.Is(err, domain.ErrConflict) {
-				continue
-			}
-			return fmt.Errorf("record allocations on order %s: %w", orderID, err)
-		}
-		for _, it := range changed {
-			b.metrics().items.WithLabelValues(domain.BackendCobo, it.Status).Inc()
-			ev := b.cfg.Logger.Info()
-			if it.Status == domain.AllocFailed {
-				ev = b.cfg.Logger.Error()
-			}
-			ev.Str("order_id", orderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
-				Str("batch_allocation_id", batch.BatchAllocationID).Str("amount", it.Amount.String()).Str("token_id", it.TokenID).
-				Str("destination", it.Destination).Str("status", it.Status).Str("reason", it.Reason).Msg("allocation item recorded")
-		}
-		return nil
+	inBatch := make(map[string]domain.AllocationItem, len(items))
+	for _, it := range items {
+		inBatch[it.ID] = it
 	}
-	return fmt.Errorf("record allocations on order %s: %w", orderID, domain.ErrConflict)
+	changed, err := updateItems(ctx, b.orders, orderID, func(cur *domain.AllocationItem) bool {
+		it, ok := inBatch[cur.ID]
+		if !ok {
+			return false
+		}
+		st, reason := itemStatus(batch, it)
+		if cur.Status == st && cur.RequestID == batch.RequestID && cur.ProviderStatus == it.ProviderStatus {
+			return false
+		}
+		cur.Status, cur.Reason = st, reason
+		cur.RequestID = batch.RequestID
+		cur.ProviderID = batch.BatchAllocationID
+		cur.ProviderStatus = it.ProviderStatus
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, it := range changed {
+		b.metrics().items.WithLabelValues(domain.BackendCobo, it.Status).Inc()
+		ev := b.cfg.Logger.Info()
+		if it.Status == domain.AllocFailed {
+			ev = b.cfg.Logger.Error()
+		}
+		ev.Str("order_id", orderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
+			Str("batch_allocation_id", batch.BatchAllocationID).Str("amount", it.Amount.String()).Str("token_id", it.TokenID).
+			Str("destination", it.Destination).Str("status", it.Status).Str("reason", it.Reason).Msg("allocation item recorded")
+	}
+	return nil
 }
 
 // Recover resumes every batch last touched more than olderThan ago: it

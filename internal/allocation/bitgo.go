@@ -404,36 +404,31 @@ func (s *BitGoSender) put(ctx context.Context, rec *BitGoRecord, rev uint64) (ui
 // recordOutcome writes the item's status on its order with compare-and-set.
 func (s *BitGoSender) recordOutcome(ctx context.Context, rec *BitGoRecord, status, reason string, log zerolog.Logger) error {
 	it := rec.Item
-	for range 50 {
-		o, rev, err := s.orders.Get(ctx, it.OrderID)
-		if err != nil {
-			return fmt.Errorf("load order %s: %w", it.OrderID, err)
-		}
-		cur := o.Allocation(it.ID)
-		if cur == nil || cur.Final() || (cur.Status == status && cur.ProviderID == rec.AllocationID) {
-			return nil
+	changed, err := updateItems(ctx, s.orders, it.OrderID, func(cur *domain.AllocationItem) bool {
+		if cur.ID != it.ID || (cur.Status == status && cur.ProviderID == rec.AllocationID) {
+			return false
 		}
 		cur.Status, cur.Reason = status, reason
 		cur.RequestID = rec.Request.ClientExternalID
 		cur.ProviderID = rec.AllocationID
 		cur.ProviderStatus = rec.Status
-		if _, err := s.orders.Put(ctx, o, rev); err != nil {
-			if errors.Is(err, domain.ErrConflict) {
-				continue
-			}
-			return fmt.Errorf("record bitgo allocation on order %s: %w", it.OrderID, err)
-		}
-		s.metrics().items.WithLabelValues(domain.BackendBitGo, status).Inc()
-		ev := log.Info()
-		if status == domain.AllocFailed {
-			ev = log.Error()
-		}
-		ev.Str("client_external_id", rec.Request.ClientExternalID).Str("allocation_id", rec.AllocationID).
-			Str("amount", it.Amount.String()).Str("token_id", it.TokenID).Str("destination", it.Destination).
-			Str("status", status).Str("reason", reason).Msg("allocation item recorded")
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if len(changed) == 0 {
 		return nil
 	}
-	return fmt.Errorf("record bitgo allocation on order %s: %w", it.OrderID, domain.ErrConflict)
+	s.metrics().items.WithLabelValues(domain.BackendBitGo, status).Inc()
+	ev := log.Info()
+	if status == domain.AllocFailed {
+		ev = log.Error()
+	}
+	ev.Str("client_external_id", rec.Request.ClientExternalID).Str("allocation_id", rec.AllocationID).
+		Str("amount", it.Amount.String()).Str("token_id", it.TokenID).Str("destination", it.Destination).
+		Str("status", status).Str("reason", reason).Msg("allocation item recorded")
+	return nil
 }
 
 // notes is the item's description made safe for BitGo's signed payload,
