@@ -9,7 +9,7 @@ import (
 
 // NATSAuth holds the NATS authentication and TLS flags both commands share.
 type NATSAuth struct {
-	creds, nkey, user, passwordFile, ca, cert, key *string
+	creds, nkey, user, passwordFile, ca, cert, key, inboxPrefix *string
 }
 
 // NATSAuthFlags defines the NATS auth flags on fs.
@@ -22,6 +22,7 @@ func NATSAuthFlags(fs *Flags) *NATSAuth {
 		ca:           fs.String("nats-ca", "PAYSTREAM_NATS_CA", "", "CA file to verify the NATS servers' TLS certificates"),
 		cert:         fs.String("nats-cert", "PAYSTREAM_NATS_CERT", "", "client certificate for NATS mutual TLS"),
 		key:          fs.String("nats-key", "PAYSTREAM_NATS_KEY", "", "client key for NATS mutual TLS"),
+		inboxPrefix:  fs.String("nats-inbox-prefix", "PAYSTREAM_NATS_INBOX_PREFIX", "", "subject prefix of this process's reply inboxes (default _INBOX); give each NATS user its own, e.g. _INBOX_worker"),
 	}
 }
 
@@ -63,6 +64,9 @@ func (a *NATSAuth) Options() ([]nats.Option, error) {
 	}
 	if *a.cert != "" {
 		opts = append(opts, nats.ClientCert(*a.cert, *a.key))
+	}
+	if *a.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(*a.inboxPrefix))
 	}
 	return opts, nil
 }

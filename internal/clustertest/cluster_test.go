@@ -29,23 +29,35 @@ const account = "PAYSTREAM"
 // hash the servers get through the environment, as deploy/nats/README.md
 // tells operators to do. The hashes use the minimum cost (4) so that the
 // many reconnects of the failover tests stay cheap; they are test values.
-type credential struct{ user, password, env, hash string }
+type credential struct{ user, password, env, hash, inbox string }
 
 var (
-	ingestUser   = credential{"ingest", "ingest-test-pw", "PAYSTREAM_NATS_INGEST_PASSWORD", "$2a$04$H2fv2VO4K6UnvAVMkIRV1.jjKiGwu5eXzDUEgKdfteZ2rZRMKuFPe"}
-	workerUser   = credential{"worker", "worker-test-pw", "PAYSTREAM_NATS_WORKER_PASSWORD", "$2a$04$m3Ua6GYf65gMPyC7rQ1f8ernd35aTCG60/1U6g4VW.FyPR5EfJIve"}
-	operatorUser = credential{"operator", "operator-test-pw", "PAYSTREAM_NATS_OPERATOR_PASSWORD", "$2a$04$k6QDEIgTJpdRRSBLYNQ4yOt3KSq9ZAGvBjWtA3F33H/gOI9.t8gK."}
-	deployAdmin  = credential{"admin", "admin-test-pw", "PAYSTREAM_NATS_ADMIN_PASSWORD", "$2a$04$s.11r6OYvHzCJ7wAhm/Z/eWKFIHjusNAiXazXdQj09b2/lzi7MYtq"}
-	sysUser      = credential{"sys", "sys-test-pw", "PAYSTREAM_NATS_SYS_PASSWORD", "$2a$04$.0HKPMhV89jmUku5RKy7v.m495uN36.wz1EfW.pZyfiNYCPtRZsWu"}
-	routeUser    = credential{"route", "route-test-pw", "PAYSTREAM_NATS_ROUTE_PASSWORD", "$2a$04$F4GqPIIrWmJ59CCUymjTteC91PgoN.3wXL6F.AdKF0sVTm6aFC4/G"}
+	ingestUser   = credential{"ingest", "ingest-test-pw", "PAYSTREAM_NATS_INGEST_PASSWORD", "$2a$04$H2fv2VO4K6UnvAVMkIRV1.jjKiGwu5eXzDUEgKdfteZ2rZRMKuFPe", "_INBOX_ingest"}
+	workerUser   = credential{"worker", "worker-test-pw", "PAYSTREAM_NATS_WORKER_PASSWORD", "$2a$04$m3Ua6GYf65gMPyC7rQ1f8ernd35aTCG60/1U6g4VW.FyPR5EfJIve", "_INBOX_worker"}
+	operatorUser = credential{"operator", "operator-test-pw", "PAYSTREAM_NATS_OPERATOR_PASSWORD", "$2a$04$k6QDEIgTJpdRRSBLYNQ4yOt3KSq9ZAGvBjWtA3F33H/gOI9.t8gK.", "_INBOX_operator"}
+	deployAdmin  = credential{"admin", "admin-test-pw", "PAYSTREAM_NATS_ADMIN_PASSWORD", "$2a$04$s.11r6OYvHzCJ7wAhm/Z/eWKFIHjusNAiXazXdQj09b2/lzi7MYtq", "_INBOX_admin"}
+	sysUser      = credential{"sys", "sys-test-pw", "PAYSTREAM_NATS_SYS_PASSWORD", "$2a$04$.0HKPMhV89jmUku5RKy7v.m495uN36.wz1EfW.pZyfiNYCPtRZsWu", ""}
+	routeUser    = credential{"route", "route-test-pw", "PAYSTREAM_NATS_ROUTE_PASSWORD", "$2a$04$F4GqPIIrWmJ59CCUymjTteC91PgoN.3wXL6F.AdKF0sVTm6aFC4/G", ""}
 	// adminUser is added by the tests alone (see loadNode): it has the
 	// whole account, to inspect streams and move leaders. No deployed
 	// process has such a user.
 	adminUser = credential{user: "test-admin", password: "test-admin-pw"}
 )
 
-// opt returns the client option that logs in as c.
-func (c credential) opt() nats.Option { return nats.UserInfo(c.user, c.password) }
+// opt returns the client option that logs in as c, with c's own reply
+// inboxes as deploy/nats/README.md tells each process to use
+// (-nats-inbox-prefix).
+func (c credential) opt() nats.Option {
+	return func(o *nats.Options) error {
+		if err := nats.UserInfo(c.user, c.password)(o); err != nil {
+			return err
+		}
+		if c.inbox == "" {
+			return nil
+		}
+		return nats.CustomInboxPrefix(c.inbox)(o)
+	}
+}
 
 // violations collects the permission violations every node logs. NATS
 // drops an unauthorized publish without telling the publisher's request

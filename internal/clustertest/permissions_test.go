@@ -139,7 +139,7 @@ func TestDeployedPermissions(t *testing.T) {
 	// server drops the publish, the client only hears of it as an async
 	// permission error, and the stream is unchanged.
 	workerErrs := make(chan error, 10)
-	_, wjs := c.connect(t, workerUser, workerErrs)
+	wnc, wjs := c.connect(t, workerUser, workerErrs)
 	forged := testutil.OrderEvent("forged-1", "O-perm-000", "M1001", "Completed", 999, "1000000")
 	before := streamMsgs(t, admin, events.StreamName)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -154,6 +154,19 @@ func TestDeployedPermissions(t *testing.T) {
 		t.Fatal("the worker user was not told its publish was refused")
 	}
 	require.Equal(t, before, streamMsgs(t, admin, events.StreamName))
+
+	// Nor may it read what the server answers ingest (the acks of stored
+	// webhooks): every user has inboxes of its own.
+	_, err = wnc.SubscribeSync(ingestUser.inbox + ".>")
+	require.NoError(t, err, "a subscription is refused asynchronously")
+	require.NoError(t, wnc.Flush())
+	select {
+	case err := <-workerErrs:
+		require.ErrorIs(t, err, nats.ErrPermissionViolation)
+		require.Contains(t, err.Error(), `Subscription to "_INBOX_ingest.>"`)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker user was not told its subscription was refused")
+	}
 
 	// Ingest cannot write order state, only read it.
 	ingestErrs := make(chan error, 10)
@@ -194,7 +207,7 @@ func TestDeployedPermissions(t *testing.T) {
 		}
 		require.Nil(t, streamInfo(t, admin, tc.stream).Config.RePublish, tc.stream)
 	}
-	expected := 4 // the four refusals above
+	expected := 5 // the five refusals above
 
 	// Changing a stream is the deployed admin user's job (with the nats
 	// CLI); the workers started later keep the change and report it.
@@ -294,6 +307,7 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "paystream.events.`)
 	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$KV.paystream_orders.`)
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_DLQ"`)
+	require.Contains(t, all, `"PAYSTREAM/user:worker" - Subscription Violation - Subject "_INBOX_ingest.>"`)
 	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_EVENTS"`)
 }
 
