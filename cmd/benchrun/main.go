@@ -93,15 +93,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// Ingest: saturation, then the fixed rate, against one process.
 	b := &bench{o: o, say: say}
 	defer b.stopAll()
-	ing, err := b.startIngest("ingest")
+	ing, err := b.startIngest("ingest", "")
 	if err != nil {
 		return err
 	}
 	say("ingest at saturation: %d webhooks, %d in flight", o.satN, o.concurrency)
-	if r.Saturation, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.satN, Duration: 2 * time.Minute, Concurrency: o.concurrency, RunID: "sat"}); err != nil {
+	cpu0, err := ing.proc.CPU()
+	if err != nil {
 		return err
 	}
-	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.Saturation.PerSecond, r.Saturation.P50ms, r.Saturation.P99ms)
+	if r.Saturation, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.satN, Duration: 2 * time.Minute, Concurrency: o.concurrency, RunID: "sat", Presign: true}); err != nil {
+		return err
+	}
+	cpu1, err := ing.proc.CPU()
+	if err != nil {
+		return err
+	}
+	r.IngestCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(max(r.Saturation.Sent, 1))
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms; CPU per webhook: ingest %.0f µs, load generator %.0f µs",
+		r.Saturation.PerSecond, r.Saturation.P50ms, r.Saturation.P99ms, r.IngestCPUus, r.Saturation.CPUus)
 	say("ingest at %d/s offered: %d webhooks", o.rate, o.fixedN)
 	if r.Fixed, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.fixedN, Duration: 2 * time.Minute, Concurrency: 512, Rate: o.rate, RunID: "fixed"}); err != nil {
 		return err
@@ -158,18 +168,25 @@ type ingestProc struct {
 	natsURL    string
 }
 
-func (b *bench) startIngest(name string) (*ingestProc, error) {
+// startIngest starts an ingest with its embedded JetStream server, or,
+// with natsURL, one that stores on that server.
+func (b *bench) startIngest(name, natsURL string) (*ingestProc, error) {
 	pub := loadgenPubKey()
-	listen, admin, natsAddr := freeAddr(), freeAddr(), freeAddr()
-	p, err := procs.Start(name, filepath.Join(b.o.bin, "ingest"), []string{
-		"-listen", listen, "-admin-listen", admin, "-nats-listen", natsAddr,
-		"-data-dir", filepath.Join(b.o.dir, name+"-data"), "-cobo-pubkey", pub, "-log-level", "warn",
-	}, filepath.Join(b.o.dir, name+".log"), 500*time.Millisecond)
+	listen, admin := freeAddr(), freeAddr()
+	args := []string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", pub, "-log-level", "warn"}
+	if natsURL == "" {
+		natsAddr := freeAddr()
+		natsURL = "nats://" + natsAddr
+		args = append(args, "-nats-listen", natsAddr, "-data-dir", filepath.Join(b.o.dir, name+"-data"))
+	} else {
+		args = append(args, "-nats-url", natsURL)
+	}
+	p, err := procs.Start(name, filepath.Join(b.o.bin, "ingest"), args, filepath.Join(b.o.dir, name+".log"), 500*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}
 	b.procs = append(b.procs, p)
-	ip := &ingestProc{proc: p, webhookURL: "http://" + listen + "/webhooks/cobo", natsURL: "nats://" + natsAddr}
+	ip := &ingestProc{proc: p, webhookURL: "http://" + listen + "/webhooks/cobo", natsURL: natsURL}
 	if err := waitTCP(listen, 10*time.Second); err != nil {
 		return nil, fmt.Errorf("%s: %w (see %s)", name, err, p.Log)
 	}
@@ -270,11 +287,18 @@ type SoakResult struct {
 
 func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 	key := loadgen.KeyFromSeed(loadgen.DefaultSeed)
-	ing, err := b.startIngest("soak-ingest")
+	// The JetStream server runs in a process of its own (an ingest with
+	// its embedded server that gets no webhooks), so that the memory of
+	// ingest's own code and that of the server's indexes are told apart.
+	host, err := b.startIngest("soak-nats", "")
 	if err != nil {
 		return SoakResult{}, err
 	}
-	all := []*procs.Proc{ing.proc}
+	ing, err := b.startIngest("soak-ingest", host.natsURL)
+	if err != nil {
+		return SoakResult{}, err
+	}
+	all := []*procs.Proc{host.proc, ing.proc}
 	for i := range 2 {
 		name := fmt.Sprintf("soak-worker-%d", i+1)
 		w, err := procs.Start(name, filepath.Join(b.o.bin, "worker"), []string{

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -16,9 +17,12 @@ type report struct {
 	Opts       options
 	GoBench    []GoBench
 	Saturation loadgen.Result
-	Fixed      loadgen.Result
-	Workers    []WorkerResult
-	Soak       SoakResult
+	// IngestCPUus is ingest's CPU per webhook sent at saturation, its
+	// embedded JetStream server included.
+	IngestCPUus float64
+	Fixed       loadgen.Result
+	Workers     []WorkerResult
+	Soak        SoakResult
 }
 
 func (r *report) metric(name, unit string) (float64, bool) {
@@ -74,6 +78,12 @@ func (r *report) markdown() string {
 	row(fmt.Sprintf("saturation, %d in flight", r.Opts.concurrency), r.Saturation)
 	row(fmt.Sprintf("%d/s offered", r.Opts.rate), r.Fixed)
 	p("")
+	if ing, lg := r.IngestCPUus, r.Saturation.CPUus; ing > 0 && lg > 0 {
+		cores := float64(runtime.NumCPU())
+		p("**CPU per webhook at saturation** (user+system time over the run): ingest %.0f µs, its embedded JetStream server included; load generator %.0f µs (requests signed before the clock starts). Sharing this machine they can do at most %.0f cores ÷ %.0f µs ≈ %.0f webhooks/s; ingest with the %.0f cores to itself, at most ≈ %.0f/s.",
+			ing, lg, cores, ing+lg, cores*1e6/(ing+lg), cores, cores*1e6/ing)
+		p("")
+	}
 	p("### The ceilings ingest sits under")
 	p("")
 	p("| limit (Go benchmark) | per second | ingest at saturation as a share |")
@@ -115,7 +125,7 @@ func (r *report) markdown() string {
 		p("")
 		p("### Soak: memory over %s", r.Soak.Duration)
 		p("")
-		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms). RSS is sampled after a warm-up and at the end.", r.Opts.soakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms)
+		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms), with the default 24 h dedup window and 30-day retention. The JetStream server runs in a process of its own (`soak-nats`: an ingest with its embedded server that receives no webhooks); `soak-ingest` stores on it. RSS is sampled after a warm-up and at the end.", r.Opts.soakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms)
 		p("")
 		p("| process | RSS after warm-up | RSS at end | peak | growth |")
 		p("|---|---|---|---|---|")

@@ -35,6 +35,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	duration := fs.Duration("duration", "LOADGEN_DURATION", 30*time.Second, "stop after this long at most")
 	concurrency := fs.Int("concurrency", "LOADGEN_CONCURRENCY", 64, "requests in flight at most")
 	rate := fs.Int("rate", "LOADGEN_RATE", 0, "offered requests per second; 0 sends as fast as answers allow")
+	presign := fs.Bool("presign", "LOADGEN_PRESIGN", false, "sign every request before the clock starts (holds -n bodies in memory)")
 	runID := fs.String("run-id", "LOADGEN_RUN_ID", strconv.FormatInt(time.Now().UnixNano(), 36), "prefix making event ids unique per run")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,7 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if *n < 1 || *concurrency < 1 || *rate < 0 || *duration <= 0 {
 		return errors.New("-n, -concurrency and -duration must be positive, -rate not negative")
 	}
-	res, err := loadgen.Run(ctx, loadgen.Options{URL: *url, Key: key, N: *n, Duration: *duration, Concurrency: *concurrency, Rate: *rate, RunID: *runID})
+	res, err := loadgen.Run(ctx, loadgen.Options{URL: *url, Key: key, N: *n, Duration: *duration, Concurrency: *concurrency, Rate: *rate, RunID: *runID, Presign: *presign})
 	if err != nil {
 		return err
 	}
