@@ -267,11 +267,14 @@ func TestDeployedPermissions(t *testing.T) {
 		return st.Msgs == 1 && st.LastSeq == 2
 	})
 
-	// With no worker running, the operator re-applies one order's stored
-	// events (worker replay -verify -apply): order state and allocation
-	// intents written as the operator; a worker then delivers the intents.
+	// With no worker running and the orders bucket lost (deleted by the
+	// admin), the operator re-applies one order's stored events (worker
+	// replay -verify -apply -stream-replicas 3): the bucket, order state and
+	// allocation intents written as the operator; a worker then delivers
+	// the intents.
 	w1.Stop(t)
 	w2.Stop(t)
+	require.NoError(t, adminJS.DeleteKeyValue(context.Background(), events.OrdersBucket))
 	replayed := completedHistory("O-perm-replay")
 	registerOrders(csim, replayed)
 	for _, ev := range replayed.events {
@@ -282,7 +285,7 @@ func TestDeployedPermissions(t *testing.T) {
 	require.NoError(t, err)
 	sum, err := replay.Replay(context.Background(), replay.Config{
 		JetStream: ojs, Select: replay.Selection{OrderID: replayed.orderID}, Verifier: verifier,
-		Apply: true, Allocation: alloc, Out: &out,
+		Apply: true, Allocation: alloc, Stream: events.StreamConfig{Replicas: 3}, Out: &out,
 	})
 	require.NoError(t, err, out.String())
 	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Applied: 5}, sum)
@@ -292,6 +295,7 @@ func TestDeployedPermissions(t *testing.T) {
 		v, ok := getOrder(t, ing, replayed.orderID)
 		return ok && replayed.reached(v)
 	})
+	require.Equal(t, 3, streamInfo(t, admin, "KV_"+events.OrdersBucket).Config.Replicas)
 	startWorker(t, c, "w3", newObserved(), logs, alloc)
 	require.Equal(t, 30*24*time.Hour, streamInfo(t, admin, events.DLQStreamName).Config.MaxAge, "a worker never changes a stream")
 	require.Contains(t, strings.Join(logs.all(), "\n"), `"component":"w3","stream":"PAYSTREAM_DLQ","drift":["MaxAge: have 720h0m0s, want 2160h0m0s"]`)

@@ -15,7 +15,7 @@ const HeaderRedrivenFrom = "Paystream-Redriven-From-Dlq-Seq"
 
 // dlqOnlyHeaders are written by the consumer when it dead-letters an event;
 // a redriven copy drops them so that a new failure is recorded afresh.
-var dlqOnlyHeaders = []string{HeaderDLQReason, HeaderDLQDeliveries, HeaderDLQOrigSeq, HeaderDLQAt}
+var dlqOnlyHeaders = []string{HeaderDLQReason, HeaderDLQDeliveries, HeaderDLQOrigSeq, HeaderDLQAt, HeaderDLQOrigMsgID}
 
 // DeadLetter is an event as the dead-letter stream holds it.
 type DeadLetter struct {
@@ -59,13 +59,27 @@ func DecodeDeadLetter(subject string, seq uint64, h nats.Header, body []byte) De
 	dl.DecodeErr = err
 	dl.Event = EventRef{EventID: d.EventID, Type: d.Type, OrderID: d.OrderID, ReceivedAt: d.ReceivedAt}
 	if err != nil {
-		// Ingest wrote these headers from the envelope it parsed; they
-		// identify the event even when the stored body does not.
-		eventID, _, _ := strings.Cut(h.Get(HeaderDLQOrigMsgID), redriveInfix)
-		dl.Event = EventRef{EventID: eventID, Type: h.Get(HeaderEventType), OrderID: h.Get(HeaderOrderID)}
+		// Ingest wrote the type and order headers from the envelope it
+		// parsed, and the worker kept the message id; they identify the
+		// event even when the stored body does not.
+		dl.Event = EventRef{EventID: eventIDOf(h), Type: h.Get(HeaderEventType), OrderID: h.Get(HeaderOrderID)}
 		dl.Event.ReceivedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderReceivedAt))
 	}
 	return dl
+}
+
+// eventIDOf returns the event_id a dead letter's original message id
+// carries: the id itself, or, for a redriven copy, the part before its
+// ":redrive:<dlq seq>" suffix ("" for the stand-in of an unknown id).
+func eventIDOf(h nats.Header) string {
+	id := h.Get(HeaderDLQOrigMsgID)
+	if seq := h.Get(HeaderRedrivenFrom); seq != "" {
+		id = strings.TrimSuffix(id, redriveInfix+seq)
+		if id == unknownEventID {
+			id = ""
+		}
+	}
+	return id
 }
 
 // RedriveMsgID returns the message id a dead letter is sent back under:
@@ -75,12 +89,15 @@ func DecodeDeadLetter(subject string, seq uint64, h nats.Header, body []byte) De
 // letter, so a retry after a lost acknowledgement stores a single copy.
 func RedriveMsgID(eventID string, dlqSeq uint64) string {
 	if eventID == "" {
-		eventID = "unparseable"
+		eventID = unknownEventID
 	}
 	return eventID + redriveInfix + strconv.FormatUint(dlqSeq, 10)
 }
 
-const redriveInfix = ":redrive:"
+const (
+	redriveInfix   = ":redrive:"
+	unknownEventID = "unparseable"
+)
 
 // RedriveMsg builds the message that sends dead letter dl back to the event
 // stream for the workers: the raw body and the stored webhook headers

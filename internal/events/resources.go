@@ -58,7 +58,7 @@ func EnsureBucket(ctx context.Context, js bucketCreator, want jetstream.KeyValue
 	if err != nil {
 		return nil, nil, fmt.Errorf("ensure bucket %s: %w", want.Bucket, err)
 	}
-	st, err := kv.Status(ctx)
+	st, err := retryUnanswered(ctx, kv.Status)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ensure bucket %s: status: %w", want.Bucket, err)
 	}
@@ -76,7 +76,7 @@ const (
 
 // lookupOrCreate returns what get finds, or what create makes when get
 // reports missing; a create that lost a race to another process (exists)
-// is looked up again. Unanswered attempts are retried (retryUnanswered).
+// is looked up again. Transient failures are retried (retryUnanswered).
 func lookupOrCreate[T any](ctx context.Context, get, create func(context.Context) (T, error), missing, exists error) (T, error) {
 	return retryUnanswered(ctx, func(ctx context.Context) (T, error) {
 		v, err := get(ctx)
@@ -91,17 +91,18 @@ func lookupOrCreate[T any](ctx context.Context, get, create func(context.Context
 }
 
 // retryUnanswered runs attempt, each time with ensureAttemptTimeout, until
-// it gets an answer, at most ensureAttempts times. nats-server can leave
-// concurrent creations of one replicated stream or consumer unanswered
-// although one of them succeeded (nats-server#3677; seen with 2.15.2 when
-// ingest and the workers of a new deployment start together), and a
-// cluster electing its meta leader answers nobody for a moment.
+// it gets an answer other than "try again", at most ensureAttempts times.
+// nats-server can leave concurrent creations of one replicated stream or
+// consumer unanswered although one of them succeeded (nats-server#3677;
+// seen with 2.15.2 when ingest and the workers of a new deployment start
+// together), and a cluster without a meta leader answers "JetStream system
+// temporarily unavailable" for a moment.
 func retryUnanswered[T any](ctx context.Context, attempt func(context.Context) (T, error)) (T, error) {
 	for n := 1; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
 		v, err := attempt(actx)
 		cancel()
-		if err == nil || n == ensureAttempts || ctx.Err() != nil || !unanswered(err) {
+		if err == nil || n == ensureAttempts || ctx.Err() != nil || !transient(err) {
 			return v, err
 		}
 		select {
@@ -120,9 +121,10 @@ type consumerCreator interface {
 // EnsureDurable creates the durable consumer cfg.Durable on stream, or
 // updates it to cfg. Unlike streams, consumers are updated in place:
 // creating and updating one are the same API subject, so refusing updates
-// would narrow no permission, a consumer's configuration cannot move
-// messages anywhere, and updating applies a changed ack wait at the next
-// start.
+// would narrow no permission, and updating applies a changed ack wait at
+// the next start. (A push consumer's deliver subject could name any
+// subject, but nats-server only delivers to a subject someone subscribes
+// to exactly, which the streams' wildcard subjects never are.)
 func EnsureDurable(ctx context.Context, js consumerCreator, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	c, err := retryUnanswered(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
 		return js.CreateOrUpdateConsumer(ctx, stream, cfg)
@@ -133,9 +135,17 @@ func EnsureDurable(ctx context.Context, js consumerCreator, stream string, cfg j
 	return c, nil
 }
 
-// unanswered reports whether err means a JetStream API request got no
-// answer, as opposed to an answer that refused it.
-func unanswered(err error) bool {
+// jsErrClusterNotAvailable is JetStream's "system temporarily
+// unavailable" (no meta leader yet); nats.go has no constant for it.
+const jsErrClusterNotAvailable jetstream.ErrorCode = 10008
+
+// transient reports whether err means a JetStream API request got no
+// answer, or an answer that asks to try again, as opposed to a refusal.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrClusterNotAvailable {
+		return true
+	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)
 }
 

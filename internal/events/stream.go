@@ -116,7 +116,8 @@ func EnsureOrdersBucket(ctx context.Context, js jetstream.JetStream, cfg StreamC
 	})
 }
 
-// EnsureStream is EnsureStream, warning of drift on c.Logger.
+// EnsureStream is the package function EnsureStream, plus a warning on
+// c.Logger when the existing stream differs from want.
 func (c StreamConfig) EnsureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, drift, err := EnsureStream(ctx, js, want)
 	if err != nil {
@@ -126,7 +127,8 @@ func (c StreamConfig) EnsureStream(ctx context.Context, js jetstream.JetStream, 
 	return s, nil
 }
 
-// EnsureBucket is EnsureBucket, warning of drift on c.Logger.
+// EnsureBucket is the package function EnsureBucket, plus a warning on
+// c.Logger when the existing bucket differs from want.
 func (c StreamConfig) EnsureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, drift, err := EnsureBucket(ctx, js, want)
 	if err != nil {

@@ -68,9 +68,9 @@ type Options struct {
 	RunID       string
 	// Presign builds and signs every request before the clock starts, so
 	// that the generator's own signing does not compete with the server
-	// for a shared machine's cores. Signatures then carry the start time
-	// as Biz-Timestamp, which ingest accepts unless -max-skew is shorter
-	// than the run. It holds all N bodies in memory (about 1 KiB each).
+	// for a shared machine's cores. Each Biz-Timestamp is then the moment
+	// its request was signed, before the run, which ingest accepts unless
+	// -max-skew is shorter than the run. It holds all N bodies in memory (about 1 KiB each).
 	Presign bool
 }
 

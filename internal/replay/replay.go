@@ -229,7 +229,9 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 	var orders *events.OrderStore
 	var proc *worker.Processor
 	if cfg.Apply {
-		kv, err := events.EnsureOrdersBucket(ctx, cfg.JetStream, cfg.Stream)
+		stream := cfg.Stream
+		stream.Logger = cfg.Logger
+		kv, err := events.EnsureOrdersBucket(ctx, cfg.JetStream, stream)
 		if err != nil {
 			return sum, err
 		}
