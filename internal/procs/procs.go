@@ -97,18 +97,31 @@ func (p *Proc) CPU() (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("cpu of %s: %w", p.Name, err)
 	}
-	// The command name (field 2) may hold spaces; the fields after its
-	// closing parenthesis are fixed: utime and stime are the 12th and 13th.
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return 0, fmt.Errorf("cpu of %s: unexpected /proc stat %q", p.Name, b)
+	d, err := statCPU(b)
+	if err != nil {
+		return 0, fmt.Errorf("cpu of %s: %w", p.Name, err)
+	}
+	return d, nil
+}
+
+// statCPU reads utime+stime from the text of /proc/<pid>/stat.
+func statCPU(stat []byte) (time.Duration, error) {
+	// The command name (field 2) may hold spaces and parentheses; the
+	// fields after its last closing parenthesis are fixed: utime and stime
+	// are the 12th and 13th of them.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc stat %q", stat)
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("unexpected /proc stat %q", stat)
 	}
 	var ticks int64
 	for _, s := range f[11:13] {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("cpu of %s: parse %q: %w", p.Name, s, err)
+			return 0, fmt.Errorf("parse %q: %w", s, err)
 		}
 		ticks += n
 	}
