@@ -24,6 +24,9 @@ test: ## go vet, then the whole suite under -race (fuzz seed corpora included)
 fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZ_TIME)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZ_TIME)
+	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzAmount$$' -fuzztime $(FUZZ_TIME)
+	$(GO) test ./internal/allocation -run '^$$' -fuzz '^FuzzParseRules$$' -fuzztime $(FUZZ_TIME)
+	$(GO) test ./internal/bitgo -run '^$$' -fuzz '^FuzzParseSigningKey$$' -fuzztime $(FUZZ_TIME)
 
 .PHONY: run
 run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox (Ctrl-C stops)

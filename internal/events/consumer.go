@@ -223,7 +223,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 func (c *Consumer) handle(msg jetstream.Msg) {
 	start := time.Now()
 	ev, err := DecodeMsg(msg)
-	log := c.cfg.Logger.With().Uint64("seq", ev.Seq).Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Str("type", ev.Type).Logger()
+	id, order, typ := ev.EventID, ev.OrderID, ev.Type
+	if err != nil {
+		// The body is unreadable, but the message id and ingest's headers
+		// still name the event in the log.
+		h := msg.Headers()
+		id, order, typ = h.Get(jetstream.MsgIDHeader), h.Get(HeaderOrderID), h.Get(HeaderEventType)
+	}
+	log := c.cfg.Logger.With().Uint64("seq", ev.Seq).Str("event_id", id).Str("order_id", order).Str("type", typ).Logger()
 	if err != nil {
 		c.deadLetter(msg, ev, log, "unparseable", err.Error())
 		return

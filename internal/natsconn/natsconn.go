@@ -5,6 +5,8 @@ package natsconn
 
 import (
 	"fmt"
+	neturl "net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -62,7 +64,30 @@ func Connect(o Options) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %q: %w", url, err)
+		return nil, fmt.Errorf("connect to nats %q: %w", redact(url), err)
 	}
 	return nc, nil
+}
+
+// redact hides the password of any user:password@, and any token@, in a
+// server list, so a URL with credentials can be reported in errors.
+func redact(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, p := range parts {
+		u, err := neturl.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "<unparseable url>"
+			continue
+		}
+		if u.User != nil {
+			if _, has := u.User.Password(); has {
+				u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				// nats://<token>@host: the user part is the secret.
+				u.User = neturl.User("xxxxx")
+			}
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }

@@ -61,8 +61,8 @@ func StatusFor(err error) int {
 // Defaults for Config.
 const (
 	DefaultMaxBodyBytes = 1 << 20
-	// DefaultStoreTimeout leaves room inside Cobo's 2 s deadline for reading
-	// the body and writing the answer.
+	// DefaultStoreTimeout leaves half a second of Cobo's 2 s deadline for
+	// the network and writing the answer.
 	DefaultStoreTimeout = 1500 * time.Millisecond
 )
 
@@ -74,7 +74,9 @@ type Config struct {
 	Store Store
 	// MaxBodyBytes bounds the body; larger ones get 413.
 	MaxBodyBytes int64
-	// StoreTimeout bounds storing; past it the answer is 503.
+	// StoreTimeout bounds the time from a request's arrival to its event
+	// being stored (reading and verifying included); past it the answer is
+	// 503.
 	StoreTimeout time.Duration
 	// MaxSkew, when positive, rejects a Biz-Timestamp outside now±MaxSkew.
 	MaxSkew time.Duration
@@ -175,6 +177,7 @@ func (h *Handler) accept(r *http.Request) (cobo.Delivery, bool, error) {
 	if r.Method != http.MethodPost {
 		return cobo.Delivery{}, false, fmt.Errorf("%w: use POST", ErrMethodNotAllowed)
 	}
+	arrived := time.Now()
 	received := h.cfg.Now()
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.cfg.MaxBodyBytes))
 	if err != nil {
@@ -198,7 +201,9 @@ func (h *Handler) accept(r *http.Request) (cobo.Delivery, bool, error) {
 	}
 	d := cobo.Delivery{Envelope: env, Body: body, Timestamp: ts, Signature: sig, ReceivedAt: received}
 
-	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.StoreTimeout)
+	// The deadline counts from the request's arrival, not from here: a slow
+	// upload must not push the answer past Cobo's 2 s.
+	ctx, cancel := context.WithDeadline(r.Context(), arrived.Add(h.cfg.StoreTimeout))
 	defer cancel()
 	start := time.Now()
 	duplicate, err := h.cfg.Store.Store(ctx, d)
