@@ -146,13 +146,7 @@ func TestDeployedPermissions(t *testing.T) {
 	_, err = wjs.Publish(ctx, events.Subject(cobo.EventOrderStatusUpdated, "O-perm-000"), forged)
 	cancel()
 	require.Error(t, err, "no acknowledgement for a refused publish")
-	select {
-	case err := <-workerErrs:
-		require.ErrorIs(t, err, nats.ErrPermissionViolation)
-		require.Contains(t, err.Error(), `Publish to "paystream.events.payment_order_status_updated.O-perm-000"`)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the worker user was not told its publish was refused")
-	}
+	requireRefused(t, workerErrs, "the worker user's publish", `Publish to "paystream.events.payment_order_status_updated.O-perm-000"`)
 	require.Equal(t, before, streamMsgs(t, admin, events.StreamName))
 
 	// Nor may it read what the server answers ingest (the acks of stored
@@ -160,25 +154,14 @@ func TestDeployedPermissions(t *testing.T) {
 	_, err = wnc.SubscribeSync(ingestUser.inbox + ".>")
 	require.NoError(t, err, "a subscription is refused asynchronously")
 	require.NoError(t, wnc.Flush())
-	select {
-	case err := <-workerErrs:
-		require.ErrorIs(t, err, nats.ErrPermissionViolation)
-		require.Contains(t, err.Error(), `Subscription to "_INBOX_ingest.>"`)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the worker user was not told its subscription was refused")
-	}
+	requireRefused(t, workerErrs, "the worker user's subscription", `Subscription to "_INBOX_ingest.>"`)
 
 	// Ingest cannot write order state, only read it.
 	ingestErrs := make(chan error, 10)
 	inc, ijs := c.connect(t, ingestUser, ingestErrs)
 	require.NoError(t, inc.Publish("$KV."+events.OrdersBucket+"."+"O-perm-000", []byte(`{"status":"Completed"}`)))
 	require.NoError(t, inc.Flush())
-	select {
-	case err := <-ingestErrs:
-		require.ErrorIs(t, err, nats.ErrPermissionViolation)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the ingest user was not told its publish was refused")
-	}
+	requireRefused(t, ingestErrs, "the ingest user's publish", "")
 
 	// Neither may change a stream: a republish rule would make the server
 	// copy every stored message onto subjects the user may not publish to
@@ -198,13 +181,7 @@ func TestDeployedPermissions(t *testing.T) {
 		_, err := tc.js.UpdateStream(ctx, cfg)
 		cancel()
 		require.Error(t, err, tc.stream)
-		select {
-		case err := <-tc.errs:
-			require.ErrorIs(t, err, nats.ErrPermissionViolation)
-			require.Contains(t, err.Error(), `"$JS.API.STREAM.UPDATE.`+tc.stream+`"`)
-		case <-time.After(5 * time.Second):
-			t.Fatal("no permission error for the update of " + tc.stream)
-		}
+		requireRefused(t, tc.errs, "the update of "+tc.stream, `"$JS.API.STREAM.UPDATE.`+tc.stream+`"`)
 		require.Nil(t, streamInfo(t, admin, tc.stream).Config.RePublish, tc.stream)
 	}
 	expected := 5 // the five refusals above
@@ -313,6 +290,22 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_DLQ"`)
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Subscription Violation - Subject "_INBOX_ingest.>"`)
 	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_EVENTS"`)
+}
+
+// requireRefused waits up to 5 s for the permission violation the client
+// hears of asynchronously when the server refuses what, and checks that
+// its text contains want (unless want is empty).
+func requireRefused(t *testing.T, errs <-chan error, what, want string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		require.ErrorIs(t, err, nats.ErrPermissionViolation, what)
+		if want != "" {
+			require.Contains(t, err.Error(), want, what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no permission error for %s", what)
+	}
 }
 
 // registerOrders tells the Cobo sandbox the orders, as Cobo knows every

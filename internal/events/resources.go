@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -154,41 +153,39 @@ func transient(err error) bool {
 // in the fields paystream sets, and any republish, mirror or source on it,
 // which paystream never sets.
 func StreamDrift(want, have jetstream.StreamConfig) []string {
-	var d []string
-	diff := func(field string, w, h any) {
-		if fmt.Sprint(w) != fmt.Sprint(h) {
-			d = append(d, fmt.Sprintf("%s: have %v, want %v", field, h, w))
-		}
-	}
-	if !slices.Equal(want.Subjects, have.Subjects) {
-		d = append(d, fmt.Sprintf("Subjects: have %v, want %v", have.Subjects, want.Subjects))
-	}
-	diff("Retention", want.Retention, have.Retention)
-	diff("Storage", want.Storage, have.Storage)
-	diff("Replicas", max(want.Replicas, 1), max(have.Replicas, 1))
-	diff("MaxAge", want.MaxAge, have.MaxAge)
+	var d drift
+	d.field("Subjects", want.Subjects, have.Subjects)
+	d.field("Retention", want.Retention, have.Retention)
+	d.field("Storage", want.Storage, have.Storage)
+	d.field("Replicas", max(want.Replicas, 1), max(have.Replicas, 1))
+	d.field("MaxAge", want.MaxAge, have.MaxAge)
 	if want.Duplicates != 0 {
-		diff("Duplicates", want.Duplicates, have.Duplicates)
+		d.field("Duplicates", want.Duplicates, have.Duplicates)
 	}
-	diff("Discard", want.Discard, have.Discard)
-	d = append(d, foreign(have)...)
-	return d
+	d.field("Discard", want.Discard, have.Discard)
+	return append(d, foreign(have)...)
 }
 
 // BucketDrift is StreamDrift for a key-value bucket: have is the bucket's
 // configuration and stream the configuration of the stream behind it.
 func BucketDrift(want, have jetstream.KeyValueConfig, stream jetstream.StreamConfig) []string {
-	var d []string
-	diff := func(field string, w, h any) {
-		if fmt.Sprint(w) != fmt.Sprint(h) {
-			d = append(d, fmt.Sprintf("%s: have %v, want %v", field, h, w))
-		}
-	}
-	diff("History", max(want.History, 1), max(have.History, 1))
-	diff("TTL", want.TTL, have.TTL)
-	diff("Storage", want.Storage, have.Storage)
-	diff("Replicas", max(want.Replicas, 1), max(have.Replicas, 1))
+	var d drift
+	d.field("History", max(want.History, 1), max(have.History, 1))
+	d.field("TTL", want.TTL, have.TTL)
+	d.field("Storage", want.Storage, have.Storage)
+	d.field("Replicas", max(want.Replicas, 1), max(have.Replicas, 1))
 	return append(d, foreign(stream)...)
+}
+
+// drift collects "field: have X, want Y" lines.
+type drift []string
+
+// field adds a line when want and have print differently (which compares
+// subject lists element by element, as printed).
+func (d *drift) field(name string, want, have any) {
+	if fmt.Sprint(want) != fmt.Sprint(have) {
+		*d = append(*d, fmt.Sprintf("%s: have %v, want %v", name, have, want))
+	}
 }
 
 // foreign reports the parts of a stream's configuration that copy its
