@@ -28,6 +28,7 @@ import (
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/loadgen"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/procs"
 )
 
@@ -93,7 +94,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// Ingest: saturation, then the fixed rate, against one process.
 	b := &bench{o: o, say: say}
 	defer b.stopAll()
-	ing, err := b.startIngest("ingest", "")
+	ing, err := b.startIngest("ingest", nil)
 	if err != nil {
 		return err
 	}
@@ -166,27 +167,46 @@ type ingestProc struct {
 	proc       *procs.Proc
 	webhookURL string
 	natsURL    string
+	// dataDir holds the credentials of the embedded server ingest runs or
+	// stores on.
+	dataDir string
+}
+
+// loginFlags are the flags that log a paystream process in to the
+// embedded server as user.
+func (ip *ingestProc) loginFlags(user string) []string {
+	return []string{"-nats-url", ip.natsURL, "-nats-user", user, "-nats-password-file", natsembed.PasswordFile(ip.dataDir, user)}
+}
+
+// connect logs the benchmark itself in as user.
+func (ip *ingestProc) connect(user string) (*nats.Conn, error) {
+	pw, err := cli.ReadSecretFile(natsembed.PasswordFile(ip.dataDir, user))
+	if err != nil {
+		return nil, err
+	}
+	return nats.Connect(ip.natsURL, nats.UserInfo(user, pw), nats.CustomInboxPrefix(natsembed.InboxPrefix(user)))
 }
 
 // startIngest starts an ingest with its embedded JetStream server, or,
-// with natsURL, one that stores on that server.
-func (b *bench) startIngest(name, natsURL string) (*ingestProc, error) {
-	pub := loadgenPubKey()
+// with host, one that stores on host's server as the ingest user.
+func (b *bench) startIngest(name string, host *ingestProc) (*ingestProc, error) {
 	listen, admin := freeAddr(), freeAddr()
-	args := []string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", pub, "-log-level", "warn"}
-	if natsURL == "" {
+	args := []string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", loadgenPubKey(), "-log-level", "warn"}
+	var natsURL, dataDir string
+	if host == nil {
 		natsAddr := freeAddr()
-		natsURL = "nats://" + natsAddr
-		args = append(args, "-nats-listen", natsAddr, "-data-dir", filepath.Join(b.o.dir, name+"-data"))
+		natsURL, dataDir = "nats://"+natsAddr, filepath.Join(b.o.dir, name+"-data")
+		args = append(args, "-nats-listen", natsAddr, "-data-dir", dataDir)
 	} else {
-		args = append(args, "-nats-url", natsURL)
+		natsURL, dataDir = host.natsURL, host.dataDir
+		args = append(args, host.loginFlags(natsembed.UserIngest)...)
 	}
 	p, err := procs.Start(name, filepath.Join(b.o.bin, "ingest"), args, filepath.Join(b.o.dir, name+".log"), 500*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}
 	b.procs = append(b.procs, p)
-	ip := &ingestProc{proc: p, webhookURL: "http://" + listen + "/webhooks/cobo", natsURL: natsURL}
+	ip := &ingestProc{proc: p, webhookURL: "http://" + listen + "/webhooks/cobo", natsURL: natsURL, dataDir: dataDir}
 	if err := waitTCP(listen, 10*time.Second); err != nil {
 		return nil, fmt.Errorf("%s: %w (see %s)", name, err, p.Log)
 	}
@@ -205,7 +225,8 @@ type WorkerResult struct {
 // workers, and measures how fast they commit and ack want events. The
 // clock starts once 1% is acked, so process start-up is not counted.
 func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (WorkerResult, error) {
-	nc, err := nats.Connect(ing.natsURL)
+	// Resetting the consumer and the bucket is an admin's change.
+	nc, err := ing.connect(natsembed.UserAdmin)
 	if err != nil {
 		return WorkerResult{}, fmt.Errorf("connect: %w", err)
 	}
@@ -236,9 +257,9 @@ func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (Worker
 	}()
 	for i := range n {
 		name := fmt.Sprintf("worker-%d-of-%d", i+1, n)
-		w, err := procs.Start(name, filepath.Join(b.o.bin, "worker"), []string{
-			"-nats-url", ing.natsURL, "-metrics-listen", freeAddr(), "-log-level", "warn",
-		}, filepath.Join(b.o.dir, name+".log"), 0)
+		w, err := procs.Start(name, filepath.Join(b.o.bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
+			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
+		), filepath.Join(b.o.dir, name+".log"), 0)
 		if err != nil {
 			return WorkerResult{}, err
 		}
@@ -290,20 +311,20 @@ func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 	// The JetStream server runs in a process of its own (an ingest with
 	// its embedded server that gets no webhooks), so that the memory of
 	// ingest's own code and that of the server's indexes are told apart.
-	host, err := b.startIngest("soak-nats", "")
+	host, err := b.startIngest("soak-nats", nil)
 	if err != nil {
 		return SoakResult{}, err
 	}
-	ing, err := b.startIngest("soak-ingest", host.natsURL)
+	ing, err := b.startIngest("soak-ingest", host)
 	if err != nil {
 		return SoakResult{}, err
 	}
 	all := []*procs.Proc{host.proc, ing.proc}
 	for i := range 2 {
 		name := fmt.Sprintf("soak-worker-%d", i+1)
-		w, err := procs.Start(name, filepath.Join(b.o.bin, "worker"), []string{
-			"-nats-url", ing.natsURL, "-metrics-listen", freeAddr(), "-log-level", "warn",
-		}, filepath.Join(b.o.dir, name+".log"), 300*time.Millisecond)
+		w, err := procs.Start(name, filepath.Join(b.o.bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
+			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
+		), filepath.Join(b.o.dir, name+".log"), 300*time.Millisecond)
 		if err != nil {
 			return SoakResult{}, err
 		}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/procs"
 )
 
@@ -93,6 +94,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		addr := fmt.Sprintf("127.0.0.1:%d", workerBase+i)
 		workerURLs = append(workerURLs, "http://"+addr+"/metrics")
 		if err := d.start(fmt.Sprintf("worker-%d", i+1), "-nats-url", "nats://"+natsAddr, "-metrics-listen", addr,
+			"-nats-user", natsembed.UserWorker, "-nats-password-file", natsembed.PasswordFile(filepath.Join(d.dir, "data"), natsembed.UserWorker),
+			"-cobo-pubkey", key,
 			"-rules", d.rules, "-cobo-api-url", "http://"+sandboxAddr+"/v2", "-cobo-api-secret-file", d.secret,
 			"-bitgo-url", "http://"+sandboxAddr, "-bitgo-enterprise-id", demoEnterprise,
 			"-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,

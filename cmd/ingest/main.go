@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/paystream/paystream/internal/cli"
-	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/ingest"
 )
@@ -32,8 +31,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	natsURL := fs.String("nats-url", "PAYSTREAM_NATS_URL", "", "NATS server list; empty starts an embedded JetStream server")
 	natsListen := fs.String("nats-listen", "PAYSTREAM_NATS_LISTEN", ingest.DefaultNATSListen, "embedded server's client listener")
 	dataDir := fs.String("data-dir", "PAYSTREAM_DATA_DIR", ingest.DefaultDataDir, "embedded server's storage directory")
-	coboEnv := fs.String("cobo-env", "PAYSTREAM_COBO_ENV", ingest.DefaultCoboEnv, "trust Cobo's published webhook key for dev or prod")
-	coboPubKey := fs.String("cobo-pubkey", "PAYSTREAM_COBO_PUBKEY", "", "comma-separated hex Ed25519 keys replacing the trusted set")
+	natsTLSCert := fs.String("nats-listen-tls-cert", "PAYSTREAM_NATS_LISTEN_TLS_CERT", "", "certificate of the embedded server's client listener (required when -nats-listen is not loopback)")
+	natsTLSKey := fs.String("nats-listen-tls-key", "PAYSTREAM_NATS_LISTEN_TLS_KEY", "", "key of -nats-listen-tls-cert")
+	trust := cli.CoboTrustFlags(fs)
 	maxSkew := fs.Duration("max-skew", "PAYSTREAM_MAX_SKEW", 0, "reject Biz-Timestamp outside now±skew; 0 disables")
 	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for streams and buckets (3 on a cluster)")
 	maxAge := fs.Duration("stream-max-age", "PAYSTREAM_STREAM_MAX_AGE", events.DefaultMaxAge, "how long events are kept for replay")
@@ -54,6 +54,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	if _, err := trust.Verifier(); err != nil {
+		return err
+	}
 	cfg := ingest.Config{
 		Pprof:        *pprof,
 		Listen:       *listen,
@@ -62,12 +65,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		NATSOptions:  natsOpts,
 		NATSListen:   *natsListen,
 		DataDir:      *dataDir,
-		CoboEnv:      *coboEnv,
-		CoboPubKeys:  cobo.ParseKeyList(*coboPubKey),
+		CoboEnv:      trust.Env(),
+		CoboPubKeys:  trust.PubKeys(),
 		MaxSkew:      *maxSkew,
 		StoreTimeout: *storeTimeout,
 		Stream:       events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
 		Logger:       log,
+
+		NATSListenTLSCert: *natsTLSCert,
+		NATSListenTLSKey:  *natsTLSKey,
 	}
 	if *adminTokenFile != "" {
 		if cfg.AdminToken, err = cli.ReadSecretFile(*adminTokenFile); err != nil {

@@ -66,7 +66,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		currencies: fs.String("bitgo-currencies", "PAYSTREAM_BITGO_CURRENCIES", "", "Cobo token id to BitGo currency and decimals, TOKEN=NAME:DECIMALS comma-separated; empty uses the built-in mainnet table"),
 	}
 	natsFlags := cli.NATSAuthFlags(fs)
+	trust := cli.CoboTrustFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	verifier, err := trust.Verifier()
+	if err != nil {
 		return err
 	}
 	log, err := cli.NewLogger(stdout, *logLevel, *logFormat, "worker")
@@ -86,7 +91,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return err
 		}
 	}
-	return worker.Run(ctx, worker.Config{
+	return natsFlags.Refused(worker.Run(ctx, worker.Config{
+		Verifier:      verifier,
 		Allocation:    alloc,
 		NATSURL:       *natsURL,
 		NATSOptions:   natsOpts,
@@ -95,7 +101,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Stream:        events.StreamConfig{Replicas: *replicas},
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
 		Logger:        log,
-	})
+	}))
 }
 
 // bitgoFlags are the BitGo client's flags.

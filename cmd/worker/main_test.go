@@ -35,6 +35,11 @@ func TestSubcommandFlagErrors(t *testing.T) {
 		{[]string{"replay", "-since", "yesterday"}, "-since"},
 		{[]string{"replay", "-since", "1h", "-until", "2h"}, "Until"},
 		{[]string{"replay", "-verify", "-cobo-env", "staging"}, "-cobo-env"},
+		{[]string{"replay", "-verify"}, "-cobo-env dev|prod or -cobo-pubkey is required"},
+		{[]string{"replay", "-apply", "-no-allocations"}, "-cobo-env dev|prod or -cobo-pubkey is required"},
+		// No default trust: a deployment that forgets the flag stops here
+		// instead of trusting Cobo's dev key.
+		{[]string{"-nats-url", "nats://127.0.0.1:1"}, "-cobo-env dev|prod or -cobo-pubkey is required"},
 		{[]string{"replay", "-verify", "-cobo-pubkey", "zz"}, "-cobo-pubkey"},
 	}
 	for _, c := range cases {

@@ -15,7 +15,6 @@ import (
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
-	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/worker"
@@ -77,7 +76,7 @@ func (f natsFlags) connect(name string) (*nats.Conn, jetstream.JetStream, error)
 	}
 	nc, err := natsconn.Connect(natsconn.Options{URL: *f.url, Name: name, Logger: zerolog.Nop(), Extra: opts})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, f.auth.Refused(err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -93,9 +92,8 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	fs := cli.NewFlags("worker replay", getenv, stdout)
 	conn := newNATSFlags(fs)
 	sel := newSelectionFlags(fs, "start at this event stream sequence")
-	verify := fs.FlagSet.Bool("verify", false, "re-check each event's stored signature against the trusted keys; exit status 1 if any fails")
-	coboEnv := fs.String("cobo-env", "PAYSTREAM_COBO_ENV", ingest.DefaultCoboEnv, "with -verify: trust Cobo's published webhook key for dev or prod")
-	coboPubKey := fs.String("cobo-pubkey", "PAYSTREAM_COBO_PUBKEY", "", "with -verify: comma-separated hex Ed25519 keys replacing the trusted set")
+	verify := fs.FlagSet.Bool("verify", false, "re-check each event's stored signature against the trusted keys (-cobo-env or -cobo-pubkey); exit status 1 if any fails")
+	trust := cli.CoboTrustFlags(fs)
 	apply := fs.FlagSet.Bool("apply", false, "re-apply the events through the workers' own path and print what changed; needs the workers' -rules, or -no-allocations")
 	noAlloc := fs.FlagSet.Bool("no-allocations", false, "with -apply: the workers run without -rules, so apply order state only")
 	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "with -apply: the workers' allocation rules file")
@@ -113,16 +111,6 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	cfg := replay.Config{Select: s, Apply: *apply, NoAllocations: *noAlloc, Stream: events.StreamConfig{Replicas: *replicas}, Out: stdout}
-	if *verify {
-		if *coboEnv != "dev" && *coboEnv != "prod" {
-			return fmt.Errorf("-cobo-env: want dev or prod, got %q", *coboEnv)
-		}
-		// The same trusted set ingest derives from the same flags.
-		keys := ingest.Config{CoboEnv: *coboEnv, CoboPubKeys: cobo.ParseKeyList(*coboPubKey)}.TrustedKeys()
-		if cfg.Verifier, err = cobo.NewVerifier(keys...); err != nil {
-			return fmt.Errorf("-cobo-pubkey: %w", err)
-		}
-	}
 	if *apply {
 		switch {
 		case *noAlloc && *rulesFile != "":
@@ -135,6 +123,12 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 			if cfg.Allocation, err = allocationConfig(*rulesFile, *coboSecretFile, *coboURL, allocation.DefaultBatchMax, allocation.DefaultBatchWait); err != nil {
 				return err
 			}
+		}
+	}
+	// -apply verifies as the workers do, so it needs the keys too.
+	if *verify || *apply {
+		if cfg.Verifier, err = trust.Verifier(); err != nil {
+			return err
 		}
 	}
 	nc, js, err := conn.connect("paystream-replay")

@@ -16,13 +16,15 @@ type OrderGetter interface {
 	GetOrder(ctx context.Context, orderID string) (cobo.OrderData, error)
 }
 
-// CoboOrders fetches orders paystream never saw from Cobo's order API.
+// CoboOrders confirms orders with Cobo's order API
+// (GET /payments/orders/{order_id}), signed with paystream's own API key.
 type CoboOrders struct {
 	API OrderGetter
 }
 
-// FetchOrder implements handlers.OrderFetcher.
-func (c CoboOrders) FetchOrder(ctx context.Context, orderID string) (*domain.Snapshot, error) {
+// FetchOrder implements handlers.OrderFetcher: a 404 wraps
+// domain.ErrNotFound, and an answer for another order id is refused.
+func (c CoboOrders) FetchOrder(ctx context.Context, orderID string) (*handlers.ProviderOrder, error) {
 	o, err := c.API.GetOrder(ctx, orderID)
 	var apiErr *cobo.APIError
 	if errors.As(err, &apiErr) && apiErr.HTTPStatus == http.StatusNotFound {
@@ -31,5 +33,12 @@ func (c CoboOrders) FetchOrder(ctx context.Context, orderID string) (*domain.Sna
 	if err != nil {
 		return nil, err
 	}
-	return handlers.SnapshotFromOrder(o), nil
+	if o.OrderID != orderID {
+		return nil, fmt.Errorf("cobo answered order %q for order %q", o.OrderID, orderID)
+	}
+	po := &handlers.ProviderOrder{Snapshot: handlers.SnapshotFromOrder(o)}
+	for _, tx := range o.Transactions {
+		po.Transactions = append(po.Transactions, handlers.ProviderTx{ID: tx.TxID, Hash: tx.TxHash, Amount: tx.Amount.NullDecimal})
+	}
+	return po, nil
 }

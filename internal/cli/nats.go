@@ -22,7 +22,7 @@ func NATSAuthFlags(fs *Flags) *NATSAuth {
 		ca:           fs.String("nats-ca", "PAYSTREAM_NATS_CA", "", "CA file to verify the NATS servers' TLS certificates"),
 		cert:         fs.String("nats-cert", "PAYSTREAM_NATS_CERT", "", "client certificate for NATS mutual TLS"),
 		key:          fs.String("nats-key", "PAYSTREAM_NATS_KEY", "", "client key for NATS mutual TLS"),
-		inboxPrefix:  fs.String("nats-inbox-prefix", "PAYSTREAM_NATS_INBOX_PREFIX", "", "subject prefix of this process's reply inboxes (default _INBOX); give each NATS user its own, e.g. _INBOX_worker"),
+		inboxPrefix:  fs.String("nats-inbox-prefix", "PAYSTREAM_NATS_INBOX_PREFIX", "", "subject prefix of this process's reply inboxes; default _INBOX_<user> with -nats-user (as deploy/nats expects), else _INBOX"),
 	}
 }
 
@@ -65,8 +65,31 @@ func (a *NATSAuth) Options() ([]nats.Option, error) {
 	if *a.cert != "" {
 		opts = append(opts, nats.ClientCert(*a.cert, *a.key))
 	}
-	if *a.inboxPrefix != "" {
+	// Each deployed user may read only its own inboxes (deploy/nats), so
+	// a user name implies them unless told otherwise.
+	switch {
+	case *a.inboxPrefix != "":
 		opts = append(opts, nats.CustomInboxPrefix(*a.inboxPrefix))
+	case *a.user != "":
+		opts = append(opts, nats.CustomInboxPrefix("_INBOX_"+*a.user))
 	}
 	return opts, nil
+}
+
+// Refused explains err in one line naming the flags when the NATS server
+// refused the credentials; other errors are returned as they are.
+func (a *NATSAuth) Refused(err error) error {
+	if !errors.Is(err, nats.ErrAuthorization) {
+		return err
+	}
+	who := "no credentials"
+	switch {
+	case *a.user != "":
+		who = fmt.Sprintf("user %q with the password in %s (-nats-user, -nats-password-file)", *a.user, *a.passwordFile)
+	case *a.creds != "":
+		who = fmt.Sprintf("the credentials in %s (-nats-creds)", *a.creds)
+	case *a.nkey != "":
+		who = fmt.Sprintf("the nkey in %s (-nats-nkey)", *a.nkey)
+	}
+	return fmt.Errorf("NATS refused %s; against ingest's embedded server use -nats-user worker (or operator) -nats-password-file <ingest -data-dir>/credentials/<user>.password: %w", who, err)
 }

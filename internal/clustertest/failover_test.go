@@ -68,7 +68,7 @@ func TestStreamLeaderKilledUnderLoad(t *testing.T) {
 	ing := startIngest(t, c, signer, logs)
 	obs := newObserved()
 	for _, name := range []string{"w1", "w2", "w3"} {
-		startWorker(t, c, name, obs, logs, nil)
+		startWorker(t, c, signer, name, obs, logs, nil)
 	}
 
 	// Make the node ingest is connected to the stream's leader, so that the

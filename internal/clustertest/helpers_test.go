@@ -169,15 +169,16 @@ func (o *observed) workers() map[string]int {
 }
 
 // startWorker runs the real worker against the cluster as the worker user.
-func startWorker(t *testing.T, c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) *testutil.RunningWorker {
+func startWorker(t *testing.T, c *cluster, signer *testutil.Signer, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) *testutil.RunningWorker {
 	t.Helper()
-	return testutil.RunWorker(t, workerConfig(c, name, obs, logs, alloc))
+	return testutil.RunWorker(t, workerConfig(t, c, signer, name, obs, logs, alloc))
 }
 
 // workerConfig is the configuration of a real worker on the cluster as
 // the worker user.
-func workerConfig(c *cluster, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) worker.Config {
+func workerConfig(t *testing.T, c *cluster, signer *testutil.Signer, name string, obs *observed, logs *logBook, alloc *worker.AllocationConfig) worker.Config {
 	return worker.Config{
+		Verifier:      signer.Verifier(t),
 		NATSURL:       c.url(),
 		NATSOptions:   []nats.Option{workerUser.opt()},
 		MetricsListen: "127.0.0.1:0",

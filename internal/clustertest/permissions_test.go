@@ -122,7 +122,7 @@ func TestDeployedPermissions(t *testing.T) {
 		s, err := ingest.Start(context.Background(), ingestConfig(c, signer, logs))
 		ingested <- started{s, err}
 	}()
-	ws := testutil.RunWorkers(t, workerConfig(c, "w1", newObserved(), logs, alloc), workerConfig(c, "w2", newObserved(), logs, alloc))
+	ws := testutil.RunWorkers(t, workerConfig(t, c, signer, "w1", newObserved(), logs, alloc), workerConfig(t, c, signer, "w2", newObserved(), logs, alloc))
 	w1, w2 := ws[0], ws[1]
 	st := <-ingested
 	ing := keepIngest(t, st.s, st.err)
@@ -273,7 +273,7 @@ func TestDeployedPermissions(t *testing.T) {
 		return ok && replayed.reached(v)
 	})
 	require.Equal(t, 3, streamInfo(t, admin, "KV_"+events.OrdersBucket).Config.Replicas)
-	startWorker(t, c, "w3", newObserved(), logs, alloc)
+	startWorker(t, c, signer, "w3", newObserved(), logs, alloc)
 	require.Equal(t, 30*24*time.Hour, streamInfo(t, admin, events.DLQStreamName).Config.MaxAge, "a worker never changes a stream")
 	require.Contains(t, strings.Join(logs.all(), "\n"), `"component":"w3","stream":"PAYSTREAM_DLQ","drift":["MaxAge: have 720h0m0s, want 2160h0m0s"]`)
 	waitFor(t, 20*time.Second, "allocations of "+replayed.orderID, func() bool { return allocated(t, ing, replayed.orderID) })

@@ -110,7 +110,7 @@ func TestWorkersJoinAndLeaveUnderLoad(t *testing.T) {
 	signer := testutil.NewSigner(t)
 	ing := startIngest(t, c, signer, logs)
 	obs := newObserved()
-	w1 := startWorker(t, c, "w1", obs, logs, nil)
+	w1 := startWorker(t, c, signer, "w1", obs, logs, nil)
 
 	orders := histories("O-scale", 48)
 	var bodies [][]byte
@@ -159,14 +159,14 @@ func TestWorkersJoinAndLeaveUnderLoad(t *testing.T) {
 	}
 
 	at(0.15, "15% sent")
-	startWorker(t, c, "w2", obs, logs, nil)
-	w3 := startWorker(t, c, "w3", obs, logs, nil)
+	startWorker(t, c, signer, "w2", obs, logs, nil)
+	w3 := startWorker(t, c, signer, "w3", obs, logs, nil)
 	at(0.4, "40% sent")
 	w1.Stop(t)
 	at(0.55, "55% sent")
 	w3.Kill()
 	at(0.7, "70% sent")
-	startWorker(t, c, "w4", obs, logs, nil)
+	startWorker(t, c, signer, "w4", obs, logs, nil)
 	s.wg.Wait()
 	require.Empty(t, s.errs, "every webhook must be stored")
 

@@ -122,3 +122,39 @@ func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
 	}
 	return fmt.Errorf("%w: no trusted key verifies it", ErrInvalidSignature)
 }
+
+// Environments whose published webhook key TrustedKeys knows.
+const (
+	EnvDev  = "dev"
+	EnvProd = "prod"
+)
+
+// ValidateTrust checks that the trusted webhook keys are named explicitly:
+// env is dev or prod, or pubKeys replaces them (env may then be empty).
+// There is no default, so that a production deployment that forgets to
+// say which keys it trusts does not silently trust the dev key.
+func ValidateTrust(env string, pubKeys []string) error {
+	switch {
+	case env == EnvDev || env == EnvProd:
+		return nil
+	case env != "":
+		return fmt.Errorf("CoboEnv must be %s or %s, got %q", EnvDev, EnvProd, env)
+	case len(pubKeys) == 0:
+		return fmt.Errorf("CoboEnv or CoboPubKeys is required: no webhook key is trusted by default")
+	}
+	return nil
+}
+
+// TrustedKeys returns the hex webhook keys that env and pubKeys trust:
+// pubKeys when given (rotation, sandbox), else Cobo's key for env.
+func TrustedKeys(env string, pubKeys []string) []string {
+	switch {
+	case len(pubKeys) > 0:
+		return pubKeys
+	case env == EnvProd:
+		return []string{ProdWebhookKey}
+	case env == EnvDev:
+		return []string{DevWebhookKey}
+	}
+	return nil
+}

@@ -219,3 +219,27 @@ func setDec(dst *decimal.NullDecimal, d decimal.NullDecimal) {
 // ErrInvalid means an input can never be processed as it is (a payload that
 // does not decode, or lacks what the rules need). Retrying cannot help.
 var ErrInvalid = errors.New("invalid input")
+
+// Refusals of an event that changes nothing, each with its own dead-letter
+// reason. ErrUntrusted and ErrUnknownOrder are permanent, so they also
+// match ErrInvalid; ErrUnconfirmed is transient and is retried.
+var (
+	// ErrUntrusted means an event's stored signature does not verify
+	// against the trusted Cobo keys: it did not come from Cobo, whatever
+	// its body says.
+	ErrUntrusted error = &refusal{"untrusted", ErrInvalid}
+	// ErrUnknownOrder means Cobo's order API does not know the event's
+	// order (404): it is another Cobo customer's, not ours.
+	ErrUnknownOrder error = &refusal{"unknown order", ErrInvalid}
+	// ErrUnconfirmed means Cobo's order API did not (yet) confirm what an
+	// event says, or could not be asked; money waits until it does.
+	ErrUnconfirmed error = &refusal{"unconfirmed", nil}
+)
+
+type refusal struct {
+	msg    string
+	parent error
+}
+
+func (e *refusal) Error() string { return e.msg }
+func (e *refusal) Unwrap() error { return e.parent }

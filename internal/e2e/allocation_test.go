@@ -19,6 +19,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
 	"github.com/paystream/paystream/internal/worker"
@@ -111,6 +112,8 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 	}
 	return testutil.RunWorker(t, worker.Config{
 		NATSURL:       s.ing.NATSURL(),
+		NATSOptions:   s.ing.Credentials().Login(natsembed.UserWorker),
+		Verifier:      s.signer.Verifier(t),
 		MetricsListen: "127.0.0.1:0",
 		Consumer:      testConsumerConfig(),
 		StreamWait:    10 * time.Second,

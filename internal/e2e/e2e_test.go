@@ -92,7 +92,7 @@ func TestWebhookAnswers(t *testing.T) {
 	}
 
 	// Exactly the three accepted events are stored.
-	require.EqualValues(t, 3, streamMsgs(t, s.NATSURL()))
+	require.EqualValues(t, 3, streamMsgs(t, asWorker(s)))
 
 	// Orders and metrics are not on the public listener.
 	for _, path := range []string{"/v1/orders/O-1", "/metrics", "/readyz"} {
@@ -151,8 +151,8 @@ func TestPipelineWithDuplicatesAndShuffles(t *testing.T) {
 	signer := testutil.NewSigner(t)
 	s := startIngest(t, signer, ingest.Config{})
 	obs := newObserved()
-	startWorker(t, s.NATSURL(), obs.observe)
-	startWorker(t, s.NATSURL(), obs.observe)
+	startWorker(t, asWorker(s), signer, obs.observe)
+	startWorker(t, asWorker(s), signer, obs.observe)
 
 	const orders = 20
 	var all [][]byte
@@ -174,7 +174,7 @@ func TestPipelineWithDuplicatesAndShuffles(t *testing.T) {
 		require.Equal(t, 1, fc, id)
 		require.Equal(t, 1, late, id)
 	}
-	require.EqualValues(t, orders*5, streamMsgs(t, s.NATSURL()), "duplicates collapse on event_id")
+	require.EqualValues(t, orders*5, streamMsgs(t, asWorker(s)), "duplicates collapse on event_id")
 }
 
 func sendConcurrently(t *testing.T, signer *testutil.Signer, s *ingest.Service, bodies [][]byte, senders int) {
@@ -206,7 +206,7 @@ func TestThreeWorkersRaceOnTheSameOrders(t *testing.T) {
 	s := startIngest(t, signer, ingest.Config{})
 	obs := newObserved()
 	for range 3 {
-		startWorker(t, s.NATSURL(), obs.observe)
+		startWorker(t, asWorker(s), signer, obs.observe)
 	}
 	const orders = 15
 	var all [][]byte

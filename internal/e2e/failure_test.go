@@ -28,7 +28,7 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 	var seen atomic.Int32
 	hang := make(chan struct{})
 	t.Cleanup(func() { close(hang) })
-	victim := startWorker(t, s.NATSURL(), func(ctx context.Context, ev events.Event, out handlers.Outcome) error {
+	victim := startWorker(t, asWorker(s), signer, func(ctx context.Context, ev events.Event, out handlers.Outcome) error {
 		_ = obs.observe(ctx, ev, out)
 		if seen.Add(1) > 8 {
 			select {
@@ -49,7 +49,7 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 	waitFor(t, 10*time.Second, "the victim to hang", func() bool { return seen.Load() > 8 })
 	victim.W.Kill()
 
-	startWorker(t, s.NATSURL(), obs.observe)
+	startWorker(t, asWorker(s), signer, obs.observe)
 	for i := range orders {
 		id := orderID("O-kill", i)
 		waitFor(t, 30*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
@@ -70,7 +70,7 @@ func TestStoreDownAnswers503AndLosesNothing(t *testing.T) {
 	signer := testutil.NewSigner(t)
 	s := startIngest(t, signer, ingest.Config{NATSURL: "nats://" + addr, StoreTimeout: 500 * time.Millisecond})
 	obs := newObserved()
-	startWorker(t, "nats://"+addr, obs.observe)
+	startWorker(t, natsLogin{url: "nats://" + addr}, signer, obs.observe)
 
 	evs := orderEvents("O-down")
 	require.Equal(t, "accepted", postUntilStored(t, signer, s, evs[0]))
@@ -103,7 +103,7 @@ func TestIngestRestartKeepsStreamAndState(t *testing.T) {
 	dir := t.TempDir()
 	signer := testutil.NewSigner(t)
 	s := startIngest(t, signer, ingest.Config{DataDir: dir})
-	w := startWorker(t, s.NATSURL(), nil)
+	w := startWorker(t, asWorker(s), signer, nil)
 	evs := orderEvents("O-restart")
 	for _, ev := range evs {
 		require.Equal(t, "accepted", postUntilStored(t, signer, s, ev))
@@ -116,13 +116,13 @@ func TestIngestRestartKeepsStreamAndState(t *testing.T) {
 
 	s2 := startIngest(t, signer, ingest.Config{DataDir: dir})
 	requireFinalOrder(t, s2, "O-restart")
-	require.EqualValues(t, len(evs), streamMsgs(t, s2.NATSURL()))
+	require.EqualValues(t, len(evs), streamMsgs(t, asWorker(s2)))
 	// The dedup window survives the restart.
 	require.Equal(t, "duplicate", postUntilStored(t, signer, s2, evs[2]))
 	// And a worker against the restarted server resumes without reprocessing
 	// into a different state.
 	obs := newObserved()
-	startWorker(t, s2.NATSURL(), obs.observe)
+	startWorker(t, asWorker(s2), signer, obs.observe)
 	extra := testutil.TransactionEvent("O-restart-late2", "late", "O-restart", "O-restart-tx3", "1.5")
 	require.Equal(t, "accepted", postUntilStored(t, signer, s2, extra))
 	waitFor(t, 20*time.Second, "second late payment", func() bool {

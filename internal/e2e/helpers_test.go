@@ -19,6 +19,7 @@ import (
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
 	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/testutil"
 	"github.com/paystream/paystream/internal/worker"
 )
@@ -83,11 +84,26 @@ func testConsumerConfig() events.ConsumerConfig {
 	return events.ConsumerConfig{AckWait: 2 * time.Second, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Concurrency: 4}
 }
 
-// startWorker starts a real worker against natsURL, stopped when the test ends.
-func startWorker(t *testing.T, natsURL string, observer func(context.Context, events.Event, handlers.Outcome) error) *testutil.RunningWorker {
+// natsLogin is where a test's process reaches NATS and how it logs in.
+type natsLogin struct {
+	url  string
+	opts []nats.Option
+}
+
+// asWorker logs in to s's embedded server as the worker user, with the
+// password ingest wrote for it.
+func asWorker(s *ingest.Service) natsLogin {
+	return natsLogin{url: s.NATSURL(), opts: s.Credentials().Login(natsembed.UserWorker)}
+}
+
+// startWorker starts a real worker logged in with login and trusting the
+// signer's key, stopped when the test ends.
+func startWorker(t *testing.T, login natsLogin, signer *testutil.Signer, observer func(context.Context, events.Event, handlers.Outcome) error) *testutil.RunningWorker {
 	t.Helper()
 	return testutil.RunWorker(t, worker.Config{
-		NATSURL:       natsURL,
+		NATSURL:       login.url,
+		NATSOptions:   login.opts,
+		Verifier:      signer.Verifier(t),
 		MetricsListen: "127.0.0.1:0",
 		Consumer:      testConsumerConfig(),
 		StreamWait:    10 * time.Second,
@@ -199,9 +215,9 @@ func orderComplete(t *testing.T, s *ingest.Service, orderID string) bool {
 }
 
 // streamMsgs returns how many events the event stream holds.
-func streamMsgs(t *testing.T, natsURL string) uint64 {
+func streamMsgs(t *testing.T, login natsLogin) uint64 {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(login.url, login.opts...)
 	require.NoError(t, err)
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -257,14 +257,30 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 			log.Warn().Err(err).Msg("ack failed; the event will be redelivered and handled idempotently")
 		}
 	case errors.Is(err, domain.ErrInvalid):
-		c.deadLetter(msg, ev, log, "invalid", err.Error())
+		c.deadLetter(msg, ev, log, refusedKind(err), err.Error())
 	case ev.NumDelivered >= uint64(c.cfg.MaxDeliver):
-		c.deadLetter(msg, ev, log, "max_deliveries", fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
+		kind := "max_deliveries"
+		if errors.Is(err, domain.ErrUnconfirmed) {
+			kind = "unconfirmed"
+		}
+		c.deadLetter(msg, ev, log, kind, fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
 	default:
 		delay := Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, ev.NumDelivered)
 		log.Warn().Err(err).Uint64("delivery", ev.NumDelivered).Dur("retry_in", delay).Msg("event failed; will retry")
 		_ = msg.NakWithDelay(delay)
 	}
+}
+
+// refusedKind is the dead-letter reason of an event that can never be
+// applied: the metric label and the reason's first word.
+func refusedKind(err error) string {
+	switch {
+	case errors.Is(err, domain.ErrUntrusted):
+		return "untrusted"
+	case errors.Is(err, domain.ErrUnknownOrder):
+		return "unknown_order"
+	}
+	return "invalid"
 }
 
 // deadLetter stores the event on the DLQ stream with the reason, then

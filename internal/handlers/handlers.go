@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/shopspring/decimal"
+
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 )
@@ -37,10 +39,41 @@ type Planner interface {
 	NeedsMerchantForLate() bool
 }
 
-// OrderFetcher reads an order from the provider, for late payments of
-// orders paystream never saw.
+// OrderFetcher reads an order from the provider's API with paystream's own
+// credentials. With a planner, no allocation is planned from a webhook
+// alone: the provider confirms the order first.
 type OrderFetcher interface {
-	FetchOrder(ctx context.Context, orderID string) (*domain.Snapshot, error)
+	// FetchOrder returns the order, or an error wrapping domain.ErrNotFound
+	// when the provider does not know it (it is not ours).
+	FetchOrder(ctx context.Context, orderID string) (*ProviderOrder, error)
+}
+
+// ProviderOrder is an order as the provider's API reports it.
+type ProviderOrder struct {
+	// Snapshot is the full-precision order.
+	Snapshot *domain.Snapshot
+	// Transactions are those the provider lists for the order; the list
+	// may be absent.
+	Transactions []ProviderTx
+}
+
+// ProviderTx is a transaction of a ProviderOrder.
+type ProviderTx struct {
+	// ID and Hash identify it; either may be empty.
+	ID, Hash string
+	Amount   decimal.NullDecimal
+}
+
+// find returns the listed transaction with id, or else with the on-chain
+// hash: whether Cobo's tx_id is the webhook's transaction_id is not
+// documented, so either identifies it.
+func (p *ProviderOrder) find(id, hash string) (ProviderTx, bool) {
+	for _, tx := range p.Transactions {
+		if tx.ID != "" && tx.ID == id || tx.Hash != "" && tx.Hash == hash {
+			return tx, true
+		}
+	}
+	return ProviderTx{}, false
 }
 
 // Option configures a Handler.
@@ -85,9 +118,6 @@ type Outcome struct {
 	Planned []domain.AllocationItem
 	// StatusTo is the status the commit moved the order to, or "".
 	StatusTo domain.OrderStatus
-	// FetchWarning is set when fetching the order from the provider failed
-	// and planning waits for a later event instead.
-	FetchWarning error
 }
 
 // DefaultMaxCASAttempts bounds compare-and-set retries for one event.
@@ -126,9 +156,17 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 			return Outcome{}, fmt.Errorf("event %s: %w: data.order_id is empty", d.EventID, domain.ErrInvalid)
 		}
 		snap := SnapshotFromOrder(data)
+		var confirmed *domain.Snapshot
+		if snap.Status == domain.StatusCompleted {
+			var err error
+			if confirmed, err = h.confirmCompleted(ctx, d.EventID, data.OrderID); err != nil {
+				return Outcome{}, err
+			}
+		}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
 			mergeSnapshot(&o.Snapshot, snap, fx)
 			mergeStatus(o, snap.Status, d.EventID, fx)
+			confirm(o, confirmed, d.EventID, fx)
 		})
 
 	case cobo.EventOrderUpdated:
@@ -145,25 +183,21 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 			return Outcome{}, err
 		}
 		// A Completed notice carries truncated amounts and no price or fee;
-		// splits need the full order, so fetch it unless it is known.
-		var fetched *domain.Snapshot
-		var fetchErr error
+		// the confirmation brings the full order the splits need.
+		var confirmed *domain.Snapshot
 		if snap.Status == domain.StatusCompleted {
-			fetched, fetchErr = h.fetchUnless(ctx, data.OrderID, (*domain.Order).PreciseCompleted)
-		}
-		out, err := h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
-			if fetched != nil {
-				mergeSnapshot(&o.Snapshot, fetched, fx)
-				mergeStatus(o, fetched.Status, d.EventID, fx)
+			if confirmed, err = h.confirmCompleted(ctx, d.EventID, data.OrderID); err != nil {
+				return Outcome{}, err
 			}
+		}
+		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
 			mergeSnapshot(&o.Notice, snap, fx)
 			mergeStatus(o, snap.Status, d.EventID, fx)
+			confirm(o, confirmed, d.EventID, fx)
 			for _, lp := range late {
 				recordLate(o, lp, fx)
 			}
 		})
-		out.FetchWarning = fetchErr
-		return out, err
 
 	case cobo.EventTransactionLate:
 		var data cobo.TransactionData
@@ -180,22 +214,15 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
 		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, Precise: true, EventID: d.EventID}
-		var fetched *domain.Snapshot
+		var confirmed *domain.Snapshot
 		if h.planner != nil && h.planner.NeedsMerchantForLate() {
 			var err error
-			fetched, err = h.fetchUnless(ctx, data.OrderID, func(o *domain.Order) bool { return o.View().MerchantID != "" })
-			if errors.Is(err, domain.ErrNotFound) {
-				return Outcome{}, fmt.Errorf("event %s: %w: late payment %s for order %s, which Cobo does not know: %v", d.EventID, domain.ErrInvalid, data.TransactionID, data.OrderID, err)
-			}
-			if err != nil {
+			if confirmed, err = h.confirmLate(ctx, d.EventID, data.OrderID, lp, data.TxHash); err != nil {
 				return Outcome{}, err
 			}
 		}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
-			if fetched != nil {
-				mergeSnapshot(&o.Snapshot, fetched, fx)
-				mergeStatus(o, fetched.Status, d.EventID, fx)
-			}
+			confirm(o, confirmed, d.EventID, fx)
 			recordLate(o, lp, fx)
 		})
 
@@ -264,14 +291,20 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 	if h.planner == nil {
 		return
 	}
+	// Money moves only by what Cobo's API confirmed for this change: the
+	// planner sees the order as Cobo answered, never the webhook's copy.
 	var items []domain.AllocationItem
-	if o.Status == domain.StatusCompleted && !o.SplitsPlanned && o.PreciseCompleted() {
+	if fx.confirmed == nil {
+		return
+	}
+	byCobo := &domain.Order{OrderID: o.OrderID, Status: o.Status, Snapshot: fx.confirmed}
+	if o.Status == domain.StatusCompleted && !o.SplitsPlanned && fx.confirmed.Status == domain.StatusCompleted {
 		o.SplitsPlanned = true
 		fx.changed = true
-		items = append(items, h.planner.OnCompleted(o)...)
+		items = append(items, h.planner.OnCompleted(byCobo)...)
 	}
 	for _, lp := range fx.lateRecorded {
-		items = append(items, h.planner.OnLatePayment(o, lp)...)
+		items = append(items, h.planner.OnLatePayment(byCobo, lp)...)
 	}
 	for _, it := range items {
 		if o.Allocation(it.ID) == nil {
@@ -284,24 +317,62 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 	slices.SortFunc(o.Allocations, func(a, b domain.AllocationItem) int { return strings.Compare(a.ID, b.ID) })
 }
 
-// fetchUnless fetches the order from the provider unless the stored order
-// already satisfies known. It returns nil when no fetch was needed.
-func (h *Handler) fetchUnless(ctx context.Context, orderID string, known func(*domain.Order) bool) (*domain.Snapshot, error) {
-	if h.planner == nil || h.fetcher == nil {
+// confirmCompleted asks the provider whether an order an event reports
+// Completed is ours and Completed, before its splits are planned. It
+// returns the provider's order, or nil when nothing needs confirming (no
+// planner, or the splits are planned already). The errors wrap
+// domain.ErrUnknownOrder (the provider does not know the order) or
+// domain.ErrUnconfirmed (it does not say Completed yet, or could not be
+// asked), so the event changes nothing until the provider agrees.
+func (h *Handler) confirmCompleted(ctx context.Context, eventID, orderID string) (*domain.Snapshot, error) {
+	if h.planner == nil {
 		return nil, nil
 	}
 	o, _, err := h.repo.Get(ctx, orderID)
 	switch {
-	case err == nil && known(o):
+	case err == nil && o.SplitsPlanned:
 		return nil, nil
 	case err != nil && !errors.Is(err, domain.ErrNotFound):
 		return nil, fmt.Errorf("load order %s: %w", orderID, err)
 	}
-	snap, err := h.fetcher.FetchOrder(ctx, orderID)
+	po, err := h.fetch(ctx, eventID, orderID)
 	if err != nil {
-		return nil, fmt.Errorf("fetch order %s: %w", orderID, err)
+		return nil, err
 	}
-	return snap, nil
+	if po.Snapshot.Status != domain.StatusCompleted {
+		return nil, fmt.Errorf("event %s: %w: the event says order %s is Completed, Cobo's API says %q", eventID, domain.ErrUnconfirmed, orderID, po.Snapshot.Status)
+	}
+	return po.Snapshot, nil
+}
+
+// confirmLate asks the provider whether the order of a late payment is
+// ours before the payment is credited; when the provider lists the
+// transaction (by id or hash), its amount must be the event's.
+func (h *Handler) confirmLate(ctx context.Context, eventID, orderID string, lp domain.LatePayment, txHash string) (*domain.Snapshot, error) {
+	po, err := h.fetch(ctx, eventID, orderID)
+	if err != nil {
+		return nil, err
+	}
+	if tx, listed := po.find(lp.TransactionID, txHash); listed && (!tx.Amount.Valid || !tx.Amount.Decimal.Equal(lp.Amount)) {
+		return nil, fmt.Errorf("event %s: %w: late payment %s of order %s is %s in the event but %s in Cobo's order", eventID, domain.ErrInvalid, lp.TransactionID, orderID, lp.Amount, tx.Amount.Decimal)
+	}
+	return po.Snapshot, nil
+}
+
+func (h *Handler) fetch(ctx context.Context, eventID, orderID string) (*ProviderOrder, error) {
+	if h.fetcher == nil {
+		return nil, fmt.Errorf("event %s: %w: no order API to confirm order %s with", eventID, domain.ErrUnconfirmed, orderID)
+	}
+	po, err := h.fetcher.FetchOrder(ctx, orderID)
+	switch {
+	case errors.Is(err, domain.ErrNotFound):
+		return nil, fmt.Errorf("event %s: %w: Cobo's order API does not know order %s: %v", eventID, domain.ErrUnknownOrder, orderID, err)
+	case err != nil:
+		return nil, fmt.Errorf("event %s: %w: ask Cobo for order %s: %v", eventID, domain.ErrUnconfirmed, orderID, err)
+	case po == nil || po.Snapshot == nil:
+		return nil, fmt.Errorf("event %s: %w: Cobo's answer for order %s has no order", eventID, domain.ErrUnconfirmed, orderID)
+	}
+	return po, nil
 }
 
 func decode(d cobo.Delivery, v any) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -236,16 +237,41 @@ func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
 // fetcher answers as Cobo's order API would for the lifecycle orders.
 type fetcher struct{}
 
-func (fetcher) FetchOrder(_ context.Context, orderID string) (*domain.Snapshot, error) {
+func (fetcher) FetchOrder(_ context.Context, orderID string) (*handlers.ProviderOrder, error) {
+	return providerOrder(testutil.OrderEvent("f", orderID, "M1001", "Completed", 200, "102.000001"))
+}
+
+// providerOrder is Cobo's order API answer with the order of a
+// payment.order.status.updated body.
+func providerOrder(body []byte) (*handlers.ProviderOrder, error) {
 	var data cobo.OrderData
-	env, err := cobo.ParseEnvelope(testutil.OrderEvent("f", orderID, "M1001", "Completed", 200, "102.000001"))
+	env, err := cobo.ParseEnvelope(body)
 	if err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal(env.Data, &data); err != nil {
 		return nil, err
 	}
-	return handlers.SnapshotFromOrder(data), nil
+	return &handlers.ProviderOrder{Snapshot: handlers.SnapshotFromOrder(data)}, nil
+}
+
+// coboAPI is an order API that knows only the orders it is given, and
+// counts the questions it was asked.
+type coboAPI struct {
+	mu     sync.Mutex
+	orders map[string]*handlers.ProviderOrder
+	asked  int
+}
+
+func (c *coboAPI) FetchOrder(_ context.Context, orderID string) (*handlers.ProviderOrder, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.asked++
+	o, ok := c.orders[orderID]
+	if !ok {
+		return nil, fmt.Errorf("GET /payments/orders/%s: 404: %w", orderID, domain.ErrNotFound)
+	}
+	return o, nil
 }
 
 func TestEveryPermutationPlansTheSameAllocationsOnce(t *testing.T) {
@@ -289,4 +315,116 @@ func TestEveryPermutationPlansTheSameAllocationsOnce(t *testing.T) {
 	require.Contains(t, want, `"amount":"5"`)
 	require.Contains(t, want, `"amount":"5.123456"`)
 	require.NotContains(t, want, `"failed"`)
+}
+
+func testRules(t *testing.T) *allocation.Rules {
+	t.Helper()
+	rules, err := allocation.ParseRules([]byte(`{"splits":[
+		{"merchant_id":"*","destination_account":"developer","share":"0.10","description":"platform commission"}],
+		"late_payments":"credit_merchant"}`))
+	require.NoError(t, err)
+	return rules
+}
+
+// requireNoOrder requires that nothing was stored for orderID.
+func requireNoOrder(t *testing.T, store *events.OrderStore, orderID string) {
+	t.Helper()
+	_, _, err := store.Get(context.Background(), orderID)
+	require.ErrorIs(t, err, domain.ErrNotFound, "order %s must not be stored", orderID)
+}
+
+func TestOrdersCoboDoesNotKnowChangeNothing(t *testing.T) {
+	store := newStore(t)
+	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{}}
+	h := handlers.New(store, handlers.WithPlanner(testRules(t)), handlers.WithFetcher(api))
+	ctx := context.Background()
+	for _, body := range [][]byte{
+		testutil.OrderEvent("e1", "O-foreign", "M1001", "Completed", 200, "102.000001"),
+		testutil.OrderUpdatedEvent("e2", "O-foreign", "M1001", "Completed", 200, "102", "", ""),
+		testutil.TransactionEvent("e3", "late", "O-foreign", "tx9", "5"),
+	} {
+		out, err := h.Handle(ctx, delivery(t, body))
+		require.ErrorIs(t, err, domain.ErrUnknownOrder)
+		require.ErrorIs(t, err, domain.ErrInvalid, "permanent: dead-lettered at once")
+		require.Empty(t, out.Planned)
+	}
+	requireNoOrder(t, store, "O-foreign")
+	require.Equal(t, 3, api.asked)
+}
+
+func TestCompletedWaitsUntilCoboConfirms(t *testing.T) {
+	store := newStore(t)
+	pending, err := providerOrder(testutil.OrderEvent("api", "O-lag", "M1001", "Processing", 150, "0"))
+	require.NoError(t, err)
+	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{"O-lag": pending}}
+	h := handlers.New(store, handlers.WithPlanner(testRules(t)), handlers.WithFetcher(api))
+	ctx := context.Background()
+	ev := delivery(t, testutil.OrderEvent("e1", "O-lag", "M1001", "Completed", 200, "102.000001"))
+
+	_, err = h.Handle(ctx, ev)
+	require.ErrorIs(t, err, domain.ErrUnconfirmed)
+	require.NotErrorIs(t, err, domain.ErrInvalid, "transient: retried, since Cobo's API may lag its webhook")
+	requireNoOrder(t, store, "O-lag")
+
+	// Cobo's API catches up: the retried event plans from its answer.
+	api.orders["O-lag"], err = providerOrder(testutil.OrderEvent("api", "O-lag", "M1001", "Completed", 200, "102.000001"))
+	require.NoError(t, err)
+	out, err := h.Handle(ctx, ev)
+	require.NoError(t, err)
+	require.True(t, out.FirstCompleted)
+	require.Len(t, out.Planned, 1)
+	require.Equal(t, "10", out.Planned[0].Amount.String())
+
+	// Once planned, duplicates do not ask again.
+	asked := api.asked
+	_, err = h.Handle(ctx, ev)
+	require.NoError(t, err)
+	require.Equal(t, asked, api.asked)
+}
+
+func TestSplitsComeFromCobosAnswerNotTheWebhook(t *testing.T) {
+	store := newStore(t)
+	// Cobo's order: merchant M2002 received 51.000001 of 102.
+	byCobo, err := providerOrder(testutil.OrderEvent("api", "O-diff", "M2002", "Completed", 200, "51.000001"))
+	require.NoError(t, err)
+	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{"O-diff": byCobo}}
+	h := handlers.New(store, handlers.WithPlanner(testRules(t)), handlers.WithFetcher(api))
+	// The (signed) webhook claims merchant M1001 received 102.000001.
+	out, err := h.Handle(context.Background(), delivery(t, testutil.OrderEvent("e1", "O-diff", "M1001", "Completed", 200, "102.000001")))
+	require.NoError(t, err)
+	require.Len(t, out.Planned, 1)
+	it := out.Planned[0]
+	require.Equal(t, "M2002", it.Source, "the merchant Cobo's API names")
+	require.Equal(t, "5", it.Amount.String(), "10%% of what Cobo says was paid for the price (51 of 102 → 50 × 0.10)")
+}
+
+func TestLatePaymentIsCreditedOnlyAsCoboListsIt(t *testing.T) {
+	store := newStore(t)
+	po, err := providerOrder(testutil.OrderEvent("api", "O-late", "M1001", "Completed", 200, "102.000001"))
+	require.NoError(t, err)
+	po.Transactions = []handlers.ProviderTx{{ID: "tx-listed", Amount: decimal.NewNullDecimal(decimal.RequireFromString("5.5"))}}
+	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{"O-late": po}}
+	h := handlers.New(store, handlers.WithPlanner(testRules(t)), handlers.WithFetcher(api))
+	ctx := context.Background()
+
+	_, err = h.Handle(ctx, delivery(t, testutil.TransactionEvent("e1", "late", "O-late", "tx-listed", "55")))
+	require.ErrorIs(t, err, domain.ErrInvalid, "the event's amount disagrees with Cobo's")
+	requireNoOrder(t, store, "O-late")
+
+	// The order was never seen: Cobo's answer also completes it, so its
+	// splits are planned with the credit.
+	out, err := h.Handle(ctx, delivery(t, testutil.TransactionEvent("e2", "late", "O-late", "tx-listed", "5.5")))
+	require.NoError(t, err)
+	require.Len(t, out.Planned, 2)
+	late := out.Planned[slices.IndexFunc(out.Planned, func(it domain.AllocationItem) bool { return it.Kind == domain.KindLate })]
+	require.Equal(t, "5.5", late.Amount.String())
+	require.Equal(t, "M1001", late.Destination)
+}
+
+func TestStateOnlyNeedsNoOrderAPI(t *testing.T) {
+	store := newStore(t)
+	h := handlers.New(store)
+	out, err := h.Handle(context.Background(), delivery(t, testutil.OrderEvent("e1", "O-state", "M1001", "Completed", 200, "102.000001")))
+	require.NoError(t, err)
+	require.True(t, out.FirstCompleted)
 }

@@ -20,6 +20,20 @@ type effects struct {
 	planned []domain.AllocationItem
 	// statusTo is the status this change moved the order to, if any.
 	statusTo domain.OrderStatus
+	// confirmed is the order as the provider's API answered for this
+	// change; allocations are planned from it alone.
+	confirmed *domain.Snapshot
+}
+
+// confirm merges the provider's answer about the order, when there is one,
+// and keeps it for planning.
+func confirm(o *domain.Order, s *domain.Snapshot, eventID string, fx *effects) {
+	if s == nil {
+		return
+	}
+	mergeSnapshot(&o.Snapshot, s, fx)
+	mergeStatus(o, s.Status, eventID, fx)
+	fx.confirmed = s
 }
 
 // mergeStatus moves the order forward: Pending < Processing < final, and a

@@ -35,7 +35,6 @@ const (
 	DefaultAdminListen = "127.0.0.1:8081"
 	DefaultNATSListen  = "127.0.0.1:4222"
 	DefaultDataDir     = "./data"
-	DefaultCoboEnv     = "dev"
 	// WebhookPath is where Cobo delivers webhooks.
 	WebhookPath = "/webhooks/cobo"
 )
@@ -55,10 +54,17 @@ type Config struct {
 	// NATSOptions are extra connection options (credentials, TLS).
 	NATSOptions []nats.Option
 	// NATSListen is where the embedded server accepts clients (workers).
+	// Anything but loopback needs NATSListenTLSCert and NATSListenTLSKey.
 	NATSListen string
-	// DataDir is the embedded server's storage.
+	// NATSListenTLSCert and NATSListenTLSKey make the embedded server's
+	// client listener require TLS with this certificate.
+	NATSListenTLSCert, NATSListenTLSKey string
+	// DataDir is the embedded server's storage, and its credentials
+	// directory (natsembed.CredentialsDir).
 	DataDir string
-	// CoboEnv selects Cobo's published webhook key: dev or prod.
+	// CoboEnv selects Cobo's published webhook key: dev or prod. It has no
+	// default: either it or CoboPubKeys must be set, so that a production
+	// deployment cannot trust the dev key by forgetting a flag.
 	CoboEnv string
 	// CoboPubKeys, when set, replaces the trusted webhook keys (hex).
 	CoboPubKeys []string
@@ -86,9 +92,6 @@ func (c Config) WithDefaults() Config {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
-	if c.CoboEnv == "" {
-		c.CoboEnv = DefaultCoboEnv
-	}
 	if c.StoreTimeout == 0 {
 		c.StoreTimeout = webhook.DefaultStoreTimeout
 	}
@@ -97,8 +100,14 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.CoboEnv != "dev" && c.CoboEnv != "prod" {
-		return fmt.Errorf("CoboEnv must be dev or prod, got %q", c.CoboEnv)
+	if err := cobo.ValidateTrust(c.CoboEnv, c.CoboPubKeys); err != nil {
+		return err
+	}
+	if c.NATSURL == "" && !natsembed.IsLoopback(c.NATSListen) && c.NATSListenTLSCert == "" {
+		return fmt.Errorf("NATSListen %q is not loopback: the embedded server then needs NATSListenTLSCert and NATSListenTLSKey", c.NATSListen)
+	}
+	if (c.NATSListenTLSCert == "") != (c.NATSListenTLSKey == "") {
+		return errors.New("NATSListenTLSCert and NATSListenTLSKey go together")
 	}
 	if c.MaxSkew < 0 {
 		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
@@ -113,20 +122,13 @@ func (c Config) validate() error {
 }
 
 // TrustedKeys returns the webhook keys the config trusts.
-func (c Config) TrustedKeys() []string {
-	if len(c.CoboPubKeys) > 0 {
-		return c.CoboPubKeys
-	}
-	if c.CoboEnv == "prod" {
-		return []string{cobo.ProdWebhookKey}
-	}
-	return []string{cobo.DevWebhookKey}
-}
+func (c Config) TrustedKeys() []string { return cobo.TrustedKeys(c.CoboEnv, c.CoboPubKeys) }
 
 // Service is a running ingest.
 type Service struct {
 	cfg      Config
 	embedded *server.Server
+	creds    natsembed.Credentials
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	public   *http.Server
@@ -163,12 +165,22 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 
 	conn := natsconn.Options{URL: cfg.NATSURL, Name: "paystream-ingest", Logger: cfg.Logger, Extra: cfg.NATSOptions}
 	if cfg.NATSURL == "" {
-		s.embedded, err = natsembed.Start(natsembed.Config{Listen: cfg.NATSListen, StoreDir: cfg.DataDir})
+		if s.creds, err = natsembed.LoadOrCreateCredentials(cfg.DataDir); err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		s.embedded, err = natsembed.Start(natsembed.Config{
+			Listen: cfg.NATSListen, StoreDir: cfg.DataDir, Credentials: s.creds,
+			TLSCert: cfg.NATSListenTLSCert, TLSKey: cfg.NATSListenTLSKey,
+		})
 		if err != nil {
 			return nil, err
 		}
+		// In-process, as the deployed ingest user: the embedded server
+		// enforces the same permissions as a cluster.
 		conn.InProcess = s.embedded
-		cfg.Logger.Info().Str("nats_listen", cfg.NATSListen).Str("data_dir", cfg.DataDir).Msg("embedded JetStream started")
+		conn.Extra = s.creds.Login(natsembed.UserIngest)
+		cfg.Logger.Info().Str("nats_listen", cfg.NATSListen).Str("data_dir", cfg.DataDir).
+			Str("credentials", natsembed.CredentialsDir(cfg.DataDir)).Bool("tls", cfg.NATSListenTLSCert != "").Msg("embedded JetStream started")
 	}
 	if s.nc, err = natsconn.Connect(conn); err != nil {
 		return nil, err
@@ -283,6 +295,10 @@ func (s *Service) NATSURL() string {
 	}
 	return s.embedded.ClientURL()
 }
+
+// Credentials are the embedded server's user passwords, or nil when NATS
+// is remote. The files of natsembed.FileUsers hold the same.
+func (s *Service) Credentials() natsembed.Credentials { return s.creds }
 
 // Done reports a listener that failed while serving.
 func (s *Service) Done() <-chan error { return s.served }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	deploynats "github.com/paystream/paystream/deploy/nats"
 )
 
 // Config configures an embedded server.
@@ -27,8 +29,14 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// Cluster, when set, joins the server to a cluster.
 	Cluster *ClusterConfig
-	// Users, when set, replaces the anonymous account with these users.
-	Users []*server.User
+	// Credentials, when set, gives the server the accounts, users and
+	// permissions of deploy/nats/accounts.conf with these passwords, and
+	// refuses every other client. Without it the server admits anyone,
+	// which only tests that need a bare server should want.
+	Credentials Credentials
+	// TLSCert and TLSKey, when set, make the client listener require TLS
+	// with this certificate.
+	TLSCert, TLSKey string
 }
 
 // ClusterConfig joins an embedded server to a cluster.
@@ -47,22 +55,36 @@ func Start(cfg Config) (*server.Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("embedded nats: StoreDir is required")
 	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("embedded nats: TLSCert and TLSKey go together")
+	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = "paystream-embedded"
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
-	opts := &server.Options{
-		ServerName: cfg.ServerName,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
-		NoLog:      true,
-		Users:      cfg.Users,
-		// NATS's default 1 MB payload limit is below ingest's 1 MiB body
-		// limit plus headers: a legal webhook would get 503 forever.
-		MaxPayload: MaxPayload,
+	opts := &server.Options{}
+	if cfg.Credentials != nil {
+		var err error
+		if opts, err = accountsOptions(cfg.Credentials); err != nil {
+			return nil, err
+		}
+	}
+	opts.ServerName = cfg.ServerName
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.NoSigs = true
+	opts.NoLog = true
+	// NATS's default 1 MB payload limit is below ingest's 1 MiB body
+	// limit plus headers: a legal webhook would get 503 forever.
+	opts.MaxPayload = MaxPayload
+	if cfg.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats: TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSTimeout = tc, true, 2
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
@@ -91,6 +113,59 @@ func Start(cfg Config) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded nats: not ready after %s (is %q free?)", cfg.ReadyTimeout, cfg.Listen)
 	}
 	return srv, nil
+}
+
+// accountsOptions parses deploy/nats/accounts.conf with the passwords of
+// creds defined in front of it, where the cluster's servers take them
+// from their environment. A user without a password fails here, so the
+// embedded server never starts with a user that anyone could log in as.
+func accountsOptions(creds Credentials) (*server.Options, error) {
+	var b strings.Builder
+	for _, u := range Users {
+		pw := creds[u]
+		if pw == "" {
+			return nil, fmt.Errorf("embedded nats: no password for user %s", u)
+		}
+		if !isToken(pw) {
+			return nil, fmt.Errorf("embedded nats: the password of user %s must be letters and digits", u)
+		}
+		fmt.Fprintf(&b, "%s: %q\n", PasswordVar(u), pw)
+	}
+	b.WriteString(deploynats.Accounts)
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(b.String()); err != nil {
+		return nil, fmt.Errorf("embedded nats: deploy/nats/accounts.conf: %w", err)
+	}
+	return opts, nil
+}
+
+// PasswordVar is the configuration variable holding user's password in
+// deploy/nats/accounts.conf.
+func PasswordVar(user string) string {
+	return "PAYSTREAM_NATS_" + strings.ToUpper(user) + "_PASSWORD"
+}
+
+func isToken(s string) bool {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// IsLoopback reports whether host:port listens on loopback only. An empty
+// host (":4222") listens on every interface and is not loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitHostPort(addr string) (string, int, error) {

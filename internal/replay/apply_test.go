@@ -26,17 +26,22 @@ func TestApplyNeedsTheAllocationDecision(t *testing.T) {
 	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Allocation: &worker.AllocationConfig{}, Out: io.Discard})
 	require.ErrorContains(t, err, "contradict")
 
+	// Applying re-verifies every event, as the workers do.
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Out: io.Discard})
+	require.ErrorContains(t, err, "Apply needs Verifier")
+	v := testutil.NewSigner(t).Verifier(t)
+
 	// The fleet's rules need the intent stream a worker with rules made.
 	rules, err := allocation.ParseRules([]byte(testRules))
 	require.NoError(t, err)
 	_, err = events.EnsureEventStream(context.Background(), js, events.StreamConfig{})
 	require.NoError(t, err)
 	api := newAPISigner(t)
-	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Allocation: &worker.AllocationConfig{Rules: rules}, Out: io.Discard})
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &worker.AllocationConfig{Rules: rules}, Out: io.Discard})
 	require.ErrorContains(t, err, "Allocation.Cobo.Signer")
 	cfg := &worker.AllocationConfig{Rules: rules}
 	cfg.Cobo.Signer = api
-	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Allocation: cfg, Out: io.Discard})
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: cfg, Out: io.Discard})
 	require.ErrorContains(t, err, allocation.IntentStream)
 }
 
@@ -63,7 +68,7 @@ func TestApplyChangesNothingOnCurrentOrdersAndRebuildsAFreshBucket(t *testing.T)
 	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, NoAllocations: true})
 	require.NoError(t, err)
 	require.Len(t, lines, 10)
-	require.Equal(t, replay.Summary{Events: 10, Unchanged: 10}, sum)
+	require.Equal(t, replay.Summary{Events: 10, Verified: 10, Unchanged: 10}, sum)
 	for _, l := range lines {
 		require.Equal(t, map[string]any{"result": "unchanged"}, l.obj(t, "applied"), string(l.raw))
 	}
@@ -95,7 +100,7 @@ func TestApplyChangesNothingOnCurrentOrdersAndRebuildsAFreshBucket(t *testing.T)
 	// And again: nothing changes.
 	_, sum, err = s.runReplay(t, replay.Config{Apply: true, NoAllocations: true})
 	require.NoError(t, err)
-	require.Equal(t, replay.Summary{Events: 10, Unchanged: 10}, sum)
+	require.Equal(t, replay.Summary{Events: 10, Verified: 10, Unchanged: 10}, sum)
 }
 
 func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
@@ -126,7 +131,7 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 	// nothing is planned or published.
 	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
 	require.NoError(t, err)
-	require.Equal(t, replay.Summary{Events: 5, Unchanged: 5}, sum)
+	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Unchanged: 5}, sum)
 	for _, l := range lines {
 		require.NotContains(t, l.obj(t, "applied"), "planned")
 	}

@@ -46,7 +46,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 		lateDL, badDL = badDL, lateDL
 	}
 	require.Equal(t, lateSeq, lateDL.uint(t, "original_seq"))
-	require.True(t, strings.HasPrefix(lateDL.str(t, "reason"), "invalid: "), lateDL.str(t, "reason"))
+	require.True(t, strings.HasPrefix(lateDL.str(t, "reason"), "unknown_order: "), lateDL.str(t, "reason"))
 	require.Equal(t, uint64(1), lateDL.uint(t, "deliveries"))
 	require.Equal(t, "late-unknown", lateDL.str(t, "event_id"))
 	require.Equal(t, cobo.EventTransactionLate, lateDL.str(t, "type"))

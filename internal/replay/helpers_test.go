@@ -138,6 +138,7 @@ func (s *stack) startWorker(t *testing.T) (stop func()) {
 	t.Helper()
 	cfg := worker.Config{
 		NATSURL:       s.url,
+		Verifier:      s.signer.Verifier(t),
 		MetricsListen: "-",
 		Consumer:      events.ConsumerConfig{AckWait: 2 * time.Second, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Concurrency: 1},
 		StreamWait:    10 * time.Second,
@@ -313,6 +314,9 @@ func (s *stack) runReplay(t *testing.T, cfg replay.Config) ([]line, replay.Summa
 	t.Helper()
 	var out bytes.Buffer
 	cfg.JetStream, cfg.Out = s.js, &out
+	if cfg.Apply && cfg.Verifier == nil {
+		cfg.Verifier = s.signer.Verifier(t)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sum, err := replay.Replay(ctx, cfg)

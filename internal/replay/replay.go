@@ -107,8 +107,8 @@ type Config struct {
 	// its trusted keys.
 	Verifier *cobo.Verifier
 	// Apply re-runs the workers' processing (worker.Processor) for each
-	// selected event, oldest first. With Verifier set, events that fail
-	// verification are not applied.
+	// selected event, oldest first. It needs Verifier: as in the workers,
+	// events that fail verification are not applied.
 	Apply bool
 	// Allocation must be the workers' allocation config when they run with
 	// rules; see worker.ProcessorConfig. Apply needs it, or NoAllocations.
@@ -149,6 +149,8 @@ func (c Config) Validate() error {
 		return errors.New("Apply needs Allocation (the workers' rules) or NoAllocations (the workers run without rules)")
 	case c.Allocation != nil && c.NoAllocations:
 		return errors.New("Allocation and NoAllocations contradict each other")
+	case c.Apply && c.Verifier == nil:
+		return errors.New("Apply needs Verifier: the workers re-verify every event before it changes anything, and so does Apply")
 	case c.HandleTimeout <= 0:
 		return fmt.Errorf("HandleTimeout must be positive, got %s", c.HandleTimeout)
 	}
@@ -236,7 +238,7 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 			return sum, err
 		}
 		orders = events.NewOrderStore(kv)
-		if proc, err = worker.NewProcessor(ctx, worker.ProcessorConfig{JetStream: cfg.JetStream, Orders: orders, Allocation: cfg.Allocation, Logger: cfg.Logger}); err != nil {
+		if proc, err = worker.NewProcessor(ctx, worker.ProcessorConfig{Verifier: cfg.Verifier, JetStream: cfg.JetStream, Orders: orders, Allocation: cfg.Allocation, Logger: cfg.Logger}); err != nil {
 			return sum, err
 		}
 	}
@@ -336,9 +338,6 @@ func apply(ctx context.Context, cfg Config, proc *worker.Processor, orders *even
 	}
 	for _, it := range out.Planned {
 		a.Planned = append(a.Planned, it.ID)
-	}
-	if out.FetchWarning != nil {
-		a.Warning = out.FetchWarning.Error()
 	}
 	return a
 }

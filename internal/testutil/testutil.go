@@ -78,6 +78,15 @@ func NewSigner(t testing.TB) *Signer {
 	return &Signer{Key: priv, PubHex: hex.EncodeToString(pub)}
 }
 
+// Verifier returns a verifier trusting only this signer's key, as ingest
+// and the workers of a test are configured.
+func (s *Signer) Verifier(t testing.TB) *cobo.Verifier {
+	t.Helper()
+	v, err := cobo.NewVerifier(s.PubHex)
+	require.NoError(t, err)
+	return v
+}
+
 // Sign returns the Biz-Timestamp and Biz-Resp-Signature for body.
 func (s *Signer) Sign(body []byte) (ts, sig string) {
 	ts = strconv.FormatInt(time.Now().UnixMilli(), 10)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
 )
@@ -27,9 +28,10 @@ import (
 // that caused it, it is the intent's message id, and a claim keeps it in
 // one batch). It is safe for concurrent use.
 type Processor struct {
-	handler *handlers.Handler
-	outbox  *allocation.Outbox
-	log     zerolog.Logger
+	verifier *cobo.Verifier
+	handler  *handlers.Handler
+	outbox   *allocation.Outbox
+	log      zerolog.Logger
 	// Set only inside a worker: replay records no metrics and observes
 	// nothing.
 	metrics  *Metrics
@@ -39,6 +41,9 @@ type Processor struct {
 
 // ProcessorConfig configures a Processor outside a worker process.
 type ProcessorConfig struct {
+	// Verifier re-checks each event's stored Cobo signature before it may
+	// change anything: the workers' trusted keys. Required.
+	Verifier *cobo.Verifier
 	// JetStream reaches the intent stream when Allocation is set. Required.
 	JetStream jetstream.JetStream
 	// Orders is the order-state store. Required.
@@ -57,6 +62,8 @@ type ProcessorConfig struct {
 // Validate reports the first invalid field by name.
 func (c ProcessorConfig) Validate() error {
 	switch {
+	case c.Verifier == nil:
+		return errors.New("Verifier is required: events are re-verified before they change anything")
 	case c.JetStream == nil:
 		return errors.New("JetStream is required")
 	case c.Orders == nil:
@@ -79,7 +86,7 @@ func NewProcessor(ctx context.Context, cfg ProcessorConfig) (*Processor, error) 
 	}
 	a := cfg.Allocation
 	if a == nil {
-		return newProcessor(cfg.Orders, cfg.JetStream, nil, nil, cfg.Logger), nil
+		return newProcessor(cfg.Verifier, cfg.Orders, cfg.JetStream, nil, nil, cfg.Logger), nil
 	}
 	if _, err := cfg.JetStream.Stream(ctx, allocation.IntentStream); err != nil {
 		return nil, fmt.Errorf("allocation intent stream %s: %w (has a worker with -rules run yet?)", allocation.IntentStream, err)
@@ -88,13 +95,13 @@ func NewProcessor(ctx context.Context, cfg ProcessorConfig) (*Processor, error) 
 	if err != nil {
 		return nil, err
 	}
-	return newProcessor(cfg.Orders, cfg.JetStream, a.Rules, client, cfg.Logger), nil
+	return newProcessor(cfg.Verifier, cfg.Orders, cfg.JetStream, a.Rules, client, cfg.Logger), nil
 }
 
 // newProcessor wires the handler exactly as Start does: with rules, the
 // planner, the order fetcher and the outbox; without, state only.
-func newProcessor(orders *events.OrderStore, js jetstream.JetStream, rules *allocation.Rules, orderAPI allocation.OrderGetter, log zerolog.Logger) *Processor {
-	p := &Processor{log: log}
+func newProcessor(verifier *cobo.Verifier, orders *events.OrderStore, js jetstream.JetStream, rules *allocation.Rules, orderAPI allocation.OrderGetter, log zerolog.Logger) *Processor {
+	p := &Processor{verifier: verifier, log: log}
 	var opts []handlers.Option
 	if rules != nil {
 		opts = append(opts, handlers.WithPlanner(rules), handlers.WithFetcher(allocation.CoboOrders{API: orderAPI}))
@@ -105,12 +112,23 @@ func newProcessor(orders *events.OrderStore, js jetstream.JetStream, rules *allo
 }
 
 // Process applies ev and returns the committed outcome. An error wrapping
-// domain.ErrInvalid means the event can never be applied; any other error
+// domain.ErrInvalid means the event can never be applied (among them
+// domain.ErrUntrusted: its stored signature does not verify, and
+// domain.ErrUnknownOrder: Cobo does not know its order); any other error
 // is transient, and processing the event again is safe. The caller may
 // acknowledge the event only after a nil error: the planned items are
 // published by then.
 func (p *Processor) Process(ctx context.Context, ev events.Event) (handlers.Outcome, error) {
 	m := p.metrics
+	// Being on the stream proves nothing: anyone who could publish there
+	// (a leaked credential, an operator's redrive) could have put it there.
+	// Only Cobo's signature over the stored bytes lets it change state.
+	if err := p.verifier.Verify(ev.Body, ev.Timestamp, ev.Signature); err != nil {
+		if m != nil {
+			m.handled.WithLabelValues(typeLabel(ev.Type), "untrusted").Inc()
+		}
+		return handlers.Outcome{}, fmt.Errorf("event %s: %w: %v", ev.EventID, domain.ErrUntrusted, err)
+	}
 	out, err := p.handler.Handle(ctx, ev.Delivery)
 	if err != nil {
 		if m != nil {
@@ -119,9 +137,6 @@ func (p *Processor) Process(ctx context.Context, ev events.Event) (handlers.Outc
 		return out, err
 	}
 	log := p.log.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger()
-	if out.FetchWarning != nil {
-		log.Warn().Err(out.FetchWarning).Msg("order fetch failed; splits wait for the full order event")
-	}
 	if p.alloc != nil {
 		for _, it := range out.Planned {
 			p.alloc.ItemPlanned(it)

@@ -47,6 +47,10 @@ type Config struct {
 	Stream events.StreamConfig
 	// Consumer tunes consumption, retries and dead-lettering.
 	Consumer events.ConsumerConfig
+	// Verifier holds the trusted Cobo webhook keys; every event's stored
+	// signature is checked against them before it changes anything.
+	// Required.
+	Verifier *cobo.Verifier
 	// StreamWait bounds the wait for ingest to create the event stream.
 	StreamWait time.Duration
 	// Logger receives the worker's logs.
@@ -102,6 +106,9 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
+	if c.Verifier == nil {
+		return errors.New("Verifier is required: events are re-verified before they change anything")
+	}
 	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
 		return errors.New("Allocation needs Rules and Cobo.Signer")
 	}
@@ -269,7 +276,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	// The per-event path is the Processor, shared with `worker replay
 	// -apply`, so that re-applying an event is exactly what a redelivery is.
-	p := newProcessor(w.orders, w.js, rules, orderAPI, cfg.Logger)
+	p := newProcessor(cfg.Verifier, w.orders, w.js, rules, orderAPI, cfg.Logger)
 	p.metrics, p.alloc, p.observer = m, am, cfg.Observer
 	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
 		_, err := p.Process(ctx, ev)
