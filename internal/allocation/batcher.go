@@ -98,6 +98,8 @@ func (c BatcherConfig) Validate() error {
 // persisted with its request_id before the first send, every resend uses
 // that request_id, and the outcome is recorded on the orders. Any number
 // of batchers may run; each resumes batches others left unfinished.
+// What a batch sends is the orders' copies of planned items, never an
+// intent's fields; intents naming anything else are rejected (see flush).
 type Batcher struct {
 	js     jetstream.JetStream
 	store  *batchStore
@@ -168,22 +170,89 @@ func (b *Batcher) Run(ctx context.Context) error {
 	return nil
 }
 
-// flush turns intents into one persisted, claimed batch, acks them, and
-// sends the batch.
+// flush verifies intents against their orders, turns the sendable ones
+// into one persisted, claimed batch, acks them, and sends the batch.
+//
+// An intent only names an item: the batch holds the order's copy of it
+// (see intents.go), loaded with one Get per distinct order. For the
+// batcher an intent whose item matches its order is
+//
+//   - sendable when the item is planned on the order. It joins this batch
+//     unless its claim in paystream_alloc_claims belongs to another batch
+//     (settleClaims): that batch, persisted and not yet recorded, is the
+//     only one that sends the item, and Recover resumes it;
+//   - stale when the item is pending, completed or failed on the order: a
+//     batch recorded it as sent (the item carries that batch's
+//     request_id), and that batch polls it until it is final.
+//
+// An order that does not exist rejects its intents; one that cannot be
+// read hands them back, as a batch that cannot be persisted does.
 func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
 	log := b.cfg.Logger
-	seen := map[string]bool{}
-	var items []domain.AllocationItem
+	type intent struct {
+		msg jetstream.Msg
+		it  domain.AllocationItem
+	}
+	intents := make([]intent, 0, len(msgs))
 	for _, m := range msgs {
 		var it domain.AllocationItem
 		if err := json.Unmarshal(m.Data(), &it); err != nil || it.ID == "" {
-			log.Error().Err(err).Str("subject", m.Subject()).Msg("undecodable allocation intent dropped")
+			detail := "no item id"
+			if err != nil {
+				detail = err.Error()
+			}
+			rejectIntent(log, b.metrics(), domain.BackendCobo, m.Subject(), it, &rejection{RejectUndecodable, clip(detail)})
 			_ = m.Term()
 			continue
 		}
-		if !seen[it.ID] {
-			seen[it.ID] = true
-			items = append(items, it)
+		if rej := checkSubject(domain.BackendCobo, m.Subject(), it); rej != nil {
+			rejectIntent(log, b.metrics(), domain.BackendCobo, m.Subject(), it, rej)
+			_ = m.Ack()
+			continue
+		}
+		intents = append(intents, intent{m, it})
+	}
+
+	orders := map[string]*domain.Order{} // nil: no such order
+	unreadable := map[string]bool{}
+	for _, in := range intents {
+		id := in.it.OrderID
+		if _, ok := orders[id]; ok || unreadable[id] {
+			continue
+		}
+		o, _, err := b.orders.Get(ctx, id)
+		switch {
+		case err == nil, errors.Is(err, domain.ErrNotFound):
+			orders[id] = o
+		default:
+			unreadable[id] = true
+			log.Warn().Err(err).Str("order_id", id).Msg("order of allocation intents not readable; its intents handed back")
+		}
+	}
+
+	var batchMsgs []jetstream.Msg
+	var items []domain.AllocationItem
+	seen := map[string]bool{}
+	for _, in := range intents {
+		if unreadable[in.it.OrderID] {
+			_ = in.msg.NakWithDelay(time.Second)
+			continue
+		}
+		cur, rej := matchOrder(in.it, orders[in.it.OrderID])
+		if rej != nil {
+			rejectIntent(log, b.metrics(), domain.BackendCobo, in.msg.Subject(), in.it, rej)
+			_ = in.msg.Ack()
+			continue
+		}
+		if cur.Status != domain.AllocPlanned {
+			staleIntent(log, cur, cur.Status, "a batch already recorded the item")
+			_ = in.msg.Ack()
+			continue
+		}
+		batchMsgs = append(batchMsgs, in.msg)
+		if !seen[cur.ID] {
+			seen[cur.ID] = true
+			items = append(items, cur)
 		}
 	}
 	if len(items) == 0 {
@@ -198,12 +267,12 @@ func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
 		// Nothing was sent: hand the intents back. A half-claimed batch is
 		// finished by Recover, and the redelivered intents find their claims.
 		log.Warn().Err(err).Str("request_id", batch.RequestID).Msg("batch not persisted; intents handed back")
-		for _, m := range msgs {
+		for _, m := range batchMsgs {
 			_ = m.NakWithDelay(time.Second)
 		}
 		return
 	}
-	for _, m := range msgs {
+	for _, m := range batchMsgs {
 		_ = m.Ack()
 	}
 	if batch.Status == BatchReady {
@@ -213,6 +282,8 @@ func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
 
 // settleClaims claims every item for the batch, drops items another batch
 // owns, and moves the batch to ready (or deletes it when nothing is left).
+// Claims decide batch membership: a batch resumed by Recover keeps exactly
+// the items whose claim is its own request_id, whatever their intents.
 func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (uint64, error) {
 	kept := batch.Items[:0:0]
 	for _, it := range batch.Items {
@@ -220,10 +291,15 @@ func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (u
 		if err != nil {
 			return rev, err
 		}
-		if owned {
-			it.RequestID = batch.RequestID
-			kept = append(kept, it)
+		if !owned {
+			// In flight in another batch, which alone sends it: an intent
+			// redelivered after a crash between claim and ack.
+			b.cfg.Logger.Debug().Str("order_id", it.OrderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
+				Msg("item claimed by another batch; left to it")
+			continue
 		}
+		it.RequestID = batch.RequestID
+		kept = append(kept, it)
 	}
 	batch.Items = kept
 	if len(kept) == 0 {
@@ -479,6 +555,9 @@ type Metrics struct {
 	apiErrors *prometheus.CounterVec
 	// bitgoSends counts BitGo send and poll answers by result.
 	bitgoSends *prometheus.CounterVec
+	// intentsRejected counts intents not sent because they do not name an
+	// item as planned on its order, by backend and reason (see Reject*).
+	intentsRejected *prometheus.CounterVec
 }
 
 var nopMetrics = newMetrics()
@@ -502,13 +581,24 @@ func newMetrics() *Metrics {
 		bitgoSends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_bitgo_answers_total", Help: "BitGo allocation answers by result (cleared, reserved, released, refused, error).",
 		}, []string{"result"}),
+		intentsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_allocation_intents_rejected_total",
+			Help: "Allocation intents acked without sending because they do not name an item as planned on its order, by backend and reason.",
+		}, []string{"backend", "reason"}),
 	}
 }
 
 // NewMetrics registers the allocation metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := newMetrics()
-	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends)
+	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends, m.intentsRejected)
+	// Every series exists from the start at 0, so an alert on its increase
+	// fires on the first forged intent too.
+	for _, backend := range []string{domain.BackendCobo, domain.BackendBitGo} {
+		for _, reason := range rejectReasons {
+			m.intentsRejected.WithLabelValues(backend, reason)
+		}
+	}
 	return m
 }
 

@@ -113,7 +113,8 @@ type BitGoRecord struct {
 	UpdatedAt    time.Time `json:"updated_at"`
 }
 
-// BitGoSender delivers planned BitGo items exactly once. Each item is
+// BitGoSender delivers planned BitGo items exactly once, as the order has
+// them: an intent only names an item (see deliver). Each item is
 // prepared and signed once, with a clientExternalId derived from the item
 // id, and persisted before its first send; every resend, also by another
 // replica after a crash, sends those identical bytes. The intent stays
@@ -188,12 +189,22 @@ loop:
 }
 
 // handle takes one intent as far as it can and acks it only once the
-// item's final outcome is on the order.
+// item's final outcome is on the order, or once the intent turns out
+// stale or rejected (see deliver).
 func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 	var it domain.AllocationItem
 	if err := json.Unmarshal(msg.Data(), &it); err != nil || it.ID == "" {
-		s.cfg.Logger.Error().Err(err).Str("subject", msg.Subject()).Msg("undecodable bitgo allocation intent dropped")
+		detail := "no item id"
+		if err != nil {
+			detail = err.Error()
+		}
+		rejectIntent(s.cfg.Logger, s.metrics(), domain.BackendBitGo, msg.Subject(), it, &rejection{RejectUndecodable, clip(detail)})
 		_ = msg.Term()
+		return
+	}
+	if rej := checkSubject(domain.BackendBitGo, msg.Subject(), it); rej != nil {
+		rejectIntent(s.cfg.Logger, s.metrics(), domain.BackendBitGo, msg.Subject(), it, rej)
+		_ = msg.Ack()
 		return
 	}
 	log := s.cfg.Logger.With().Str("order_id", it.OrderID).Str("item_id", it.ID).Logger()
@@ -201,7 +212,7 @@ func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 	// sender does not pick it up meanwhile; a crash still frees it within
 	// one ack wait.
 	stopBeat := heartbeat(msg)
-	done, err := s.deliver(ctx, it, log)
+	done, err := s.deliver(ctx, msg.Subject(), it, log)
 	stopBeat()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -252,25 +263,74 @@ func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
 	return min(d, s.cfg.RetryMax)
 }
 
-// deliver reports done when the item's final outcome is recorded on its
-// order; not done (and no error) while BitGo holds it reserved.
-func (s *BitGoSender) deliver(ctx context.Context, it domain.AllocationItem, log zerolog.Logger) (bool, error) {
+// deliver takes the item the intent names as far as it can. It
+// reports done when nothing is left to do for the intent: the item's
+// final outcome is on its order, the item cannot be sent, or the intent
+// is stale or rejected; not done (and no error) while BitGo holds the
+// item reserved. An error (the order or the request not readable, BitGo
+// not answering) hands the intent back.
+//
+// What is prepared and sent is the order's copy of the item, never the
+// intent's fields (see intents.go). For the BitGo sender an intent whose
+// item matches its order is
+//
+//   - sendable when the item is planned: its request is prepared from the
+//     order's copy and persisted once, or the one persisted earlier is
+//     used;
+//   - the sender's own in flight when the item is pending and its request
+//     is persisted in paystream_bitgo_requests: the intent stays unacked
+//     while BitGo holds the item, so each redelivery, here or at another
+//     sender after a crash, polls or resends those identical bytes. Two
+//     intents for one item likewise share the one persisted request;
+//   - stale when the item is completed or failed.
+//
+// A pending item without a persisted request (the bucket was lost) cannot
+// be resent identically: its intent is acked with a warning. A persisted
+// request whose item is not the order's is never sent: it is logged at
+// error level for an operator and the intent acked.
+func (s *BitGoSender) deliver(ctx context.Context, subject string, it domain.AllocationItem, log zerolog.Logger) (bool, error) {
 	o, _, err := s.orders.Get(ctx, it.OrderID)
-	if err != nil {
+	switch {
+	case errors.Is(err, domain.ErrNotFound):
+		o = nil
+	case err != nil:
 		return false, fmt.Errorf("load order %s: %w", it.OrderID, err)
 	}
-	if cur := o.Allocation(it.ID); cur == nil || cur.Final() {
-		// Already recorded (an earlier delivery's ack was lost) or not on
-		// the order at all: there is nothing to send.
+	cur, rej := matchOrder(it, o)
+	if rej != nil {
+		rejectIntent(s.cfg.Logger, s.metrics(), domain.BackendBitGo, subject, it, rej)
 		return true, nil
 	}
-	rec, rev, err := s.load(ctx, it)
+	if cur.Final() {
+		// An earlier delivery recorded the outcome and its ack was lost.
+		staleIntent(log, cur, cur.Status, "its outcome is recorded")
+		return true, nil
+	}
+	rec, rev, err := s.stored(ctx, cur.ID)
 	if err != nil {
 		return false, err
 	}
 	if rec == nil {
-		// The item cannot be expressed as a BitGo request (unknown token,
-		// too many decimals): nothing was sent, an operator must act.
+		if cur.Status != domain.AllocPlanned {
+			log.Warn().Str("status", cur.Status).Str("allocation_id", cur.ProviderID).
+				Msg("bitgo item in flight without a persisted request; nothing resent, an operator must reconcile it with BitGo")
+			return true, nil
+		}
+		if rec, rev, err = s.load(ctx, cur); err != nil {
+			return false, err
+		}
+		if rec == nil {
+			// The item cannot be expressed as a BitGo request (unknown
+			// token, too many decimals): nothing was sent, an operator
+			// must act.
+			return true, nil
+		}
+	}
+	if d := itemDiff("request", rec.Item, cur); d != "" {
+		// Only a request persisted before intents were checked against
+		// their orders can differ; it may have reached BitGo already.
+		log.Error().Str("differs", d).Str("client_external_id", rec.Request.ClientExternalID).
+			Msg("the persisted bitgo request is not the order's item; not sent, an operator must review it")
 		return true, nil
 	}
 	if rec.Status != bitgo.StatusCleared && rec.Status != bitgo.StatusReleased {
@@ -343,31 +403,39 @@ func (s *BitGoSender) exchange(ctx context.Context, rec *BitGoRecord, log zerolo
 	}
 }
 
-// load returns the item's persisted request, preparing and persisting it
-// first if there is none. It returns nil when the item cannot be prepared;
-// the item is then recorded failed on the order.
+// stored returns the item's persisted request, or nil when there is none.
+func (s *BitGoSender) stored(ctx context.Context, itemID string) (*BitGoRecord, uint64, error) {
+	e, err := s.requests.Get(ctx, events.Token(itemID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get bitgo request of item %s: %w", itemID, err)
+	}
+	var rec BitGoRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, 0, fmt.Errorf("decode bitgo request of item %s: %w", itemID, err)
+	}
+	return &rec, e.Revision(), nil
+}
+
+// load returns the item's persisted request, preparing it from it, which
+// must be the order's copy, and persisting it first if there is none. It
+// returns nil when the item cannot be prepared; the item is then recorded
+// failed on the order.
 func (s *BitGoSender) load(ctx context.Context, it domain.AllocationItem) (*BitGoRecord, uint64, error) {
-	key := events.Token(it.ID)
 	for range 3 {
-		e, err := s.requests.Get(ctx, key)
-		if err == nil {
-			var rec BitGoRecord
-			if err := json.Unmarshal(e.Value(), &rec); err != nil {
-				return nil, 0, fmt.Errorf("decode bitgo request of item %s: %w", it.ID, err)
-			}
-			return &rec, e.Revision(), nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, 0, fmt.Errorf("get bitgo request of item %s: %w", it.ID, err)
+		rec, rev, err := s.stored(ctx, it.ID)
+		if err != nil || rec != nil {
+			return rec, rev, err
 		}
 		req, perr := s.api.Prepare(strings.TrimPrefix(it.Destination, BitGoPrefix), ClientExternalID(it.ID), it.TokenID, it.Amount, notes(it))
 		if perr != nil {
 			rec := &BitGoRecord{Item: it}
 			return nil, 0, s.recordOutcome(ctx, rec, domain.AllocFailed, perr.Error(), s.cfg.Logger.With().Str("order_id", it.OrderID).Str("item_id", it.ID).Logger())
 		}
-		now := time.Now().UTC()
-		rec := &BitGoRecord{Item: it, Request: req, CreatedAt: now}
-		rev, err := s.put(ctx, rec, 0)
+		rec = &BitGoRecord{Item: it, Request: req, CreatedAt: time.Now().UTC()}
+		rev, err = s.put(ctx, rec, 0)
 		if errors.Is(err, domain.ErrConflict) {
 			// Another sender prepared it first: use its bytes, not ours.
 			continue
