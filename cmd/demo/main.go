@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	binDir := fs.String("bin", "PAYSTREAM_DEMO_BIN", "bin", "directory holding the built binaries")
 	dir := fs.String("dir", "PAYSTREAM_DEMO_DIR", ".run", "working directory for data, keys and logs (recreated)")
 	orders := fs.Int("orders", "PAYSTREAM_DEMO_ORDERS", 200, "orders the sandbox plays")
+	foreign := fs.Int("foreign-orders", "PAYSTREAM_DEMO_FOREIGN_ORDERS", 0, "orders of another Cobo customer the sandbox plays too (validly signed, unknown to Cobo's order API); none may be allocated")
 	rate := fs.String("rate", "PAYSTREAM_DEMO_RATE", "20", "orders started per second")
 	workers := fs.Int("workers", "PAYSTREAM_DEMO_WORKERS", 2, "worker processes")
 	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations")
@@ -112,11 +113,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := d.start("sandbox", "-listen", sandboxAddr, "-webhook-url", "http://"+ingestAddr+"/webhooks/cobo",
 		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults,
 		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,
-		"-bitgo-faults", *bitgoFaults, "-log-level", "warn"); err != nil {
+		"-bitgo-faults", *bitgoFaults, "-foreign-orders", strconv.Itoa(*foreign), "-log-level", "warn"); err != nil {
 		return err
 	}
 	say("Cobo and BitGo sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles, late payments and faults %q (Cobo), %q (BitGo); Ctrl-C stops",
 		sandboxAddr, *orders, *rate, *faults, *bitgoFaults)
+	if *foreign > 0 {
+		say("and %d orders of another Cobo customer: validly signed, our merchant ids, but unknown to Cobo's order API", *foreign)
+	}
 
 	token, err := os.ReadFile(d.bitgoToken)
 	if err != nil {
@@ -151,6 +155,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 					check = fmt.Sprintf("✘ %d items at Cobo and %d at BitGo for %d recorded allocations", s.items, s.bitgoAllocs, s.allocated+s.failed)
 				}
 				say("settled: %s", check)
+				if *foreign > 0 {
+					check = fmt.Sprintf("✔ no allocation names any of the %d foreign orders", *foreign)
+					if s.foreignAllocs > 0 {
+						check = fmt.Sprintf("✘ %d allocations at Cobo or BitGo name a foreign order", s.foreignAllocs)
+					}
+					say("settled: %s", check)
+				}
 				if id := completedOrderID(d.logPath("worker-1")); id != "" {
 					say("look at an order: curl -s http://%s/v1/orders/%s", adminAddr, id)
 				}
@@ -276,6 +287,7 @@ type snapshot struct {
 	ordersFinal                             int
 	batches, items, dupRequests, faultsUsed int
 	bitgoAllocs                             int
+	foreignAllocs                           int // Cobo items and BitGo allocations naming a foreign order
 }
 
 type progress struct {
@@ -313,10 +325,13 @@ func (p *progress) scrape() snapshot {
 			Items             int `json:"items"`
 			DuplicateRequests int `json:"duplicate_requests"`
 			FaultsApplied     int `json:"faults_applied"`
+			ForeignItems      int `json:"foreign_order_items"`
+			ForeignBitGo      int `json:"foreign_order_bitgo_allocations"`
 		}
 		_ = json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
 		s.batches, s.items, s.dupRequests, s.faultsUsed = st.Batches, st.Items, st.DuplicateRequests, st.FaultsApplied
+		s.foreignAllocs = st.ForeignItems + st.ForeignBitGo
 	}
 	if req, err := http.NewRequest(http.MethodGet, p.bitgo, nil); err == nil {
 		req.Header.Set("Authorization", "Bearer "+p.bitgoToken)

@@ -11,6 +11,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,7 @@ type options struct {
 	printPubKey  bool
 	apiKeys      []string
 	orders       int
+	foreign      int
 	seed         uint64
 	merchants    []string
 	duplicates   float64
@@ -91,6 +93,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	apiPubKey := fs.String("api-pubkey", "PAYSTREAM_SANDBOX_API_PUBKEY", "", "comma-separated hex Ed25519 API public keys accepted as Biz-Api-Key")
 	apiSecretFile := fs.String("api-secret-file", "PAYSTREAM_SANDBOX_API_SECRET_FILE", "", "the client's Cobo API secret file (hex 32-byte seed); its public key is accepted")
 	orders := fs.Int("orders", "PAYSTREAM_SANDBOX_ORDERS", 50, "orders to play; 0 only serves the API")
+	foreign := fs.Int("foreign-orders", "PAYSTREAM_SANDBOX_FOREIGN_ORDERS", 0, "orders of another Cobo customer to play too: validly signed webhooks for orders the order API answers 404 (paystream must dead-letter them, allocating nothing)")
 	seed := fs.String("seed", "PAYSTREAM_SANDBOX_SEED", "", "uint64 seed making the orders reproducible; empty picks one from the clock (and logs it)")
 	merchants := fs.String("merchants", "PAYSTREAM_SANDBOX_MERCHANTS", strings.Join(payer.DefaultMerchants, ","), "comma-separated merchant ids")
 	duplicates := fs.Float("duplicates", "PAYSTREAM_SANDBOX_DUPLICATES", 0.3, "probability that an event is delivered twice")
@@ -117,7 +120,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	o := options{
 		listen: *listen, webhookURL: *webhookURL, webhookKey: WebhookKeyFromSeed(*webhookSeed), printPubKey: *printKey,
-		orders: *orders, merchants: cobo.ParseKeyList(*merchants), duplicates: *duplicates, shuffle: *shuffle,
+		orders: *orders, foreign: *foreign, merchants: cobo.ParseKeyList(*merchants), duplicates: *duplicates, shuffle: *shuffle,
 		lateRatio: *lateRatio, rate: *rate, concurrency: *concurrency, maxAttempts: *maxAttempts,
 		dupCode: *dupCode, keepServing: *keepServing, logLevel: *logLevel, logFormat: *logFormat,
 	}
@@ -125,8 +128,8 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		return o, nil
 	}
 	switch {
-	case o.orders < 0:
-		return o, errors.New("-orders must not be negative")
+	case o.orders < 0 || o.foreign < 0:
+		return o, errors.New("-orders and -foreign-orders must not be negative")
 	case !(o.duplicates >= 0 && o.duplicates <= 1) || !(o.lateRatio >= 0 && o.lateRatio <= 1):
 		return o, errors.New("-duplicates and -late-ratio must be from 0 to 1")
 	case !(o.rate >= 0):
@@ -255,8 +258,37 @@ type sandbox struct {
 	opts options
 	log  zerolog.Logger
 	sim  *cobosim.Sim
+	bsim *bitgosim.Sim
 	ln   net.Listener
 	srv  *http.Server
+}
+
+// State is what GET /sandbox/state answers: the Cobo simulator's state
+// (its fields inline) plus the BitGo simulator's allocations, and how many
+// of them name a foreign order in their notes. A PSP that confirms every
+// order with Cobo's order API before allocating leaves both
+// foreign_order_items and foreign_order_bitgo_allocations at 0.
+type State struct {
+	cobosim.State
+	BitGoAllocations             int `json:"bitgo_allocations"`
+	ForeignOrderBitGoAllocations int `json:"foreign_order_bitgo_allocations"`
+}
+
+// state returns the sandbox's State now.
+func (sb *sandbox) state() State {
+	st := State{State: sb.sim.State(), BitGoAllocations: len(sb.bsim.Allocations())}
+	st.ForeignOrderBitGoAllocations = len(sb.bsim.AllocationsNaming(st.ForeignOrderIDs...))
+	return st
+}
+
+func (sb *sandbox) getState(w http.ResponseWriter, _ *http.Request) {
+	body, err := json.Marshal(sb.state())
+	if err != nil {
+		http.Error(w, "encode state: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
 }
 
 // start builds the simulators and binds the listener, so that a busy port
@@ -276,6 +308,9 @@ func start(o options, log zerolog.Logger) (*sandbox, error) {
 		bsim.InjectFault(f)
 	}
 	mux.Handle("/api/network/", bsim)
+	sb := &sandbox{opts: o, log: log, sim: sim, bsim: bsim}
+	// Served here rather than by cobosim, to add the BitGo side.
+	mux.HandleFunc("GET /sandbox/state", sb.getState)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -288,7 +323,8 @@ func start(o options, log zerolog.Logger) (*sandbox, error) {
 		// when the client goes away.
 		IdleTimeout: time.Minute,
 	}
-	return &sandbox{opts: o, log: log, sim: sim, ln: ln, srv: srv}, nil
+	sb.ln, sb.srv = ln, srv
+	return sb, nil
 }
 
 // addr is the bound address, useful with -listen 127.0.0.1:0.
@@ -324,7 +360,7 @@ func (sb *sandbox) serve(ctx context.Context) error {
 		Str("webhook_pubkey", hex.EncodeToString(o.webhookKey.Public().(ed25519.PublicKey))).
 		Int("api_keys", len(o.apiKeys)).Int("faults", len(o.faults)).Int("duplicate_code", o.dupCode).Msg("sandbox listening")
 
-	if o.orders > 0 {
+	if o.orders > 0 || o.foreign > 0 {
 		seedLog := sb.log.Info().Uint64("seed", o.seed)
 		if o.seedFromTime {
 			seedLog = seedLog.Str("hint", "pass -seed to replay this run")
@@ -337,7 +373,7 @@ func (sb *sandbox) serve(ctx context.Context) error {
 		done := make(chan result, 1)
 		go func() {
 			st, err := payer.Run(ctx, payer.Config{
-				WebhookURL: o.webhookURL, WebhookKey: o.webhookKey, Orders: o.orders, Merchants: o.merchants,
+				WebhookURL: o.webhookURL, WebhookKey: o.webhookKey, Orders: o.orders, ForeignOrders: o.foreign, Merchants: o.merchants,
 				Seed: o.seed, Duplicates: o.duplicates, Shuffle: o.shuffle, LateRatio: o.lateRatio,
 				Concurrency: o.concurrency, MaxAttempts: o.maxAttempts, Rate: o.rate, Sim: sb.sim,
 				Logger: sb.log.With().Str("component", "payer").Logger(),
@@ -362,7 +398,7 @@ func (sb *sandbox) serve(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
-		sb.log.Info().Interface("state", sb.sim.State()).Msg("sandbox stopping")
+		sb.log.Info().Interface("state", sb.state()).Msg("sandbox stopping")
 		return nil
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)

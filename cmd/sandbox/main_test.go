@@ -21,8 +21,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 
+	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 )
@@ -69,6 +71,8 @@ func TestBadOptions(t *testing.T) {
 		"duplicates above 1":   {args: []string{"-duplicates", "1.5"}},
 		"negative late ratio":  {args: []string{"-late-ratio", "-0.1"}},
 		"negative orders":      {args: []string{"-orders", "-1"}},
+		"negative foreign":     {args: []string{"-foreign-orders", "-1"}},
+		"bad env foreign":      {env: map[string]string{"PAYSTREAM_SANDBOX_FOREIGN_ORDERS": "some"}},
 		"bad api key":          {args: []string{"-api-pubkey", "abcd"}},
 		"missing secret file":  {args: []string{"-api-secret-file", "/nonexistent/secret"}},
 		"bad faults":           {args: []string{"-faults", "500:x"}},
@@ -211,4 +215,134 @@ func TestServesCoboAPI(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
 	require.Equal(t, 1, st.Batches)
 	require.Equal(t, 1, st.DuplicateRequests)
+}
+
+// TestPlaysForeignOrders plays our orders and a foreign customer's into a
+// verifying endpoint: all verify with the sandbox's webhook key, and the
+// order API answers ours 200 and theirs 404, as GET /sandbox/state lists.
+func TestPlaysForeignOrders(t *testing.T) {
+	verifier, err := cobo.NewVerifier(hex.EncodeToString(WebhookKeyFromSeed(DefaultWebhookSeed).Public().(ed25519.PublicKey)))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var bad int
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		ts, sig := r.Header.Get(cobo.HeaderTimestamp), r.Header.Get(cobo.HeaderSignature)
+		if ts == "" {
+			ts, sig = r.Header.Get(cobo.HeaderTimestampAlt), r.Header.Get(cobo.HeaderSignatureAlt)
+		}
+		env, perr := cobo.ParseEnvelope(body)
+		mu.Lock()
+		defer mu.Unlock()
+		if verifier.Verify(body, ts, sig) != nil || perr != nil {
+			bad++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		seen[env.OrderID] = true
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(hook.Close)
+	secretFile, signer := writeSecret(t)
+	// Two random hex secrets: the BitGo token and signing key.
+	tokenFile, _ := writeSecret(t)
+	keyFile, _ := writeSecret(t)
+	o, err := parseOptions([]string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "6", "-seed", "5", "-rate", "0",
+		"-api-secret-file", secretFile, "-bitgo-token-file", tokenFile, "-bitgo-signing-key-file", keyFile},
+		env(map[string]string{"PAYSTREAM_SANDBOX_FOREIGN_ORDERS": "4"}), io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, 4, o.foreign)
+	sb, err := start(o, zerolog.Nop())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- sb.serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-served)
+	})
+	base := "http://" + sb.addr()
+
+	getState := func() State {
+		t.Helper()
+		resp, err := http.Get(base + "/sandbox/state")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var st State
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+		return st
+	}
+	// Every order is registered or recorded before its first webhook, so
+	// once all ten were seen the state is complete.
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == 10
+	}, 20*time.Second, 20*time.Millisecond)
+	st := getState()
+	require.Equal(t, 6, st.Orders)
+	require.Equal(t, 4, st.ForeignOrders)
+	require.Len(t, st.ForeignOrderIDs, 4)
+	require.Zero(t, st.ForeignOrderItems)
+	require.Zero(t, st.BitGoAllocations)
+	require.Zero(t, st.ForeignOrderBitGoAllocations)
+
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: base + "/v2", Signer: signer, MaxAttempts: 1})
+	require.NoError(t, err)
+	foreign := map[string]bool{}
+	for _, id := range st.ForeignOrderIDs {
+		foreign[id] = true
+	}
+	mu.Lock()
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	require.Zero(t, bad, "every webhook, foreign ones included, verifies")
+	mu.Unlock()
+	for _, id := range ids {
+		got, err := client.GetOrder(context.Background(), id)
+		if !foreign[id] {
+			require.NoError(t, err, "our order %s", id)
+			require.Equal(t, id, got.OrderID)
+			continue
+		}
+		var apiErr *cobo.APIError
+		require.ErrorAs(t, err, &apiErr, "foreign order %s", id)
+		require.Equal(t, http.StatusNotFound, apiErr.HTTPStatus)
+		require.Equal(t, cobosim.CodeNotFound, apiErr.Code)
+	}
+	require.Equal(t, 4, getState().ForeignOrderLookups)
+
+	// A PSP that allocates for a foreign order anyway shows in the state,
+	// at Cobo and at BitGo.
+	theirs := st.ForeignOrderIDs[0]
+	_, err = client.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r-foreign",
+		AllocationParams: []cobo.AllocationParam{
+			{TokenID: "ETH_USDT", Amount: "1", SourceAccount: "M1001", DestinationAccount: "M9000", Description: "referral " + theirs},
+			{TokenID: "ETH_USDT", Amount: "1", SourceAccount: "M1001", DestinationAccount: "M9000", Description: "referral O-ours"},
+		}})
+	require.NoError(t, err)
+	token, err := os.ReadFile(tokenFile)
+	require.NoError(t, err)
+	rawKey, err := os.ReadFile(keyFile)
+	require.NoError(t, err)
+	key, err := bitgo.ParseSigningKey(string(rawKey))
+	require.NoError(t, err)
+	bg, err := bitgo.New(bitgo.Config{BaseURL: base, EnterpriseID: DefaultBitGoEnterprise, AccessToken: strings.TrimSpace(string(token)),
+		SigningKey: key, Currencies: bitgo.DefaultCurrencies(), MaxAttempts: 1})
+	require.NoError(t, err)
+	for i, notes := range []string{"settlement " + theirs, "settlement O-ours"} {
+		req, err := bg.Prepare("conn-1", "ext-"+strconv.Itoa(i), "ETH_USDT", decimal.RequireFromString("2"), notes)
+		require.NoError(t, err)
+		_, err = bg.Send(context.Background(), req)
+		require.NoError(t, err)
+	}
+	st = getState()
+	require.Equal(t, 2, st.Items)
+	require.Equal(t, 1, st.ForeignOrderItems)
+	require.Equal(t, 2, st.BitGoAllocations)
+	require.Equal(t, 1, st.ForeignOrderBitGoAllocations)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/paystream/paystream/internal/bitgo"
+	"github.com/paystream/paystream/internal/sandbox/orderref"
 )
 
 // Messages the simulator answers with, as BitGo words them where known.
@@ -138,6 +139,22 @@ func (s *Sim) Allocations() []bitgo.Allocation {
 	out := make([]bitgo.Allocation, len(s.allocs))
 	for i, rec := range s.allocs {
 		out[i] = rec.a
+	}
+	return out
+}
+
+// AllocationsNaming returns the recorded allocations (in creation order,
+// as Allocations returns them) whose notes name one of orderIDs as a whole
+// token (see orderref.Set.Named). paystream sends an item's description,
+// which holds its order id, as the notes; an allocation without notes
+// names no order.
+func (s *Sim) AllocationsNaming(orderIDs ...string) []bitgo.Allocation {
+	set := orderref.NewSet(orderIDs...)
+	var out []bitgo.Allocation
+	for _, a := range s.Allocations() {
+		if _, ok := set.Named(a.Notes); ok {
+			out = append(out, a)
+		}
 	}
 	return out
 }

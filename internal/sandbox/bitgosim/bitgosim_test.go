@@ -311,3 +311,18 @@ func TestEscapedConnectionID(t *testing.T) {
 	require.Equal(t, "conn/1", a.ConnectionID)
 	require.Len(t, f.sim.Allocations(), 1)
 }
+
+// TestAllocationsNaming finds the allocations whose notes name an order.
+func TestAllocationsNaming(t *testing.T) {
+	f := newFixture(t)
+	for i, notes := range []string{"settlement O-ours-1", "settlement O-theirs-1", "settlement O-theirs-10", ""} {
+		_, err := f.client.Send(context.Background(), f.prepare(t, "ext-"+string(rune('a'+i)), "2", notes))
+		require.NoError(t, err)
+	}
+	got := f.sim.AllocationsNaming("O-theirs-1", "O-theirs-2")
+	require.Len(t, got, 1)
+	require.Equal(t, "settlement O-theirs-1", got[0].Notes)
+	require.Equal(t, "ext-b", got[0].ClientExternalID)
+	require.Len(t, f.sim.AllocationsNaming("O-ours-1", "O-theirs-10"), 2)
+	require.Empty(t, f.sim.AllocationsNaming())
+}

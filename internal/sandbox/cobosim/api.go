@@ -343,8 +343,19 @@ func (s *Sim) getOrder(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("order_id")
 	s.mu.Lock()
 	o, ok := s.orders[id]
+	_, foreign := s.foreign[id]
+	foreign = foreign && !ok
+	if foreign {
+		s.stats.foreignLookups++
+	}
 	s.mu.Unlock()
 	if !ok {
+		if foreign {
+			s.cfg.Logger.Info().Str("order_id", id).Msg("order of another Cobo customer looked up: 404")
+		}
+		// A foreign order gets exactly the answer of any unknown order. The
+		// reference documents no other answer for another customer's order
+		// (a 403 would be plausible too, but is not documented).
 		writeError(w, http.StatusNotFound, CodeNotFound, "Order not found: "+id)
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"slices"
@@ -25,6 +26,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/sandbox/orderref"
 )
 
 // DefaultDuplicateCode is the error_code answered for a reused request_id
@@ -86,10 +88,18 @@ type Sim struct {
 	failDest map[string]bool
 	faults   []Fault
 	stats    counters
+
+	// foreign are the orders of another Cobo customer the payer sent
+	// webhooks for (RecordForeignOrder), never in orders; foreignIDs
+	// holds them in recording order.
+	foreign    orderref.Set
+	foreignIDs []string
 }
 
 type counters struct {
 	requests, authFailures, duplicates, faultsApplied int
+	// foreignLookups counts GET /v2/payments/orders/{id} of foreign orders.
+	foreignLookups int
 }
 
 // New returns a Sim. Keys that are not 32-byte hex are kept but can never
@@ -107,6 +117,7 @@ func New(cfg Config) *Sim {
 		byReq:    map[string]*cobo.BatchAllocation{},
 		orders:   map[string]cobo.OrderData{},
 		pspCodes: map[string]string{},
+		foreign:  orderref.Set{},
 		failDest: map[string]bool{},
 	}
 	for _, k := range cfg.APIKeys {
@@ -333,6 +344,61 @@ func (s *Sim) PutOrder(o cobo.OrderData) {
 	}
 }
 
+// RecordForeignOrder notes that the sandbox sent (or is about to send)
+// webhooks for orderID as an order of another Cobo customer: Cobo signs
+// every customer's webhooks with the same key, so they verify, but the
+// order is not ours. Recording changes nothing the API answers: the order
+// is never registered, so GET /v2/payments/orders/{order_id} answers it 404
+// code 2028 as any unknown order, it is not counted in State.Orders, and
+// the simulator allocates nothing for it. It only makes the order known to
+// tests (ForeignOrderIDs, ForeignOrderItems, State). Recording an id twice
+// records it once. The payer calls it before an order's first webhook.
+func (s *Sim) RecordForeignOrder(orderID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.foreign[orderID]; ok || orderID == "" {
+		return
+	}
+	s.foreign[orderID] = struct{}{}
+	s.foreignIDs = append(s.foreignIDs, orderID)
+}
+
+// ForeignOrderIDs returns the ids RecordForeignOrder recorded, in the
+// order they were recorded.
+func (s *Sim) ForeignOrderIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.foreignIDs)
+}
+
+// ItemsNaming returns the allocation items recorded (in creation order)
+// whose description names one of orderIDs as a whole token (see
+// orderref.Set.Named). paystream puts the order id in every description,
+// so an item made for an order names it.
+func (s *Sim) ItemsNaming(orderIDs ...string) []cobo.AllocationItem {
+	return s.itemsNaming(orderref.NewSet(orderIDs...))
+}
+
+// ForeignOrderItems returns the allocation items whose description names
+// a recorded foreign order: allocations a client made for an order that
+// is not its own. A client that checks orders with the API makes none.
+func (s *Sim) ForeignOrderItems() []cobo.AllocationItem {
+	s.mu.Lock()
+	set := maps.Clone(s.foreign)
+	s.mu.Unlock()
+	return s.itemsNaming(set)
+}
+
+func (s *Sim) itemsNaming(set orderref.Set) []cobo.AllocationItem {
+	var out []cobo.AllocationItem
+	for _, it := range s.Items() {
+		if _, ok := set.Named(it.Description); ok {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
 // Batches returns a copy of every batch recorded, in creation order, with
 // both allocation_params and allocation_items filled in. Each successful
 // create (including one whose response a fault lost) adds exactly one.
@@ -367,10 +433,25 @@ type State struct {
 	DuplicateRequests int     `json:"duplicate_requests"`
 	FaultsApplied     int     `json:"faults_applied"`
 	PendingFaults     []Fault `json:"pending_faults"`
+	// ForeignOrders is how many foreign orders were recorded
+	// (RecordForeignOrder); they are not in Orders.
+	ForeignOrders int `json:"foreign_orders"`
+	// ForeignOrderIDs are their ids, in the order recorded; never null.
+	ForeignOrderIDs []string `json:"foreign_order_ids"`
+	// ForeignOrderLookups counts GET /v2/payments/orders/{order_id}
+	// requests for a foreign order that reached the order handler
+	// (authenticated, not cut short by a 500 or 429 fault), each answered
+	// 404: how often a client checked one with Cobo.
+	ForeignOrderLookups int `json:"foreign_order_lookups"`
+	// ForeignOrderItems counts allocation items whose description names a
+	// foreign order (see Sim.ForeignOrderItems); 0 when every client
+	// refused to allocate for orders that are not its own.
+	ForeignOrderItems int `json:"foreign_order_items"`
 }
 
 // State returns counts of recorded objects, /v2 requests (authentication
-// failures and duplicate request_ids among them), and the queued faults.
+// failures and duplicate request_ids among them), the queued faults, and
+// the foreign orders with the lookups and items that name them.
 func (s *Sim) State() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -383,11 +464,18 @@ func (s *Sim) State() State {
 		FaultsApplied:     s.stats.faultsApplied,
 		PendingFaults:     slices.Clone(s.faults),
 	}
+	st.ForeignOrders, st.ForeignOrderIDs = len(s.foreignIDs), nonNil(slices.Clone(s.foreignIDs))
+	st.ForeignOrderLookups = s.stats.foreignLookups
 	if st.PendingFaults == nil {
 		st.PendingFaults = []Fault{}
 	}
 	for _, b := range s.batches {
 		st.Items += len(b.AllocationItems)
+		for _, it := range b.AllocationItems {
+			if _, ok := s.foreign.Named(it.Description); ok {
+				st.ForeignOrderItems++
+			}
+		}
 	}
 	return st
 }

@@ -623,3 +623,70 @@ func TestParseFaultList(t *testing.T) {
 	_, err = cobosim.ParseFaultKind("nope")
 	require.Error(t, err)
 }
+
+// TestForeignOrders: a recorded foreign order stays unknown to the API
+// (404 in Cobo's error shape, like any unknown order), is not counted as
+// an order, and items naming it are found for tests.
+func TestForeignOrders(t *testing.T) {
+	e := newEnv(t, cobosim.Config{})
+	ours, theirs := "O20260315-M1001-123450001", "O20260315-M1001-543210001"
+	e.sim.PutOrder(cobo.OrderData{OrderID: ours, MerchantID: "M1001", Status: "Completed"})
+	e.sim.RecordForeignOrder(theirs)
+	e.sim.RecordForeignOrder(theirs)
+	e.sim.RecordForeignOrder("O20260315-M1002-543210002")
+	require.Equal(t, []string{theirs, "O20260315-M1002-543210002"}, e.sim.ForeignOrderIDs())
+
+	r := e.do(t, http.MethodGet, "/v2/payments/orders/"+ours, "", nil)
+	require.Equal(t, http.StatusOK, r.status, string(r.body))
+	for _, id := range []string{theirs, "O-never-seen"} {
+		r := e.do(t, http.MethodGet, "/v2/payments/orders/"+id, "", nil)
+		requireError(t, r, http.StatusNotFound, cobosim.CodeNotFound)
+		var body map[string]any
+		require.NoError(t, json.Unmarshal(r.body, &body))
+		require.Len(t, body, 3, "only error_code, error_message and error_id: %s", r.body)
+		require.Equal(t, "Order not found: "+id, body["error_message"])
+		require.NotEmpty(t, body["error_id"])
+	}
+	// A fault before the handler is not a lookup.
+	e.sim.InjectFault(cobosim.Fault{Method: http.MethodGet, PathPrefix: "/v2/payments/orders/", Kind: cobosim.FaultError500})
+	requireError(t, e.do(t, http.MethodGet, "/v2/payments/orders/"+theirs, "", nil), http.StatusInternalServerError, cobosim.CodeInternal)
+
+	// A client that allocated for the foreign order anyway.
+	batch := func(requestID string, descriptions ...string) []byte {
+		req := cobo.CreateBatchAllocationRequest{RequestID: requestID}
+		for _, d := range descriptions {
+			req.AllocationParams = append(req.AllocationParams, cobo.AllocationParam{
+				TokenID: "ETH_USDT", Amount: "1.5", SourceAccount: "M1001", DestinationAccount: "M9000", Description: d,
+			})
+		}
+		b, err := json.Marshal(req)
+		require.NoError(t, err)
+		return b
+	}
+	r = e.do(t, http.MethodPost, batchPath, "", batch("r-1", "referral "+ours, "referral "+theirs, "late payment tx-9 for order "+theirs))
+	require.Equal(t, http.StatusCreated, r.status, string(r.body))
+	foreign := e.sim.ForeignOrderItems()
+	require.Len(t, foreign, 2)
+	require.Equal(t, "referral "+theirs, foreign[0].Description)
+	require.Equal(t, "late payment tx-9 for order "+theirs, foreign[1].Description)
+	require.Len(t, e.sim.ItemsNaming(ours), 1)
+	require.Empty(t, e.sim.ItemsNaming("O20260315-M1001-12345"), "a prefix of an id names nothing")
+
+	st := e.sim.State()
+	require.Equal(t, 1, st.Orders, "foreign orders are not orders of the API")
+	require.Equal(t, 2, st.ForeignOrders)
+	require.Equal(t, []string{theirs, "O20260315-M1002-543210002"}, st.ForeignOrderIDs)
+	require.Equal(t, 1, st.ForeignOrderLookups)
+	require.Equal(t, 3, st.Items)
+	require.Equal(t, 2, st.ForeignOrderItems)
+
+	// The same over HTTP, as the demo reads it; the list is never null.
+	r = send(t, e.srv.Client(), mustRequest(t, http.MethodGet, e.srv.URL+"/sandbox/state", nil))
+	require.Equal(t, http.StatusOK, r.status)
+	var got cobosim.State
+	require.NoError(t, json.Unmarshal(r.body, &got))
+	require.Equal(t, st, got)
+	fresh := newEnv(t, cobosim.Config{})
+	r = send(t, fresh.srv.Client(), mustRequest(t, http.MethodGet, fresh.srv.URL+"/sandbox/state", nil))
+	require.Contains(t, string(r.body), `"foreign_order_ids":[]`)
+}

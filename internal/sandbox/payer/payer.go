@@ -4,6 +4,12 @@
 // or Expired, some receive late deposits, and delivery can be shuffled and
 // duplicated the way Cobo's at-least-once, unordered delivery allows. All
 // content derives from Config.Seed, so a run can be reproduced.
+//
+// It can also play an attacker (Config.ForeignOrders): another Cobo
+// customer who registered the PSP's webhook URL as its own endpoint. Cobo
+// signs every customer's webhooks with the same key, so that customer's
+// orders arrive validly signed, with merchant ids like the PSP's; only
+// Cobo's order API, which never knows them, tells them apart.
 package payer
 
 import (
@@ -17,6 +23,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -48,6 +55,17 @@ type Config struct {
 	WebhookKey ed25519.PrivateKey
 	// Orders is how many orders are played.
 	Orders int
+	// ForeignOrders is how many orders of a foreign Cobo customer are
+	// played as well, interleaved evenly with Orders: webhooks of the
+	// same kinds, signed with the same WebhookKey, for the same Merchants,
+	// each order Completed with a received amount and every second one
+	// (the first included) with a late deposit. They are never registered
+	// with Sim (GET /v2/payments/orders/{order_id} answers them 404) but
+	// recorded there with RecordForeignOrder before their first webhook.
+	// A PSP must dead-letter them and allocate nothing. Zero plays none
+	// and leaves every other behaviour as it was; our orders are the same
+	// whatever ForeignOrders is.
+	ForeignOrders int
 	// Merchants are the merchant ids orders belong to; DefaultMerchants
 	// when empty.
 	Merchants []string
@@ -69,7 +87,9 @@ type Config struct {
 	// transport errors; DefaultMaxAttempts when zero.
 	MaxAttempts int
 	// Sim, when set, learns every order's final state (PutOrder) before the
-	// order's webhooks are delivered, so GET /v2/payments/orders works.
+	// order's webhooks are delivered, so GET /v2/payments/orders works, and
+	// the id of every foreign order (RecordForeignOrder), which it never
+	// answers.
 	Sim *cobosim.Sim
 	// Logger receives progress at info and each failed attempt at debug. It
 	// never sees keys or signatures.
@@ -78,7 +98,8 @@ type Config struct {
 	// never followed, as Cobo does not follow them.
 	HTTP *http.Client
 
-	// Rate bounds how many orders start per second; 0 means no bound.
+	// Rate bounds how many orders, foreign ones included, start per
+	// second; 0 means no bound.
 	Rate float64
 	// Start anchors the orders' timestamps (all in the two hours before it)
 	// and the date in order ids; time.Now() when zero. Fix it, with Seed,
@@ -124,8 +145,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("WebhookURL must be an http(s) URL, got %q", c.WebhookURL)
 	case len(c.WebhookKey) != ed25519.PrivateKeySize:
 		return errors.New("WebhookKey must be an Ed25519 private key")
-	case c.Orders < 0:
-		return fmt.Errorf("Orders must not be negative, got %d", c.Orders)
+	case c.Orders < 0 || c.ForeignOrders < 0:
+		return fmt.Errorf("Orders and ForeignOrders must not be negative, got %d and %d", c.Orders, c.ForeignOrders)
 	case !(c.Duplicates >= 0 && c.Duplicates <= 1) || !(c.LateRatio >= 0 && c.LateRatio <= 1):
 		return fmt.Errorf("Duplicates and LateRatio must be from 0 to 1, got %v and %v", c.Duplicates, c.LateRatio)
 	case c.Concurrency < 1 || c.MaxAttempts < 1:
@@ -143,10 +164,16 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Stats summarises a Run.
+// Stats summarises a Run. Orders, ByStatus and Late count our orders
+// only; Events and the delivery counts include the foreign orders'.
 type Stats struct {
 	// Orders is how many orders were played to the end.
 	Orders int `json:"orders"`
+	// ForeignOrders is how many foreign orders were played to the end.
+	ForeignOrders int `json:"foreign_orders"`
+	// ForeignOrderIDs are their order ids, sorted. They are left out of
+	// JSON to keep logged stats short; Sim.ForeignOrderIDs has them too.
+	ForeignOrderIDs []string `json:"-"`
 	// Events is how many distinct events those orders produced.
 	Events int `json:"events"`
 	// Sent counts HTTP attempts, retries included.
@@ -176,14 +203,14 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		return Stats{}, fmt.Errorf("payer config: %w", err)
 	}
 	p := &player{cfg: cfg, run: runNumber(cfg.Seed), client: httpClient(cfg), stats: Stats{ByStatus: map[string]int{}}}
-	cfg.Logger.Info().Int("orders", cfg.Orders).Uint64("seed", cfg.Seed).Int("run", p.run).Str("url", cfg.WebhookURL).
+	cfg.Logger.Info().Int("orders", cfg.Orders).Int("foreign_orders", cfg.ForeignOrders).Uint64("seed", cfg.Seed).Int("run", p.run).Str("url", cfg.WebhookURL).
 		Float64("duplicates", cfg.Duplicates).Bool("shuffle", cfg.Shuffle).Float64("late_ratio", cfg.LateRatio).Msg("payer starting")
 
-	jobs := make(chan int)
+	jobs := make(chan job)
 	go func() {
 		defer close(jobs)
 		begin := time.Now()
-		for i := range cfg.Orders {
+		for i, j := range schedule(cfg.Orders, cfg.ForeignOrders) {
 			if cfg.Rate > 0 {
 				// Absolute start times: a slow consumer does not lower the rate
 				// below what was asked, it only catches up.
@@ -193,7 +220,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 				}
 			}
 			select {
-			case jobs <- i:
+			case jobs <- j:
 			case <-ctx.Done():
 				return
 			}
@@ -204,11 +231,11 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	var errOnce sync.Once
 	for range cfg.Concurrency {
 		wg.Go(func() {
-			for i := range jobs {
+			for j := range jobs {
 				if ctx.Err() != nil {
 					continue // drain; the dispatcher stops too
 				}
-				if err := p.playOrder(ctx, i); err != nil {
+				if err := p.playOrder(ctx, j); err != nil {
 					errOnce.Do(func() { planErr = err })
 				}
 			}
@@ -216,14 +243,14 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	}
 	wg.Wait()
 	st := p.snapshot()
-	log := cfg.Logger.Info().Int("orders", st.Orders).Int("events", st.Events).Int("sent", st.Sent).Int("accepted", st.Accepted).
+	log := cfg.Logger.Info().Int("orders", st.Orders).Int("foreign_orders", st.ForeignOrders).Int("events", st.Events).Int("sent", st.Sent).Int("accepted", st.Accepted).
 		Int("duplicates", st.Duplicates).Int("retried", st.Retried).Int("failed", st.Failed).Int("late", st.Late).
 		Interface("by_status", st.ByStatus)
 	log.Msg("payer finished")
 	if planErr != nil {
 		return st, planErr
 	}
-	if st.Orders < cfg.Orders {
+	if st.Orders < cfg.Orders || st.ForeignOrders < cfg.ForeignOrders {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
@@ -231,13 +258,42 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	return st, nil
 }
 
+// job is one order to play: our order index, or the foreign order index.
+type job struct {
+	index   int
+	foreign bool
+}
+
+// schedule returns the order in which to play `orders` of our orders and
+// `foreign` foreign ones: each kind in index order, the foreign ones spread
+// evenly among ours (rounded to nearest, so a single foreign order comes
+// in the middle, not last). With no foreign orders it is our orders in
+// index order, as before foreign orders existed.
+func schedule(orders, foreign int) []job {
+	total := orders + foreign
+	out := make([]job, 0, total)
+	var ours, theirs int
+	for k := range total {
+		// Foreign orders among the first k+1 slots, rounded to nearest.
+		if (k+1)*foreign+total/2 >= (theirs+1)*total {
+			out = append(out, job{index: theirs, foreign: true})
+			theirs++
+		} else {
+			out = append(out, job{index: ours})
+			ours++
+		}
+	}
+	return out
+}
+
 type player struct {
 	cfg    Config
 	run    int
 	client *http.Client
 
-	mu    sync.Mutex
-	stats Stats
+	mu     sync.Mutex
+	stats  Stats
+	played int // orders of both kinds played to the end, for progress
 }
 
 func (p *player) snapshot() Stats {
@@ -245,6 +301,7 @@ func (p *player) snapshot() Stats {
 	defer p.mu.Unlock()
 	st := p.stats
 	st.ByStatus = maps.Clone(p.stats.ByStatus)
+	st.ForeignOrderIDs = slices.Sorted(slices.Values(p.stats.ForeignOrderIDs))
 	return st
 }
 
@@ -257,12 +314,21 @@ func (p *player) count(f func(*Stats)) {
 // playOrder delivers one order's events in their planned sequence. A
 // delivery that fails every attempt does not stop the others, as Cobo
 // keeps delivering an order's other events.
-func (p *player) playOrder(ctx context.Context, index int) error {
-	o, err := planOrder(p.cfg, p.run, p.cfg.Start, index)
+func (p *player) playOrder(ctx context.Context, j job) error {
+	planner := planOrder
+	if j.foreign {
+		planner = planForeignOrder
+	}
+	o, err := planner(p.cfg, p.run, p.cfg.Start, j.index)
 	if err != nil {
 		return err
 	}
-	if p.cfg.Sim != nil {
+	if o.foreign {
+		// Another customer's order: Cobo's API never answers it to us.
+		if p.cfg.Sim != nil {
+			p.cfg.Sim.RecordForeignOrder(o.orderID)
+		}
+	} else if p.cfg.Sim != nil {
 		// The story is in the past, so the API already shows the final state.
 		data, err := o.final.orderData()
 		if err != nil {
@@ -284,17 +350,23 @@ func (p *player) playOrder(ctx context.Context, index int) error {
 	}
 	var done int
 	p.count(func(s *Stats) {
-		s.Orders++
 		s.Events += o.events
-		s.ByStatus[o.status]++
-		if o.late {
-			s.Late++
+		if o.foreign {
+			s.ForeignOrders++
+			s.ForeignOrderIDs = append(s.ForeignOrderIDs, o.orderID)
+		} else {
+			s.Orders++
+			s.ByStatus[o.status]++
+			if o.late {
+				s.Late++
+			}
 		}
-		done = s.Orders
+		p.played++
+		done = p.played
 	})
-	p.cfg.Logger.Debug().Str("order_id", o.orderID).Str("status", o.status).Int("deliveries", len(o.deliveries)).Bool("late", o.late).Msg("order played")
+	p.cfg.Logger.Debug().Str("order_id", o.orderID).Bool("foreign", o.foreign).Str("status", o.status).Int("deliveries", len(o.deliveries)).Bool("late", o.late).Msg("order played")
 	// Progress at every tenth of the run, so big runs stay readable.
-	if total := p.cfg.Orders; done*10/total != (done-1)*10/total {
+	if total := p.cfg.Orders + p.cfg.ForeignOrders; done*10/total != (done-1)*10/total {
 		st := p.snapshot()
 		p.cfg.Logger.Info().Int("played", done).Int("of", total).Int("sent", st.Sent).Int("accepted", st.Accepted).
 			Int("retried", st.Retried).Int("failed", st.Failed).Msg("payer progress")

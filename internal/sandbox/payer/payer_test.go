@@ -306,6 +306,19 @@ func perOrder(ds []received) map[string][]string {
 	return out
 }
 
+var urlField = regexp.MustCompile(`"url":"[^"]*"`)
+
+// normalise blanks out the envelope's url: collectors' URLs differ.
+func normalise(m map[string][]string) map[string][]string {
+	out := map[string][]string{}
+	for k, v := range m {
+		for _, s := range v {
+			out[k] = append(out[k], urlField.ReplaceAllString(s, `"url":""`))
+		}
+	}
+	return out
+}
+
 func TestRunIsDeterministic(t *testing.T) {
 	key := newKey(t)
 	run := func(seed uint64, concurrency int) map[string][]string {
@@ -316,18 +329,6 @@ func TestRunIsDeterministic(t *testing.T) {
 		_, err := payer.Run(context.Background(), cfg)
 		require.NoError(t, err)
 		return perOrder(c.deliveries())
-	}
-	// The collectors' URLs differ and the envelope carries the url, so
-	// compare with the url blanked out.
-	normalise := func(m map[string][]string) map[string][]string {
-		re := regexp.MustCompile(`"url":"[^"]*"`)
-		out := map[string][]string{}
-		for k, v := range m {
-			for _, s := range v {
-				out[k] = append(out[k], re.ReplaceAllString(s, `"url":""`))
-			}
-		}
-		return out
 	}
 	a, b := normalise(run(7, 1)), normalise(run(7, 5))
 	require.Len(t, a, 20)
@@ -408,6 +409,7 @@ func TestConfigValidation(t *testing.T) {
 		"relative url":     func(c *payer.Config) { c.WebhookURL = "/webhooks" },
 		"no key":           func(c *payer.Config) { c.WebhookKey = nil },
 		"negative orders":  func(c *payer.Config) { c.Orders = -1 },
+		"negative foreign": func(c *payer.Config) { c.ForeignOrders = -1 },
 		"duplicates > 1":   func(c *payer.Config) { c.Duplicates = 1.5 },
 		"late ratio < 0":   func(c *payer.Config) { c.LateRatio = -0.1 },
 		"negative rate":    func(c *payer.Config) { c.Rate = -1 },

@@ -42,6 +42,7 @@ var tokens = []struct{ id, chain string }{{"ETH_USDT", "ETH"}, {"TRON_USDT", "TR
 // so that a run is reproducible whatever the scheduling.
 type plannedOrder struct {
 	orderID    string
+	foreign    bool // another Cobo customer's order (planForeignOrder)
 	status     string
 	final      orderWire // the order after its final status, for the Sim
 	events     int       // distinct events
@@ -205,13 +206,21 @@ type envelope struct {
 	Status           string `json:"status"`
 }
 
+// Salts of the orders' random streams: our orders' and the foreign
+// customer's are independent, so adding foreign orders changes none of ours.
+const (
+	saltOrder        = "paystream-sandbox-payer/order/"
+	saltForeignOrder = "paystream-sandbox-payer/foreign-order/"
+)
+
 // orderRNG returns the order's own random stream: it depends only on the
-// seed and the order's index, so concurrency cannot change any order.
-func orderRNG(seed uint64, index int) *rand.Rand {
+// salt, the seed and the order's index, so concurrency cannot change any
+// order.
+func orderRNG(salt string, seed uint64, index int) *rand.Rand {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], seed)
 	binary.BigEndian.PutUint64(b[8:], uint64(index))
-	sum := sha256.Sum256(append([]byte("paystream-sandbox-payer/order/"), b[:]...))
+	sum := sha256.Sum256(append([]byte(salt), b[:]...))
 	return rand.New(rand.NewPCG(binary.BigEndian.Uint64(sum[:8]), binary.BigEndian.Uint64(sum[8:16])))
 }
 
@@ -222,6 +231,21 @@ func runNumber(seed uint64) int {
 	binary.BigEndian.PutUint64(b[:], seed)
 	sum := sha256.Sum256(append([]byte("paystream-sandbox-payer/run/"), b[:]...))
 	return 10000 + int(binary.BigEndian.Uint64(sum[:8])%90000)
+}
+
+// foreignRunNumber is the run number in the foreign customer's order ids:
+// derived from the seed like runNumber but never equal to run, so a
+// foreign order id never equals one of ours (the merchant and index parts
+// may coincide, the run part does not).
+func foreignRunNumber(seed uint64, run int) int {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seed)
+	sum := sha256.Sum256(append([]byte("paystream-sandbox-payer/foreign-run/"), b[:]...))
+	n := 10000 + int(binary.BigEndian.Uint64(sum[:8])%90000)
+	if n == run {
+		n = 10000 + (n-10000+1)%90000
+	}
+	return n
 }
 
 // uuidFrom draws a version-4-shaped UUID from r.
@@ -270,10 +294,28 @@ func micros(m int64) decimal.Decimal { return decimal.New(m, -6) }
 // two decimals, trailing zeros stripped.
 func truncated2(d decimal.Decimal) string { return d.Truncate(2).String() }
 
-// planOrder computes order index's events and their delivery sequence.
+// planOrder computes our order index's events and their delivery sequence.
 // Every random draw comes from the order's own stream, in a fixed order.
 func planOrder(cfg Config, run int, start time.Time, index int) (plannedOrder, error) {
-	r := orderRNG(cfg.Seed, index)
+	return plan(cfg, orderRNG(saltOrder, cfg.Seed, index), run, start, index, false)
+}
+
+// planForeignOrder computes foreign order index's story: an order of
+// another Cobo customer, with our merchant ids (merchant ids are per
+// customer, so they collide) and webhooks shaped and signed like ours. It
+// always ends Completed with a received amount, and every second one (the
+// first included) gets a late deposit, so that allocation rules would plan
+// splits and late-payment credits for it. Its random stream, run number
+// and so its ids differ from our orders'.
+func planForeignOrder(cfg Config, run int, start time.Time, index int) (plannedOrder, error) {
+	r := orderRNG(saltForeignOrder, cfg.Seed, index)
+	return plan(cfg, r, foreignRunNumber(cfg.Seed, run), start, index, true)
+}
+
+// plan computes an order's story from r. A foreign order draws what ours
+// draw, in the same sequence, but its status is forced to Completed and
+// its late deposit to every second index.
+func plan(cfg Config, r *rand.Rand, run int, start time.Time, index int, foreign bool) (plannedOrder, error) {
 	merchant := cfg.Merchants[r.IntN(len(cfg.Merchants))]
 	tok := tokens[r.IntN(len(tokens))]
 	orderID := fmt.Sprintf("O%s-%s-%d%04d", start.UTC().Format("20060102"), merchant, run, index+1)
@@ -297,6 +339,9 @@ func planOrder(cfg Config, run int, start time.Time, index int) (plannedOrder, e
 		status = statusCompleted
 	case roll < shareCompleted+shareUnderpaid:
 		status = statusUnderpaid
+	}
+	if foreign {
+		status = statusCompleted
 	}
 	var receivedMicros int64
 	switch status {
@@ -340,7 +385,11 @@ func planOrder(cfg Config, run int, start time.Time, index int) (plannedOrder, e
 		tFinal = deps[len(deps)-1].at + int64(1+r.IntN(5))
 	}
 	var late *deposit
-	if r.Float64() < cfg.LateRatio {
+	isLate := r.Float64() < cfg.LateRatio
+	if foreign {
+		isLate = index%2 == 0
+	}
+	if isLate {
 		late = &deposit{txID: uuidFrom(r), hash: txHash(r, tok.chain), from: payer, micros: dustMicros + 10_000 + r.Int64N(50_000_000),
 			at: tFinal + 60 + int64(r.IntN(1800)), coboID: fmt.Sprintf("%d", 20000000000000+r.Int64N(1e13)), block: 20_000_000 + r.Int64N(1_000_000)}
 	}
@@ -454,7 +503,7 @@ func planOrder(cfg Config, run int, start time.Time, index int) (plannedOrder, e
 		out[i].underscore = r.IntN(100) < underscoreShare
 	}
 
-	return plannedOrder{orderID: orderID, status: status, final: final, events: len(events), late: late != nil, deliveries: out}, nil
+	return plannedOrder{orderID: orderID, foreign: foreign, status: status, final: final, events: len(events), late: late != nil, deliveries: out}, nil
 }
 
 // orderData converts the wire order to the API's cobo.OrderData for the
