@@ -6,6 +6,7 @@ package allocation
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -37,12 +38,38 @@ const BitGoPrefix = "bitgo:"
 // AmountDecimals is the precision allocation amounts are rounded down to.
 const AmountDecimals = 6
 
+// MaxSplitIDLength bounds a split's explicit id.
+const MaxSplitIDLength = 64
+
 // Split takes a share of a completed order's payment for a destination.
+// A rules file may hold at most one split per (MerchantID,
+// DestinationAccount) pair.
 type Split struct {
+	// ID optionally names the split. When set (non-nil) its items' ids
+	// derive from it instead of from MerchantID and DestinationAccount
+	// (see OnCompleted). It must be non-empty, at most MaxSplitIDLength
+	// ASCII letters, digits, '-', '_' or '.', and unique in the file. A
+	// JSON null is the same as no id.
+	ID                 *string         `json:"id,omitempty"`
 	MerchantID         string          `json:"merchant_id"`
 	DestinationAccount string          `json:"destination_account"`
 	Share              decimal.Decimal `json:"share"`
 	Description        string          `json:"description"`
+}
+
+// merchantEscaper percent-encodes the two characters that would make a
+// derived item id key ambiguous: ':' (the separator) and '%' (the escape).
+var merchantEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
+
+// itemKey is what follows "<order_id>:split:" in the ids of the split's
+// items: the explicit ID, else the merchant id (escaped) and the
+// destination account joined by ':'. The key is a function of the split
+// alone, never of its position in the file.
+func (s Split) itemKey() string {
+	if s.ID != nil {
+		return *s.ID
+	}
+	return merchantEscaper.Replace(s.MerchantID) + ":" + s.DestinationAccount
 }
 
 // Rules is the allocation rules file.
@@ -86,7 +113,11 @@ func (r *Rules) validate() error {
 	if r.LatePayments != LateHold && r.LatePayments != LateCreditMerchant {
 		return fmt.Errorf("late_payments: must be %q or %q, got %q", LateHold, LateCreditMerchant, r.LatePayments)
 	}
+	type pair struct{ merchant, destination string }
 	sums := map[string]decimal.Decimal{}
+	pairs := map[pair]int{}
+	ids := map[string]int{}
+	keys := map[string]int{}
 	for i, s := range r.Splits {
 		field := fmt.Sprintf("splits[%d]", i)
 		switch {
@@ -101,6 +132,28 @@ func (r *Rules) validate() error {
 		case s.DestinationAccount == s.MerchantID:
 			return fmt.Errorf("%s.destination_account: must differ from merchant_id", field)
 		}
+		if s.ID != nil {
+			if err := validateSplitID(*s.ID); err != nil {
+				return fmt.Errorf("%s.id: %w", field, err)
+			}
+			if j, dup := ids[*s.ID]; dup {
+				return fmt.Errorf("%s.id: %q already used by splits[%d]", field, *s.ID, j)
+			}
+			ids[*s.ID] = i
+		}
+		p := pair{s.MerchantID, s.DestinationAccount}
+		if j, dup := pairs[p]; dup {
+			return fmt.Errorf("%s: same merchant_id %q and destination_account %q as splits[%d]", field, s.MerchantID, s.DestinationAccount, j)
+		}
+		pairs[p] = i
+		// The encoding of itemKey makes this unreachable after the two
+		// checks above; it stays so that no future change to the encoding
+		// can give two splits the same item ids.
+		key := s.itemKey()
+		if j, dup := keys[key]; dup {
+			return fmt.Errorf("%s: item ids would collide with splits[%d]'s (%q)", field, j, key)
+		}
+		keys[key] = i
 		sums[s.MerchantID] = sums[s.MerchantID].Add(s.Share)
 	}
 	one := decimal.NewFromInt(1)
@@ -111,6 +164,25 @@ func (r *Rules) validate() error {
 		}
 		if total.GreaterThan(one) {
 			return fmt.Errorf("splits: shares for merchant %q (including %q) sum to %s, more than 1", m, AnyMerchant, total)
+		}
+	}
+	return nil
+}
+
+// validateSplitID checks an explicit split id: non-empty, at most
+// MaxSplitIDLength characters from [A-Za-z0-9._-].
+func validateSplitID(id string) error {
+	if id == "" {
+		return errors.New("must not be empty when present")
+	}
+	if len(id) > MaxSplitIDLength {
+		return fmt.Errorf("longer than %d characters", MaxSplitIDLength)
+	}
+	for _, c := range []byte(id) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return fmt.Errorf("%q may hold only letters, digits, '-', '_' and '.'", id)
 		}
 	}
 	return nil
@@ -175,6 +247,25 @@ func backendFor(destination string) string {
 // one per matching split with a non-zero amount. When an amount cannot be
 // computed the item is returned failed with the reason, so an operator
 // sees it instead of it vanishing.
+//
+// Item ids identify the split, not its position in the file, so that
+// reordering the rules file and rebuilding an order's state plans nothing
+// under a second id:
+//
+//   - "<order_id>:split:<id>" for a split with an explicit id;
+//   - "<order_id>:split:<merchant_id>:<destination_account>" otherwise,
+//     with '%' and ':' in merchant_id written "%25" and "%3A" and the
+//     destination verbatim, e.g. "O1:split:M1001:developer" or
+//     "O1:split:*:bitgo:<connectionId>".
+//
+// Within an order the ids are unambiguous: the first ':' after "split:"
+// ends the merchant id, and an explicit id holds no ':', so it never
+// equals a derived key. Adding, changing or removing a split's id, or
+// changing the merchant_id or destination_account of a split without one,
+// changes its ids. Items already planned keep the ids stored on their
+// order (before this scheme: "<order_id>:split:<index in the
+// file>:<destination>"); only new plans use it, so an order planned before
+// it and rebuilt from its events is planned again under the new ids.
 func (r *Rules) OnCompleted(o *domain.Order) []domain.AllocationItem {
 	v := o.View()
 	token := v.PayableCurrency
@@ -182,12 +273,12 @@ func (r *Rules) OnCompleted(o *domain.Order) []domain.AllocationItem {
 		token = v.TokenID
 	}
 	var items []domain.AllocationItem
-	for i, s := range r.Splits {
+	for _, s := range r.Splits {
 		if s.MerchantID != AnyMerchant && s.MerchantID != v.MerchantID {
 			continue
 		}
 		item := domain.AllocationItem{
-			ID:          fmt.Sprintf("%s:split:%d:%s", o.OrderID, i, s.DestinationAccount),
+			ID:          o.OrderID + ":split:" + s.itemKey(),
 			Kind:        domain.KindSplit,
 			OrderID:     o.OrderID,
 			Backend:     backendFor(s.DestinationAccount),

@@ -1,6 +1,10 @@
 package allocation_test
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/shopspring/decimal"
@@ -95,7 +99,8 @@ func TestPlanning(t *testing.T) {
 
 	items := r.OnCompleted(completedOrder("M1001", "102"))
 	require.Len(t, items, 2)
-	require.Equal(t, "O1:split:0:developer", items[0].ID)
+	require.Equal(t, "O1:split:M1001:developer", items[0].ID)
+	require.Equal(t, "O1:split:*:M9000", items[1].ID)
 	require.Equal(t, "M1001", items[0].Source)
 	require.Equal(t, "developer", items[0].Destination)
 	require.Equal(t, "ETH_USDT", items[0].TokenID)
@@ -126,4 +131,173 @@ func TestPlanning(t *testing.T) {
 	bitgo, err := allocation.ParseRules([]byte(`{"splits":[{"merchant_id":"*","destination_account":"bitgo:3fa85f64-5717-4562-b3fc-2c963f66afa6","share":"0.5","description":"to partner"}]}`))
 	require.NoError(t, err)
 	require.Equal(t, domain.BackendBitGo, bitgo.OnCompleted(completedOrder("M1", "102"))[0].Backend)
+}
+
+// itemIDs plans a completed order of merchant under r and returns the
+// items' ids, sorted, each mapped to its destination and amount.
+func itemIDs(t *testing.T, r *allocation.Rules, merchant string) ([]string, map[string]string) {
+	t.Helper()
+	items := r.OnCompleted(completedOrder(merchant, "102"))
+	ids := make([]string, 0, len(items))
+	what := make(map[string]string, len(items))
+	for _, it := range items {
+		ids = append(ids, it.ID)
+		what[it.ID] = it.Destination + " " + it.Amount.String()
+	}
+	slices.Sort(ids)
+	return ids, what
+}
+
+func parseRules(t *testing.T, body string) *allocation.Rules {
+	t.Helper()
+	r, err := allocation.ParseRules([]byte(body))
+	require.NoError(t, err, body)
+	return r
+}
+
+// Reordering the rules file must not change the ids of the items it plans:
+// a rebuilt order would otherwise plan the same split under a new id, and
+// pay it twice.
+func TestItemIDsDoNotDependOnSplitOrder(t *testing.T) {
+	derived := []string{
+		`{"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"}`,
+		`{"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}`,
+		`{"merchant_id": "M1001", "destination_account": "bitgo:3fa85f64-5717-4562-b3fc-2c963f66afa6", "share": "0.2", "description": "partner"}`,
+	}
+	withID := append(slices.Clone(derived),
+		`{"id": "reseller", "merchant_id": "M1001", "destination_account": "M7000", "share": "0.01", "description": "reseller"}`)
+	cases := []struct {
+		name   string
+		splits []string
+		want   []string
+	}{
+		{"derived ids", derived, []string{
+			"O1:split:*:M9000",
+			"O1:split:M1001:bitgo:3fa85f64-5717-4562-b3fc-2c963f66afa6",
+			"O1:split:M1001:developer",
+		}},
+		{"with an explicit id", withID, []string{
+			"O1:split:*:M9000",
+			"O1:split:M1001:bitgo:3fa85f64-5717-4562-b3fc-2c963f66afa6",
+			"O1:split:M1001:developer",
+			"O1:split:reseller",
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			file := func(order []int) string {
+				parts := make([]string, 0, len(order))
+				for _, i := range order {
+					parts = append(parts, tc.splits[i])
+				}
+				return `{"splits": [` + strings.Join(parts, ",") + `]}`
+			}
+			inFileOrder := make([]int, len(tc.splits))
+			for i := range inFileOrder {
+				inFileOrder[i] = i
+			}
+			original := parseRules(t, file(inFileOrder))
+			ids, _ := itemIDs(t, original, "M1001")
+			require.Equal(t, tc.want, ids)
+			for _, merchant := range []string{"M1001", "M2"} {
+				wantIDs, want := itemIDs(t, original, merchant)
+				require.NotEmpty(t, wantIDs)
+				for range 5 {
+					order := slices.Clone(inFileOrder)
+					rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+					ids, got := itemIDs(t, parseRules(t, file(order)), merchant)
+					require.Equal(t, wantIDs, ids, "merchant %s, splits in order %v", merchant, order)
+					require.Equal(t, want, got, "merchant %s, splits in order %v", merchant, order)
+				}
+				reversed := slices.Clone(inFileOrder)
+				slices.Reverse(reversed)
+				ids, got := itemIDs(t, parseRules(t, file(reversed)), merchant)
+				require.Equal(t, wantIDs, ids, "merchant %s, splits reversed", merchant)
+				require.Equal(t, want, got, "merchant %s, splits reversed", merchant)
+			}
+		})
+	}
+}
+
+// A rules file written before split ids existed parses as it did, and its
+// items get ids from (merchant_id, destination_account).
+func TestRulesFileWithoutIDs(t *testing.T) {
+	r := parseRules(t, exampleRules)
+	for _, s := range r.Splits {
+		require.Nil(t, s.ID)
+	}
+	ids, _ := itemIDs(t, r, "M1001")
+	require.Equal(t, []string{"O1:split:*:M9000", "O1:split:M1001:developer"}, ids)
+}
+
+// The derived id cannot be confused when merchant ids or destinations
+// hold ':': the merchant id's ':' and '%' are escaped.
+func TestDerivedItemIDsAreUnambiguous(t *testing.T) {
+	r := parseRules(t, `{"splits":[
+		{"merchant_id":"*","destination_account":"x:y","share":"0.1"},
+		{"merchant_id":"*:x","destination_account":"y","share":"0.1"},
+		{"merchant_id":"*%3Ax","destination_account":"y","share":"0.1"}]}`)
+	ids, _ := itemIDs(t, r, "*:x")
+	require.Equal(t, []string{"O1:split:*%3Ax:y", "O1:split:*:x:y"}, ids)
+	ids, _ = itemIDs(t, r, "*%3Ax")
+	require.Equal(t, []string{"O1:split:*%253Ax:y", "O1:split:*:x:y"}, ids)
+}
+
+func TestParseRulesRefusesDuplicatePairs(t *testing.T) {
+	cases := map[string]string{
+		`{"splits":[
+			{"merchant_id":"M1001","destination_account":"developer","share":"0.1"},
+			{"merchant_id":"*","destination_account":"M9000","share":"0.05"},
+			{"merchant_id":"M1001","destination_account":"developer","share":"0.2"}]}`: `splits[2]: same merchant_id "M1001" and destination_account "developer" as splits[0]`,
+		// Distinct explicit ids do not make a second split on the same pair acceptable.
+		`{"splits":[
+			{"id":"a","merchant_id":"*","destination_account":"M9000","share":"0.05"},
+			{"id":"b","merchant_id":"*","destination_account":"M9000","share":"0.05"}]}`: `splits[1]: same merchant_id "*" and destination_account "M9000" as splits[0]`,
+	}
+	for body, want := range cases {
+		_, err := allocation.ParseRules([]byte(body))
+		require.EqualError(t, err, want, body)
+	}
+	// The same destination for a merchant and for "*" are two pairs.
+	r := parseRules(t, `{"splits":[
+		{"merchant_id":"M1001","destination_account":"developer","share":"0.1"},
+		{"merchant_id":"*","destination_account":"developer","share":"0.05"}]}`)
+	ids, _ := itemIDs(t, r, "M1001")
+	require.Equal(t, []string{"O1:split:*:developer", "O1:split:M1001:developer"}, ids)
+}
+
+func TestSplitIDs(t *testing.T) {
+	r := parseRules(t, `{"splits":[
+		{"id":"commission","merchant_id":"M1001","destination_account":"developer","share":"0.1","description":"platform commission"},
+		{"id":null,"merchant_id":"*","destination_account":"M9000","share":"0.05","description":"referral"},
+		{"id":"Partner_2.v-1","merchant_id":"*","destination_account":"M8000","share":"0.05"}]}`)
+	require.Equal(t, "commission", *r.Splits[0].ID)
+	require.Nil(t, r.Splits[1].ID, "a null id is no id")
+	ids, what := itemIDs(t, r, "M1001")
+	require.Equal(t, []string{"O1:split:*:M9000", "O1:split:Partner_2.v-1", "O1:split:commission"}, ids)
+	require.Equal(t, "developer 10", what["O1:split:commission"])
+
+	split := func(id string) string {
+		return fmt.Sprintf(`{"splits":[{"id":%s,"merchant_id":"M1","destination_account":"d","share":"0.1"}]}`, id)
+	}
+	bad := map[string]string{
+		split(`""`):      `splits[0].id: must not be empty`,
+		split(`"a:b"`):   `splits[0].id: "a:b" may hold only letters, digits`,
+		split(`"a b"`):   `splits[0].id: "a b" may hold only`,
+		split(`"../x"`):  `splits[0].id: "../x" may hold only`,
+		split(`"commé"`): `splits[0].id: "commé" may hold only`,
+		split(`"a%3Ab"`): `splits[0].id: "a%3Ab" may hold only`,
+		split(`"*"`):     `splits[0].id: "*" may hold only`,
+		split(`5`):       `decode`,
+		split(`"` + strings.Repeat("x", allocation.MaxSplitIDLength+1) + `"`): `splits[0].id: longer than 64 characters`,
+		`{"splits":[{"id":"c","merchant_id":"M1","destination_account":"a","share":"0.1"},` +
+			`{"merchant_id":"M2","destination_account":"b","share":"0.1"},` +
+			`{"id":"c","merchant_id":"M3","destination_account":"c","share":"0.1"}]}`: `splits[2].id: "c" already used by splits[0]`,
+	}
+	for body, want := range bad {
+		_, err := allocation.ParseRules([]byte(body))
+		require.ErrorContains(t, err, want, body)
+	}
+	_, err := allocation.ParseRules([]byte(split(`"` + strings.Repeat("x", allocation.MaxSplitIDLength) + `"`)))
+	require.NoError(t, err)
 }

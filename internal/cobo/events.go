@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/shopspring/decimal"
 )
@@ -94,33 +97,130 @@ func nonEmptyString(raw json.RawMessage) (string, bool) {
 	return s, true
 }
 
+// MaxAmountDigits bounds an Amount from the wire: at most this many
+// significant digits (from the first non-zero digit to the last digit
+// written, so "0.000001" has 1 and "1.50" has 3) and at most this many
+// digits after the decimal point. 36 holds 18 integer and 18 fractional
+// digits, more than any token amount Cobo sends; it keeps an attacker's
+// thousand-digit amount out of the decimal arithmetic.
+const MaxAmountDigits = 36
+
+// ErrInvalidAmount means an amount from the wire is not a plain
+// non-negative decimal within MaxAmountDigits.
+var ErrInvalidAmount = errors.New("invalid amount")
+
 // Amount is a decimal amount from the wire. It accepts a JSON string or
-// number, and treats null, "" and absence as not set. It never goes through
-// a float.
+// number holding a plain non-negative decimal, digits with an optional
+// '.' and fraction ("102.5", 102.5, "0", "0.000000"), with at most
+// MaxAmountDigits significant digits and MaxAmountDigits decimals; it
+// treats null, "" and absence as not set. Everything else fails with
+// ErrInvalidAmount: a sign ('-', '+', U+2212), exponent notation, NaN and
+// Infinity, hex, whitespace, and longer amounts. Every amount paystream
+// reads from Cobo (prices, fees, payable, received, order and transaction
+// amounts) is non-negative. It never goes through a float.
 type Amount struct {
 	decimal.NullDecimal
 }
 
-// UnmarshalJSON implements json.Unmarshaler.
+// UnmarshalJSON implements json.Unmarshaler. Its errors wrap
+// ErrInvalidAmount (or are JSON syntax errors) and echo at most
+// amountEchoBytes of the input.
 func (a *Amount) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || string(b) == "null" || string(b) == `""` {
 		a.NullDecimal = decimal.NullDecimal{}
 		return nil
 	}
+	s := string(b)
 	if b[0] == '"' {
-		var s string
 		if err := json.Unmarshal(b, &s); err != nil {
-			return fmt.Errorf("amount: %w", err)
+			return fmt.Errorf("amount %s: %w", clipForError(string(b)), err)
 		}
-		b = []byte(s)
 	}
-	d, err := decimal.NewFromString(string(b))
+	if reason := plainDecimalProblem(s); reason != "" {
+		return fmt.Errorf("%w %s: %s", ErrInvalidAmount, clipForError(s), reason)
+	}
+	d, err := decimal.NewFromString(s)
 	if err != nil {
-		return fmt.Errorf("amount %q: %w", b, err)
+		return fmt.Errorf("%w %s: %v", ErrInvalidAmount, clipForError(s), err)
 	}
 	a.NullDecimal = decimal.NewNullDecimal(d)
 	return nil
+}
+
+// amountEchoBytes bounds how much of a refused amount an error repeats.
+const amountEchoBytes = 40
+
+// clipForError quotes s for an error message, cut to amountEchoBytes (on a
+// rune boundary) with its full length when longer.
+func clipForError(s string) string {
+	if len(s) <= amountEchoBytes {
+		return strconv.Quote(s)
+	}
+	cut := amountEchoBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
+}
+
+// plainDecimalProblem returns why s is not a plain decimal Amount accepts,
+// or "" when it is.
+func plainDecimalProblem(s string) string {
+	switch {
+	case s == "":
+		return "empty"
+	case s[0] == '-':
+		return "negative (amounts are never negative)"
+	case strings.HasPrefix(s, "\u2212"):
+		return "negative, with a Unicode minus sign U+2212 (amounts are never negative)"
+	case s[0] == '+':
+		return "leading '+'"
+	case strings.IndexFunc(s, unicode.IsSpace) >= 0:
+		return "whitespace inside the amount"
+	}
+	switch strings.ToLower(s) {
+	case "nan", "inf", "infinity":
+		return "not a number"
+	}
+	if len(s) > 1 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X') {
+		return "hex notation"
+	}
+	intDigits, fracDigits, significant := 0, 0, 0
+	seenPoint := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case '0' <= c && c <= '9':
+			if seenPoint {
+				fracDigits++
+			} else {
+				intDigits++
+			}
+			if significant > 0 || c != '0' {
+				significant++
+			}
+		case c == '.' && !seenPoint:
+			if intDigits == 0 {
+				return "no digit before '.'"
+			}
+			seenPoint = true
+		case (c == 'e' || c == 'E') && intDigits > 0 && (!seenPoint || fracDigits > 0):
+			return "exponent notation"
+		default:
+			r, _ := utf8.DecodeRuneInString(s[i:])
+			return fmt.Sprintf("unexpected %q at byte %d: not a plain decimal", r, i)
+		}
+	}
+	switch {
+	case seenPoint && fracDigits == 0:
+		return "no digit after '.'"
+	case significant > MaxAmountDigits:
+		return fmt.Sprintf("%d significant digits, more than %d", significant, MaxAmountDigits)
+	case fracDigits > MaxAmountDigits:
+		return fmt.Sprintf("%d digits after the decimal point, more than %d", fracDigits, MaxAmountDigits)
+	}
+	return ""
 }
 
 // MarshalJSON implements json.Marshaler: a string, or null when not set.
