@@ -18,6 +18,7 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
@@ -136,10 +137,11 @@ func TestForgedBitGoIntentForRealItemSendsTheOrdersCopy(t *testing.T) {
 	requireIntentsAckedOnce(t, js, allocation.BitGoConsumer, 2)
 }
 
-// jetStream connects to the stack's NATS, as any publisher on it could.
+// jetStream connects to the stack's NATS as the worker user, which may
+// publish intents: a leaked worker credential is all a forger needs.
 func (s *allocStack) jetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(s.ing.NATSURL())
+	nc, err := nats.Connect(s.ing.NATSURL(), s.ing.Credentials().Login(natsembed.UserWorker)...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)

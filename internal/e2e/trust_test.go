@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
@@ -28,7 +29,9 @@ import (
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/replay"
+	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/sandbox/payer"
 	"github.com/paystream/paystream/internal/testutil"
 )
 
@@ -65,7 +68,8 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 
 	// The worker's own password works, with the worker's permissions: it
 	// may not publish webhook events (the server refuses the publish).
-	nc, err := nats.Connect(url, nats.UserInfo(natsembed.UserWorker, passwords[natsembed.UserWorker]), nats.CustomInboxPrefix("_INBOX_worker"))
+	nc, err := nats.Connect(url, nats.UserInfo(natsembed.UserWorker, passwords[natsembed.UserWorker]), nats.CustomInboxPrefix("_INBOX_worker"),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	require.NoError(t, err)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
@@ -234,4 +238,51 @@ func TestOrderCoboDoesNotKnowAllocatesNothing(t *testing.T) {
 	code, metrics := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(metrics), `paystream_worker_dead_letters_total{reason="unknown_order"}`)
+}
+
+// TestForeignCoboCustomerAllocatesNothing plays, through the sandbox, our
+// orders and those of another Cobo customer who registered our webhook URL:
+// the same webhook key, the same merchant ids, Completed orders and late
+// payments, but orders Cobo's API does not know for our API key. Ours are
+// allocated; theirs are dead-lettered unknown_order and allocate nothing at
+// Cobo or BitGo.
+func TestForeignCoboCustomerAllocatesNothing(t *testing.T) {
+	s := startBitGoStack(t, bitgosim.Config{})
+	s.startWorker(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := payer.Run(ctx, payer.Config{
+		WebhookURL: "http://" + s.ing.PublicAddr() + ingest.WebhookPath, WebhookKey: s.signer.Key,
+		Orders: 6, ForeignOrders: 6, Seed: 7, LateRatio: 0.5, Duplicates: 0.2, Shuffle: true, Sim: s.sim, Logger: zerolog.Nop(),
+	})
+	require.NoError(t, err)
+	require.Zero(t, st.Failed)
+	require.Positive(t, st.ByStatus["Completed"], "some of our orders complete, so the rules have work")
+	foreign := s.sim.ForeignOrderIDs()
+	require.Len(t, foreign, 6)
+
+	waitFor(t, time.Minute, "every foreign order dead-lettered unknown_order", func() bool {
+		dead := map[string]bool{}
+		for _, dl := range deadLetters(t, s.ing) {
+			require.True(t, strings.HasPrefix(dl.Reason, "unknown_order: "), "only foreign orders are refused: %s", dl.Reason)
+			dead[dl.OrderID] = true
+		}
+		for _, id := range foreign {
+			if !dead[id] {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, time.Minute, "our orders allocated", func() bool {
+		return len(s.sim.Items()) > 0 && len(s.bitgo.sim.Allocations()) > 0
+	})
+	require.Empty(t, s.sim.ForeignOrderItems(), "no Cobo allocation names a foreign order")
+	require.Empty(t, s.bitgo.sim.AllocationsNaming(foreign...), "no BitGo allocation names a foreign order")
+	for _, id := range foreign {
+		if v, ok := getOrder(t, s.ing, id); ok {
+			require.Empty(t, v.Allocations, id)
+			require.NotEqual(t, "Completed", string(v.Status), id)
+		}
+	}
 }

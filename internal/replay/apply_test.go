@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -189,4 +190,51 @@ func mustJSON(t *testing.T, v any) []byte {
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
 	return b
+}
+
+// TestApplyWithReorderedRulesPlansNothingTwice: the rules file is
+// reordered, the order state is lost, and replay -apply rebuilds it with
+// the new file. Item ids come from what identifies a split, not its place
+// in the file, so the rebuilt items are the ones already claimed and sent:
+// no second intent, no second claim, nothing sent twice, also once a
+// worker runs with the reordered file.
+func TestApplyWithReorderedRulesPlansNothingTwice(t *testing.T) {
+	s := newStack(t).withAllocations(t)
+	s.registerOrder("O-reorder")
+	stop := s.startWorker(t)
+	s.postHistory(t, "O-reorder")
+	waitFor(t, 30*time.Second, "allocations of O-reorder", func() bool {
+		o, _, ok := s.order(t, "O-reorder")
+		return ok && len(o.Allocations) == 3 && !slices.ContainsFunc(o.Allocations, func(a domain.AllocationItem) bool { return !a.Final() })
+	})
+	s.waitWorkersIdle(t)
+	before, _, _ := s.order(t, "O-reorder")
+	intents, claims, items := s.allocationCounts(t)
+	require.Equal(t, []any{uint64(3), 3, 3}, []any{intents, claims, items})
+	stop()
+
+	reordered, err := allocation.ParseRules([]byte(`{"splits": [
+	   {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"},
+	   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"}],
+	 "late_payments": "credit_merchant"}`))
+	require.NoError(t, err)
+	s.alloc.rules = reordered
+	require.NoError(t, s.js.DeleteKeyValue(context.Background(), events.OrdersBucket))
+	_, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	require.NoError(t, err)
+	after, _, ok := s.order(t, "O-reorder")
+	require.True(t, ok)
+	ids := func(o *domain.Order) []string {
+		var out []string
+		for _, a := range o.Allocations {
+			out = append(out, a.ID)
+		}
+		return out
+	}
+	require.Equal(t, ids(before), ids(after), "the rebuilt items are the ones already sent")
+
+	s.startWorker(t)
+	s.waitWorkersIdle(t)
+	i2, c2, it2 := s.allocationCounts(t)
+	require.Equal(t, []any{intents, claims, items}, []any{i2, c2, it2}, "nothing published, claimed or sent twice")
 }
