@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/testutil"
 )
@@ -95,4 +99,23 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	require.ErrorContains(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-seq", "1"}, noEnv, &out), "redriven already")
 	require.NoError(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-all"}, noEnv, &out))
 	require.Empty(t, out.String())
+}
+
+func TestRefusedWorkerNamesTheFlagsAndFile(t *testing.T) {
+	dir := t.TempDir()
+	creds, err := natsembed.LoadOrCreateCredentials(dir)
+	require.NoError(t, err)
+	srv, err := natsembed.Start(natsembed.Config{Listen: "127.0.0.1:0", StoreDir: dir, Credentials: creds})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	wrong := filepath.Join(t.TempDir(), "worker.password")
+	require.NoError(t, os.WriteFile(wrong, []byte("not-the-password\n"), 0o600))
+
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"-nats-url", srv.ClientURL(), "-nats-user", "worker", "-nats-password-file", wrong,
+		"-cobo-env", "dev", "-metrics-listen", "-"}, noEnv, &out)
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+	require.ErrorContains(t, err, `NATS refused user "worker" with the password in `+wrong+` (-nats-user, -nats-password-file)`)
+	require.ErrorContains(t, err, "credentials/<user>.password")
+	require.NotContains(t, err.Error(), "not-the-password", "the password is never echoed")
 }
