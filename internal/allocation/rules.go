@@ -298,9 +298,35 @@ func (r *Rules) OnCompleted(o *domain.Order) []domain.AllocationItem {
 			continue
 		}
 		item.Amount = amount
+		if item.Status == domain.AllocPlanned {
+			refuseInvalid(&item, v.ReceivedTokenAmount)
+		}
 		items = append(items, item)
 	}
 	return items
+}
+
+// refuseInvalid fails an item that must never be sent, with the reason,
+// so that one bad item is never part of a batch that the provider would
+// reject whole: a transfer to its own source, a non-positive amount, a
+// split with more than AmountDecimals decimals, or a split larger than
+// what the order received. Late-payment credits keep their exact amount,
+// so the decimals rule is for splits only.
+func refuseInvalid(it *domain.AllocationItem, received decimal.NullDecimal) {
+	var reason string
+	switch {
+	case it.Source == it.Destination:
+		reason = fmt.Sprintf("source and destination are both %q: a transfer to itself", it.Source)
+	case !it.Amount.IsPositive():
+		reason = fmt.Sprintf("amount %s is not positive", it.Amount)
+	case it.Kind == domain.KindSplit && !it.Amount.Equal(it.Amount.Truncate(AmountDecimals)):
+		reason = fmt.Sprintf("amount %s has more than %d decimals", it.Amount, AmountDecimals)
+	case it.Kind == domain.KindSplit && (!received.Valid || it.Amount.GreaterThan(received.Decimal)):
+		reason = fmt.Sprintf("split %s is more than the order received (%s)", it.Amount, received.Decimal)
+	default:
+		return
+	}
+	it.Status, it.Reason = domain.AllocFailed, "invalid item, never sent: "+reason
 }
 
 // OnLatePayment returns the item a late payment makes under the
@@ -329,6 +355,8 @@ func (r *Rules) OnLatePayment(o *domain.Order, lp domain.LatePayment) []domain.A
 	}
 	if v.MerchantID == "" || token == "" {
 		item.Status, item.Reason = domain.AllocFailed, "order merchant_id or token unknown"
+	} else {
+		refuseInvalid(&item, v.ReceivedTokenAmount)
 	}
 	return []domain.AllocationItem{item}
 }

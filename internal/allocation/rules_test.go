@@ -301,3 +301,36 @@ func TestSplitIDs(t *testing.T) {
 	_, err := allocation.ParseRules([]byte(split(`"` + strings.Repeat("x", allocation.MaxSplitIDLength) + `"`)))
 	require.NoError(t, err)
 }
+
+// TestInvalidItemsAreFailedWhenPlanned: an item that the provider would
+// refuse, and that would sink the batch it joins, is failed with its
+// reason when planned and so never sent.
+func TestInvalidItemsAreFailedWhenPlanned(t *testing.T) {
+	r := parseRules(t, `{"splits":[
+		{"merchant_id":"*","destination_account":"M9000","share":"0.05","description":"referral"},
+		{"merchant_id":"*","destination_account":"developer","share":"0.10","description":"commission"}],
+		"late_payments":"credit_merchant"}`)
+
+	// M9000's own order: the referral would move M9000's funds to M9000.
+	items := r.OnCompleted(completedOrder("M9000", "102"))
+	require.Len(t, items, 2)
+	for _, it := range items {
+		if it.Destination == "M9000" {
+			require.Equal(t, domain.AllocFailed, it.Status)
+			require.Contains(t, it.Reason, "a transfer to itself")
+		} else {
+			require.Equal(t, domain.AllocPlanned, it.Status, "the other split of the order is unaffected")
+		}
+	}
+
+	// A late payment to a merchant named like the developer account.
+	late := r.OnLatePayment(completedOrder("developer", "102"), domain.LatePayment{TransactionID: "t", Amount: decimal.NewFromInt(1), TokenID: "ETH_USDT"})
+	require.Equal(t, domain.AllocFailed, late[0].Status)
+	require.Contains(t, late[0].Reason, "a transfer to itself")
+	late = r.OnLatePayment(completedOrder("M1", "102"), domain.LatePayment{TransactionID: "t", Amount: decimal.Zero, TokenID: "ETH_USDT"})
+	require.Equal(t, domain.AllocFailed, late[0].Status)
+	require.Contains(t, late[0].Reason, "not positive")
+	// Late credits keep their exact amount, however many decimals.
+	late = r.OnLatePayment(completedOrder("M1", "102"), domain.LatePayment{TransactionID: "t", Amount: decimal.RequireFromString("0.123456789"), TokenID: "ETH_USDT"})
+	require.Equal(t, domain.AllocPlanned, late[0].Status)
+}
