@@ -555,6 +555,8 @@ type Metrics struct {
 	apiErrors *prometheus.CounterVec
 	// bitgoSends counts BitGo send and poll answers by result.
 	bitgoSends *prometheus.CounterVec
+	// orphans counts intents the orphan sweep published again.
+	orphans *prometheus.CounterVec
 	// intentsRejected counts intents not sent because they do not name an
 	// item as planned on its order, by backend and reason (see Reject*).
 	intentsRejected *prometheus.CounterVec
@@ -578,6 +580,9 @@ func newMetrics() *Metrics {
 		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_cobo_api_errors_total", Help: "Cobo API errors by endpoint, HTTP status and error_code.",
 		}, []string{"endpoint", "status", "code"}),
+		orphans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_allocation_orphans_republished_total", Help: "Planned allocation items whose intent the orphan sweep published again, by backend.",
+		}, []string{"backend"}),
 		bitgoSends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_bitgo_answers_total", Help: "BitGo allocation answers by result (cleared, reserved, released, refused, error).",
 		}, []string{"result"}),
@@ -591,7 +596,7 @@ func newMetrics() *Metrics {
 // NewMetrics registers the allocation metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := newMetrics()
-	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends, m.intentsRejected)
+	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends, m.intentsRejected, m.orphans)
 	// Every series exists from the start at 0, so an alert on its increase
 	// fires on the first forged intent too.
 	for _, backend := range []string{domain.BackendCobo, domain.BackendBitGo} {

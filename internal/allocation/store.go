@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/paystream/paystream/internal/domain"
@@ -69,6 +68,7 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 		{BatchesBucket, "allocation batches not yet recorded on their orders"},
 		{ClaimsBucket, "allocation item id -> request id"},
 		{BitGoRequestsBucket, "BitGo item id -> prepared, signed request and its last outcome"},
+		{OutboxBucket, "orders with allocation items planned, until none is left planned (the orphan sweep's worklist)"},
 	} {
 		if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,
@@ -77,39 +77,6 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 		}
 	}
 	return nil
-}
-
-// Outbox publishes an order's planned items to the intent stream. The item
-// id is the message id, so publishing again is harmless.
-type Outbox struct {
-	js jetstream.JetStream
-}
-
-// NewOutbox returns an Outbox on js.
-func NewOutbox(js jetstream.JetStream) *Outbox { return &Outbox{js: js} }
-
-// Publish publishes every item of o still planned. Call it after the
-// order's state is committed and before the event is acked: a crash in
-// between redelivers the event, and the items are published then.
-func (p *Outbox) Publish(ctx context.Context, o *domain.Order) (int, error) {
-	n := 0
-	for _, it := range o.Allocations {
-		if it.Status != domain.AllocPlanned {
-			continue
-		}
-		b, err := json.Marshal(it)
-		if err != nil {
-			return n, fmt.Errorf("encode item %s: %w", it.ID, err)
-		}
-		msg := nats.NewMsg(IntentSubjectPrefix + "." + it.Backend + "." + events.Token(o.OrderID))
-		msg.Data = b
-		msg.Header.Set(jetstream.MsgIDHeader, it.ID)
-		if _, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(IntentStream)); err != nil {
-			return n, fmt.Errorf("publish allocation item %s: %w", it.ID, err)
-		}
-		n++
-	}
-	return n, nil
 }
 
 // Batch statuses, in order.

@@ -70,6 +70,9 @@ func providers(t *testing.T, orders []history) (*worker.AllocationConfig, *cobos
 			MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
 		BitGoSender:   allocation.BitGoSenderConfig{Poll: 50 * time.Millisecond, Retry: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, SendTimeout: 5 * time.Second},
 		IntentAckWait: 3 * time.Second,
+		// Sweeps run often, so that listing and removing the outbox marks
+		// happens under the deployed permissions during the test.
+		Sweeper: allocation.SweeperConfig{OrphanAfter: 200 * time.Millisecond},
 	}, csim, bsim
 }
 
@@ -280,6 +283,18 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Len(t, csim.Items(), 8, "referral and replayed payment of four orders")
 	require.Len(t, bsim.Allocations(), 4)
 
+	// Every item is final, so the sweep removes every outbox mark.
+	waitFor(t, 10*time.Second, "the outbox marks removed", func() bool {
+		kv, err := admin.KeyValue(context.Background(), allocation.OutboxBucket)
+		require.NoError(t, err)
+		keys, err := kv.ListKeys(context.Background())
+		require.NoError(t, err)
+		n := 0
+		for range keys.Keys() {
+			n++
+		}
+		return n == 0
+	})
 	// Let batch recovery list its bucket a few times before judging.
 	time.Sleep(300 * time.Millisecond)
 	got := c.viol.all()

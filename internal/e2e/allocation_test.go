@@ -1,16 +1,20 @@
 package e2e_test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
@@ -40,6 +44,8 @@ type allocStack struct {
 	rules  *allocation.Rules
 	// bitgo, when set, is the BitGo side workers also allocate against.
 	bitgo *bitgoSide
+	// orphanAfter, when set, is the workers' -orphan-after.
+	orphanAfter time.Duration
 }
 
 func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
@@ -105,6 +111,7 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 		},
 		Batcher:       allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
 		IntentAckWait: 3 * time.Second,
+		Sweeper:       allocation.SweeperConfig{OrphanAfter: s.orphanAfter},
 	}
 	if s.bitgo != nil {
 		alloc.BitGo = s.bitgo.clientConfig(transport)
@@ -334,4 +341,64 @@ func amount(s string) cobo.Amount {
 		panic(err)
 	}
 	return a
+}
+
+// TestOrphanedPlannedItemsAreSwept kills the outbox path: the intent
+// stream is gone while an order completes, so every outbox publish fails
+// and the events are dead-lettered with their items planned on the order
+// and no intent anywhere. Two workers started later (which recreate the
+// stream) find them through the outbox marks, sweep them concurrently, and
+// each item is sent once.
+func TestOrphanedPlannedItemsAreSwept(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.orphanAfter = time.Second
+	first := s.startWorker(t, nil)
+	admin, err := nats.Connect(s.ing.NATSURL(), s.ing.Credentials().Login(natsembed.UserAdmin)...)
+	require.NoError(t, err)
+	t.Cleanup(admin.Close)
+	ajs, err := jetstream.New(admin)
+	require.NoError(t, err)
+	require.NoError(t, ajs.DeleteStream(context.Background(), allocation.IntentStream))
+
+	sendHistories(t, s, "O-orphan")
+	waitFor(t, 30*time.Second, "the completing events dead-lettered", func() bool {
+		n := 0
+		for _, dl := range deadLetters(t, s.ing) {
+			if dl.OrderID == "O-orphan" && strings.Contains(dl.Reason, "publish allocation item") {
+				n++
+			}
+		}
+		return n >= 2 // the Completed event and the late payment
+	})
+	v, ok := getOrder(t, s.ing, "O-orphan")
+	require.True(t, ok)
+	require.Len(t, v.Allocations, 3)
+	for _, a := range v.Allocations {
+		require.Equal(t, domain.AllocPlanned, a.Status, "planned, and no intent exists")
+	}
+	first.Stop(t)
+	require.Empty(t, s.sim.Items())
+
+	ws := []*testutil.RunningWorker{s.startWorker(t, nil), s.startWorker(t, nil)}
+	s.requireAllocatedOnce(t, "O-orphan")
+	swept := 0
+	for _, w := range ws {
+		swept += int(metricValue(t, w, `paystream_allocation_orphans_republished_total{backend="cobo"}`))
+	}
+	require.GreaterOrEqual(t, swept, 3, "each orphan was published again")
+}
+
+// metricValue reads one sample of w's /metrics, 0 when absent.
+func metricValue(t *testing.T, w *testutil.RunningWorker, series string) float64 {
+	t.Helper()
+	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
+	require.Equal(t, http.StatusOK, code)
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
 }

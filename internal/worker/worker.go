@@ -84,6 +84,9 @@ type AllocationConfig struct {
 	// process waits before another takes it; allocation.DefaultIntentAck
 	// when zero.
 	IntentAckWait time.Duration
+	// Sweeper tunes the sweep that publishes again the intents of items
+	// left planned (OrphanAfter, allocation.DefaultOrphanAfter when zero).
+	Sweeper allocation.SweeperConfig
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -170,6 +173,7 @@ type Worker struct {
 	cfg       Config
 	batcher   *allocation.Batcher
 	bitgo     *allocation.BitGoSender
+	sweeper   *allocation.Sweeper
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	consumer  *events.Consumer
@@ -254,6 +258,12 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
 		bcfg.Metrics = am
 		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
+			return nil, err
+		}
+		swcfg := a.Sweeper
+		swcfg.Logger = cfg.Logger.With().Str("component", "sweeper").Logger()
+		swcfg.Metrics = am
+		if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
 			return nil, err
 		}
 		for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
@@ -358,7 +368,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	} else {
 		bitgoDone <- nil
 	}
-	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone)
+	sweeperDone := make(chan error, 1)
+	if w.sweeper != nil {
+		go func() { sweeperDone <- w.sweeper.Run(ctx) }()
+	} else {
+		sweeperDone <- nil
+	}
+	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone, <-sweeperDone)
 	w.cfg.Logger.Info().Msg("worker stopping")
 	stopLag()
 	<-lagDone
