@@ -113,6 +113,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	r.IngestCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(max(r.Saturation.Sent, 1))
 	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms; CPU per webhook: ingest %.0f µs, load generator %.0f µs",
 		r.Saturation.PerSecond, r.Saturation.P50ms, r.Saturation.P99ms, r.IngestCPUus, r.Saturation.CPUus)
+	// The same saturation with the lazy fsync an operator may choose
+	// (-store-sync 2m): what durability costs, measured side by side.
+	lazy, err := b.startIngest("ingest-lazy", nil, "-store-sync", lazySync)
+	if err != nil {
+		return err
+	}
+	say("ingest at saturation with -store-sync %s: %d webhooks, %d in flight", lazySync, o.satN, o.concurrency)
+	if r.SaturationLazy, err = loadgen.Run(ctx, loadgen.Options{URL: lazy.webhookURL, Key: key, N: o.satN, Duration: 2 * time.Minute, Concurrency: o.concurrency, RunID: "sat-lazy", Presign: true}); err != nil {
+		return err
+	}
+	lazy.proc.Stop(15 * time.Second)
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.SaturationLazy.PerSecond, r.SaturationLazy.P50ms, r.SaturationLazy.P99ms)
 	say("ingest at %d/s offered: %d webhooks", o.rate, o.fixedN)
 	if r.Fixed, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.fixedN, Duration: 2 * time.Minute, Concurrency: 512, Rate: o.rate, RunID: "fixed"}); err != nil {
 		return err
@@ -148,6 +160,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	say("wrote %s", o.out)
 	return nil
 }
+
+// lazySync is the -store-sync interval of the lazy-fsync measurement:
+// JetStream's own default.
+const lazySync = "2m"
 
 type bench struct {
 	o     options
@@ -189,9 +205,9 @@ func (ip *ingestProc) connect(user string) (*nats.Conn, error) {
 
 // startIngest starts an ingest with its embedded JetStream server, or,
 // with host, one that stores on host's server as the ingest user.
-func (b *bench) startIngest(name string, host *ingestProc) (*ingestProc, error) {
+func (b *bench) startIngest(name string, host *ingestProc, extra ...string) (*ingestProc, error) {
 	listen, admin := freeAddr(), freeAddr()
-	args := []string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", loadgenPubKey(), "-log-level", "warn"}
+	args := append([]string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", loadgenPubKey(), "-log-level", "warn"}, extra...)
 	var natsURL, dataDir string
 	if host == nil {
 		natsAddr := freeAddr()

@@ -38,6 +38,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for streams and buckets (3 on a cluster)")
 	maxAge := fs.Duration("stream-max-age", "PAYSTREAM_STREAM_MAX_AGE", events.DefaultMaxAge, "how long events are kept for replay")
 	dedup := fs.Duration("dedup-window", "PAYSTREAM_DEDUP_WINDOW", events.DefaultDuplicateWindow, "how long event_ids are remembered for dedup")
+	storeSync := fs.String("store-sync", "PAYSTREAM_STORE_SYNC", "always", "embedded server: fsync every event before answering 200 (always), or only every <duration> (faster; an OS crash or power loss loses what was answered since)")
 	storeTimeout := fs.Duration("store-timeout", "PAYSTREAM_STORE_TIMEOUT", 1500*time.Millisecond, "deadline to store an event before answering 503")
 	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the admin listener")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -57,6 +58,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if _, err := trust.Verifier(); err != nil {
 		return err
 	}
+	sync, err := ingest.ParseStoreSync(*storeSync)
+	if err != nil {
+		return fmt.Errorf("-store-sync: %w", err)
+	}
 	cfg := ingest.Config{
 		Pprof:        *pprof,
 		Listen:       *listen,
@@ -69,6 +74,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		CoboPubKeys:  trust.PubKeys(),
 		MaxSkew:      *maxSkew,
 		StoreTimeout: *storeTimeout,
+		StoreSync:    sync,
 		Stream:       events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
 		Logger:       log,
 

@@ -143,6 +143,7 @@ func loadNode(t *testing.T, name, clusterAddr string) *server.Options {
 	require.NoError(t, err, "the committed config of %s must parse", name)
 	require.Equal(t, name, opts.ServerName)
 	require.True(t, opts.JetStream, "%s: JetStream enabled", name)
+	require.True(t, opts.SyncAlways, "%s: JetStream fsyncs every write before acknowledging it (sync_interval: always)", name)
 	require.NotZero(t, opts.HTTPPort, "%s: monitoring port enabled", name)
 	require.Equal(t, "paystream", opts.Cluster.Name)
 	require.Equal(t, routeUser.user, opts.Cluster.Username, "%s: routes authenticate", name)

@@ -14,43 +14,53 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/loadgen"
+	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/testutil"
 )
 
 // BenchmarkPublishSync measures synchronous JetStream publishes per
 // second of loadgen's webhook payloads, stored exactly as ingest stores
-// them (headers, message id, file storage, embedded server). "serial" is
-// one publisher waiting for each ack; "concurrent-64" is 64 publishers,
-// as ingest under load has one per request in flight.
+// them (headers, message id, file storage, embedded server). "always" is
+// the embedded server's default, fsyncing every write before the ack;
+// "lazy" syncs every 2 minutes (-store-sync 2m, JetStream's own default).
+// "serial" is one publisher waiting for each ack; "concurrent-64" is 64
+// publishers, as ingest under load has one per request in flight.
 func BenchmarkPublishSync(b *testing.B) {
-	for _, par := range []int{1, 64} {
-		name := "serial"
-		if par > 1 {
-			name = fmt.Sprintf("concurrent-%d", par)
-		}
-		b.Run(name, func(b *testing.B) {
-			srv := testutil.StartJetStream(b)
-			_, js := testutil.Connect(b, srv)
-			ctx := context.Background()
-			_, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
-			require.NoError(b, err)
-			run := strconv.FormatInt(time.Now().UnixNano(), 36)
-			var next atomic.Int64
-			b.ResetTimer()
-			b.SetParallelism((par + 1) / 2) // RunParallel multiplies by GOMAXPROCS (2 here)
-			if par == 1 {
-				for i := range b.N {
-					publish(b, ctx, js, run, i)
-				}
-			} else {
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						publish(b, ctx, js, run, int(next.Add(1)))
-					}
-				})
+	for _, sync := range []struct {
+		name     string
+		interval time.Duration
+	}{{"always", 0}, {"lazy", 2 * time.Minute}} {
+		for _, par := range []int{1, 64} {
+			name := "serial"
+			if par > 1 {
+				name = fmt.Sprintf("concurrent-%d", par)
 			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
-		})
+			b.Run(sync.name+"/"+name, func(b *testing.B) {
+				srv, err := natsembed.Start(natsembed.Config{StoreDir: b.TempDir(), SyncInterval: sync.interval})
+				require.NoError(b, err)
+				b.Cleanup(srv.Shutdown)
+				_, js := testutil.Connect(b, srv)
+				ctx := context.Background()
+				_, err = events.EnsureEventStream(ctx, js, events.StreamConfig{})
+				require.NoError(b, err)
+				run := strconv.FormatInt(time.Now().UnixNano(), 36)
+				var next atomic.Int64
+				b.ResetTimer()
+				b.SetParallelism((par + 1) / 2) // RunParallel multiplies by GOMAXPROCS (2 here)
+				if par == 1 {
+					for i := range b.N {
+						publish(b, ctx, js, run, i)
+					}
+				} else {
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							publish(b, ctx, js, run, int(next.Add(1)))
+						}
+					})
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
+			})
+		}
 	}
 }
 

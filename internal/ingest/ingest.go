@@ -72,6 +72,11 @@ type Config struct {
 	MaxSkew time.Duration
 	// StoreTimeout bounds a JetStream store; past it the answer is 503.
 	StoreTimeout time.Duration
+	// StoreSync is the embedded server's fsync interval: zero (the
+	// default) fsyncs every event before it is acknowledged, so a 200
+	// means it is on disk; a positive interval trades that for speed (see
+	// natsembed.Config.SyncInterval).
+	StoreSync time.Duration
 	// Stream sizes the event stream.
 	Stream events.StreamConfig
 	// Logger receives the service's logs.
@@ -109,6 +114,9 @@ func (c Config) validate() error {
 	if (c.NATSListenTLSCert == "") != (c.NATSListenTLSKey == "") {
 		return errors.New("NATSListenTLSCert and NATSListenTLSKey go together")
 	}
+	if c.StoreSync < 0 {
+		return fmt.Errorf("StoreSync must not be negative (0 syncs always), got %s", c.StoreSync)
+	}
 	if c.MaxSkew < 0 {
 		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
 	}
@@ -119,6 +127,27 @@ func (c Config) validate() error {
 		return fmt.Errorf("Stream.%w", err)
 	}
 	return nil
+}
+
+// ParseStoreSync reads a -store-sync value: "always" (fsync every write
+// before acknowledging it) is 0, a positive duration the lazy interval.
+func ParseStoreSync(s string) (time.Duration, error) {
+	if s == "always" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("want always or a positive duration, got %q", s)
+	}
+	return d, nil
+}
+
+// StoreSyncString is the -store-sync value of d.
+func StoreSyncString(d time.Duration) string {
+	if d <= 0 {
+		return "always"
+	}
+	return d.String()
 }
 
 // TrustedKeys returns the webhook keys the config trusts.
@@ -170,7 +199,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		}
 		s.embedded, err = natsembed.Start(natsembed.Config{
 			Listen: cfg.NATSListen, StoreDir: cfg.DataDir, Credentials: s.creds,
-			TLSCert: cfg.NATSListenTLSCert, TLSKey: cfg.NATSListenTLSKey,
+			TLSCert: cfg.NATSListenTLSCert, TLSKey: cfg.NATSListenTLSKey, SyncInterval: cfg.StoreSync,
 		})
 		if err != nil {
 			return nil, err
@@ -180,7 +209,8 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		conn.InProcess = s.embedded
 		conn.Extra = s.creds.Login(natsembed.UserIngest)
 		cfg.Logger.Info().Str("nats_listen", cfg.NATSListen).Str("data_dir", cfg.DataDir).
-			Str("credentials", natsembed.CredentialsDir(cfg.DataDir)).Bool("tls", cfg.NATSListenTLSCert != "").Msg("embedded JetStream started")
+			Str("credentials", natsembed.CredentialsDir(cfg.DataDir)).Bool("tls", cfg.NATSListenTLSCert != "").
+			Str("store_sync", StoreSyncString(cfg.StoreSync)).Msg("embedded JetStream started")
 	}
 	if s.nc, err = natsconn.Connect(conn); err != nil {
 		return nil, err

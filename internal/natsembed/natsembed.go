@@ -37,6 +37,11 @@ type Config struct {
 	// TLSCert and TLSKey, when set, make the client listener require TLS
 	// with this certificate.
 	TLSCert, TLSKey string
+	// SyncInterval, when positive, lets JetStream fsync its files only
+	// this often, acknowledging writes before they are on disk: an OS
+	// crash or power loss then loses what was acknowledged since the last
+	// sync. Zero, the default, fsyncs every write before acknowledging it.
+	SyncInterval time.Duration
 }
 
 // ClusterConfig joins an embedded server to a cluster.
@@ -74,6 +79,12 @@ func Start(cfg Config) (*server.Server, error) {
 	opts.ServerName = cfg.ServerName
 	opts.JetStream = true
 	opts.StoreDir = cfg.StoreDir
+	// A 200 to Cobo must mean the event is on disk: Cobo never resends an
+	// event it was answered 200 for.
+	opts.SyncAlways = cfg.SyncInterval <= 0
+	if cfg.SyncInterval > 0 {
+		opts.SyncInterval = cfg.SyncInterval
+	}
 	opts.NoSigs = true
 	opts.NoLog = true
 	// NATS's default 1 MB payload limit is below ingest's 1 MiB body

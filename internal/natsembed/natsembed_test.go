@@ -3,6 +3,7 @@ package natsembed_test
 import (
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -40,4 +41,17 @@ func TestServerRefusesAUserWithoutPassword(t *testing.T) {
 	delete(creds, natsembed.UserOperator)
 	_, err = natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Credentials: creds})
 	require.ErrorContains(t, err, "no password for user operator")
+}
+
+func TestServerSyncsEveryWriteUnlessToldOtherwise(t *testing.T) {
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	require.True(t, srv.JetStreamConfig().SyncAlways, "fsync before acknowledging, by default")
+
+	lazy, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), SyncInterval: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(lazy.Shutdown)
+	require.False(t, lazy.JetStreamConfig().SyncAlways)
+	require.Equal(t, time.Minute, lazy.JetStreamConfig().SyncInterval)
 }
