@@ -160,7 +160,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if code == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", http.MethodPost)
 		}
-		writeJSON(w, code, response{Error: err.Error()})
+		writeJSON(w, code, response{Error: publicError(code, err)})
 		return
 	}
 	status := "accepted"
@@ -169,6 +169,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.cfg.Logger.Debug().Str("event_id", d.EventID).Str("order_id", d.OrderID).Str("type", d.Type).Str("result", status).Msg("webhook stored")
 	writeJSON(w, http.StatusOK, response{Status: status, EventID: d.EventID})
+}
+
+// publicError is what the answer says about err: what was wrong with the
+// request for a 4xx, and for a 5xx only that the sender should retry, as
+// the cause (a store error) is internal and is in the log.
+func publicError(code int, err error) string {
+	switch {
+	case code < 500:
+		return err.Error()
+	case errors.Is(err, ErrStoreUnavailable):
+		return ErrStoreUnavailable.Error() + "; retry later"
+	}
+	return "internal error; retry later"
 }
 
 // accept runs the checks in the order that gives each failure its own
