@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -191,17 +188,7 @@ func publishIntent(t *testing.T, js jetstream.JetStream, subject, msgID string, 
 // backend and reason from the worker's metrics; 0 when it has no sample.
 func rejectedIntents(t *testing.T, w *testutil.RunningWorker, backend, reason string) int {
 	t.Helper()
-	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
-	require.Equal(t, http.StatusOK, code)
-	prefix := fmt.Sprintf("paystream_allocation_intents_rejected_total{backend=%q,reason=%q} ", backend, reason)
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err, line)
-			return int(n)
-		}
-	}
-	return 0
+	return int(metricValue(t, w, fmt.Sprintf("paystream_allocation_intents_rejected_total{backend=%q,reason=%q}", backend, reason)))
 }
 
 // requireIntentsAckedOnce waits until consumer has no intent left pending

@@ -109,18 +109,7 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 	s.registerOrder("O-al")
 	stop := s.startWorker(t)
 	s.postHistory(t, "O-al")
-	waitFor(t, 30*time.Second, "allocations of O-al", func() bool {
-		o, _, ok := s.order(t, "O-al")
-		if !ok || len(o.Allocations) != 3 {
-			return false
-		}
-		for _, a := range o.Allocations {
-			if a.Status != domain.AllocCompleted {
-				return false
-			}
-		}
-		return true
-	})
+	s.waitAllocated(t, "O-al")
 	s.waitWorkersIdle(t)
 	intents, claims, items := s.allocationCounts(t)
 	require.Equal(t, uint64(3), intents)
@@ -169,6 +158,17 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 	require.Len(t, o.Allocations, 3)
 }
 
+// waitAllocated waits until the order has the three items testRules plan
+// for a history, all completed.
+func (s *stack) waitAllocated(t *testing.T, orderID string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "allocations of "+orderID, func() bool {
+		o, _, ok := s.order(t, orderID)
+		return ok && len(o.Allocations) == 3 &&
+			!slices.ContainsFunc(o.Allocations, func(a domain.AllocationItem) bool { return a.Status != domain.AllocCompleted })
+	})
+}
+
 // allocationCounts returns the intents stored, the items claimed and the
 // items Cobo holds.
 func (s *stack) allocationCounts(t *testing.T) (uint64, int, int) {
@@ -203,10 +203,7 @@ func TestApplyWithReorderedRulesPlansNothingTwice(t *testing.T) {
 	s.registerOrder("O-reorder")
 	stop := s.startWorker(t)
 	s.postHistory(t, "O-reorder")
-	waitFor(t, 30*time.Second, "allocations of O-reorder", func() bool {
-		o, _, ok := s.order(t, "O-reorder")
-		return ok && len(o.Allocations) == 3 && !slices.ContainsFunc(o.Allocations, func(a domain.AllocationItem) bool { return !a.Final() })
-	})
+	s.waitAllocated(t, "O-reorder")
 	s.waitWorkersIdle(t)
 	before, _, _ := s.order(t, "O-reorder")
 	intents, claims, items := s.allocationCounts(t)
