@@ -12,6 +12,7 @@ import (
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/webhook"
 )
 
 func main() {
@@ -40,6 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	dedup := fs.Duration("dedup-window", "PAYSTREAM_DEDUP_WINDOW", events.DefaultDuplicateWindow, "how long event_ids are remembered for dedup")
 	storeSync := fs.String("store-sync", "PAYSTREAM_STORE_SYNC", "always", "embedded server: fsync every event before answering 200 (always), or only every <duration> (faster; an OS crash or power loss loses what was answered since)")
 	storeTimeout := fs.Duration("store-timeout", "PAYSTREAM_STORE_TIMEOUT", 1500*time.Millisecond, "deadline to store an event before answering 503")
+	maxInFlight := fs.Int("max-inflight", "PAYSTREAM_MAX_INFLIGHT", webhook.DefaultMaxInFlight, "webhooks handled at once; more get a fast 503 (Cobo retries)")
 	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the admin listener")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
@@ -75,6 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		MaxSkew:      *maxSkew,
 		StoreTimeout: *storeTimeout,
 		StoreSync:    sync,
+		MaxInFlight:  *maxInFlight,
 		Stream:       events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
 		Logger:       log,
 

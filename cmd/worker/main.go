@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	maxDeliver := fs.Int("max-deliver", "PAYSTREAM_MAX_DELIVER", events.DefaultMaxDeliver, "deliveries before an event is dead-lettered")
 	ackWait := fs.Duration("ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
 	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the metrics listener")
+	metricsTokenFile := fs.String("metrics-token-file", "PAYSTREAM_METRICS_TOKEN_FILE", "", "file holding the Bearer token the metrics listener requires (not of /healthz and /readyz); empty: none")
 	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
 	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
@@ -74,6 +75,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	verifier, err := trust.Verifier()
 	if err != nil {
 		return err
+	}
+	var metricsToken string
+	if *metricsTokenFile != "" {
+		if metricsToken, err = cli.ReadSecretFile(*metricsTokenFile); err != nil {
+			return fmt.Errorf("-metrics-token-file: %w", err)
+		}
 	}
 	log, err := cli.NewLogger(stdout, *logLevel, *logFormat, "worker")
 	if err != nil {
@@ -101,6 +108,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		NATSURL:       *natsURL,
 		NATSOptions:   natsOpts,
 		MetricsListen: *metricsListen,
+		MetricsToken:  metricsToken,
 		Pprof:         *pprof,
 		Stream:        events.StreamConfig{Replicas: *replicas},
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},

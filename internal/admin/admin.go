@@ -5,12 +5,11 @@ package admin
 
 import (
 	"context"
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
-	"strings"
+	"net/url"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/httpapi"
 )
 
 // OrderReader reads an order's current state.
@@ -35,7 +35,8 @@ type Config struct {
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
 	// Token, when non-empty, is required as "Authorization: Bearer <token>"
-	// on every request.
+	// on every request but the probes /healthz and /readyz, which
+	// orchestrators call without one.
 	Token string
 	// Pprof serves the Go profiler under /debug/pprof/ for finding where
 	// time goes under load. It exposes internals, so it is off by default
@@ -45,35 +46,43 @@ type Config struct {
 
 // NewRouter returns the admin HTTP handler.
 func NewRouter(cfg Config) http.Handler {
-	r := mux.NewRouter()
+	// Encoded paths, so that an order id holding "/" or any other byte
+	// reaches the route whole when the client percent-encodes it.
+	r := mux.NewRouter().UseEncodedPath()
 	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", func(w http.ResponseWriter, req *http.Request) {
 		if cfg.Ready != nil {
 			ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
 			defer cancel()
 			if err := cfg.Ready(ctx); err != nil {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": err.Error()})
+				// Not ready is the answer, not a failure of the route: it
+				// says what is missing, for the operator at the probe.
+				httpapi.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": err.Error()})
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}).Methods(http.MethodGet)
 	if cfg.Gatherer != nil {
 		r.Handle("/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})).Methods(http.MethodGet)
 	}
 	if cfg.Orders != nil {
 		r.HandleFunc("/v1/orders/{order_id}", func(w http.ResponseWriter, req *http.Request) {
-			id := mux.Vars(req)["order_id"]
+			id, err := url.PathUnescape(mux.Vars(req)["order_id"])
+			if err != nil {
+				httpapi.WriteError(w, fmt.Errorf("%w: order id: %v", domain.ErrInvalid, err))
+				return
+			}
 			o, _, err := cfg.Orders.Get(req.Context(), id)
 			switch {
 			case errors.Is(err, domain.ErrNotFound):
-				writeJSON(w, http.StatusNotFound, map[string]string{"error": "order " + id + " not found"})
+				httpapi.WriteError(w, fmt.Errorf("order %q: %w", id, domain.ErrNotFound))
 			case err != nil:
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+				httpapi.WriteError(w, fmt.Errorf("order store %w: %v", httpapi.ErrUnavailable, err))
 			default:
-				writeJSON(w, http.StatusOK, o.View())
+				httpapi.WriteJSON(w, http.StatusOK, o.View())
 			}
 		}).Methods(http.MethodGet)
 	}
@@ -85,34 +94,18 @@ func NewRouter(cfg Config) http.Handler {
 		r.PathPrefix("/debug/pprof/").HandlerFunc(pprof.Index)
 	}
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no route " + req.URL.Path})
+		httpapi.WriteError(w, fmt.Errorf("no route %s: %w", req.URL.Path, domain.ErrNotFound))
 	})
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": req.Method + " not allowed on " + req.URL.Path})
+		httpapi.WriteError(w, fmt.Errorf("%w: %s on %s", httpapi.ErrMethodNotAllowed, req.Method, req.URL.Path))
 	})
 	if cfg.Token == "" {
 		return r
 	}
-	return requireToken(cfg.Token, r)
+	return httpapi.RequireToken(cfg.Token, isProbe, r)
 }
 
-func requireToken(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		got := []byte(strings.TrimSpace(req.Header.Get("Authorization")))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="paystream-admin"`)
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "admin requests need Authorization: Bearer <token>"})
-			return
-		}
-		next.ServeHTTP(w, req)
-	})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+// isProbe reports a health or readiness probe, which needs no token.
+func isProbe(req *http.Request) bool {
+	return req.Method == http.MethodGet && (req.URL.Path == "/healthz" || req.URL.Path == "/readyz")
 }

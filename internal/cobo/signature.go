@@ -101,18 +101,9 @@ func ParseKeyList(s string) []string {
 // Verify checks signatureHex over body and timestamp exactly as received.
 // It returns an error wrapping ErrMissingSignature or ErrInvalidSignature.
 func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
-	if timestamp == "" {
-		return fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderTimestamp)
-	}
-	if signatureHex == "" {
-		return fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderSignature)
-	}
-	sig, err := hex.DecodeString(signatureHex)
+	sig, err := parseSignatureHeaders(timestamp, signatureHex)
 	if err != nil {
-		return fmt.Errorf("%w: %s is not hex", ErrInvalidSignature, HeaderSignature)
-	}
-	if len(sig) != ed25519.SignatureSize {
-		return fmt.Errorf("%w: %s has %d bytes, want %d", ErrInvalidSignature, HeaderSignature, len(sig), ed25519.SignatureSize)
+		return err
 	}
 	digest := Digest(WebhookMessage(body, timestamp))
 	for _, k := range v.keys {
@@ -121,6 +112,32 @@ func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
 		}
 	}
 	return fmt.Errorf("%w: no trusted key verifies it", ErrInvalidSignature)
+}
+
+// CheckSignatureHeaders checks that both signature headers are there and
+// that the signature is 64 bytes of hex, without the body, so that a
+// request without them is refused before its body is read. It returns
+// errors wrapping ErrMissingSignature or ErrInvalidSignature.
+func CheckSignatureHeaders(timestamp, signatureHex string) error {
+	_, err := parseSignatureHeaders(timestamp, signatureHex)
+	return err
+}
+
+func parseSignatureHeaders(timestamp, signatureHex string) ([]byte, error) {
+	if timestamp == "" {
+		return nil, fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderTimestamp)
+	}
+	if signatureHex == "" {
+		return nil, fmt.Errorf("%w: %s header is empty or absent", ErrMissingSignature, HeaderSignature)
+	}
+	if len(signatureHex) != 2*ed25519.SignatureSize {
+		return nil, fmt.Errorf("%w: %s has %d characters, want %d hex", ErrInvalidSignature, HeaderSignature, len(signatureHex), 2*ed25519.SignatureSize)
+	}
+	sig, err := hex.DecodeString(signatureHex)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s is not hex", ErrInvalidSignature, HeaderSignature)
+	}
+	return sig, nil
 }
 
 // Environments whose published webhook key TrustedKeys knows.

@@ -56,7 +56,7 @@ func TestVerify(t *testing.T) {
 		{"tampered body", append([]byte(" "), body...), ts, sig, cobo.ErrInvalidSignature, "no trusted key"},
 		{"tampered timestamp", body, "1718587017027", sig, cobo.ErrInvalidSignature, "no trusted key"},
 		{"signature not hex", body, ts, "zz" + sig[2:], cobo.ErrInvalidSignature, "not hex"},
-		{"signature too short", body, ts, sig[:64], cobo.ErrInvalidSignature, "32 bytes"},
+		{"signature too short", body, ts, sig[:64], cobo.ErrInvalidSignature, "64 characters, want 128 hex"},
 		{"missing signature", body, ts, "", cobo.ErrMissingSignature, "Biz-Resp-Signature"},
 		{"missing timestamp", body, "", sig, cobo.ErrMissingSignature, "Biz-Timestamp"},
 		{"flipped bit", body, ts, flipLastHex(sig), cobo.ErrInvalidSignature, "no trusted key"},

@@ -24,6 +24,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/webhook"
@@ -72,6 +73,9 @@ type Config struct {
 	MaxSkew time.Duration
 	// StoreTimeout bounds a JetStream store; past it the answer is 503.
 	StoreTimeout time.Duration
+	// MaxInFlight bounds the webhooks handled at once; more get a fast
+	// 503. webhook.DefaultMaxInFlight when zero.
+	MaxInFlight int
 	// StoreSync is the embedded server's fsync interval: zero (the
 	// default) fsyncs every event before it is acknowledged, so a 200
 	// means it is on disk; a positive interval trades that for speed (see
@@ -108,8 +112,14 @@ func (c Config) validate() error {
 	if err := cobo.ValidateTrust(c.CoboEnv, c.CoboPubKeys); err != nil {
 		return err
 	}
-	if c.NATSURL == "" && !natsembed.IsLoopback(c.NATSListen) && c.NATSListenTLSCert == "" {
+	if c.NATSURL == "" && !httpapi.IsLoopback(c.NATSListen) && c.NATSListenTLSCert == "" {
 		return fmt.Errorf("NATSListen %q is not loopback: the embedded server then needs NATSListenTLSCert and NATSListenTLSKey", c.NATSListen)
+	}
+	if c.Pprof && c.AdminToken == "" && !httpapi.IsLoopback(c.AdminListen) {
+		return fmt.Errorf("Pprof on AdminListen %q, which is not loopback, needs AdminToken", c.AdminListen)
+	}
+	if c.MaxInFlight < 0 {
+		return fmt.Errorf("MaxInFlight must be positive, got %d", c.MaxInFlight)
 	}
 	if (c.NATSListenTLSCert == "") != (c.NATSListenTLSKey == "") {
 		return errors.New("NATSListenTLSCert and NATSListenTLSKey go together")
@@ -232,6 +242,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		Store:        events.NewPublisher(s.js),
 		StoreTimeout: cfg.StoreTimeout,
 		MaxSkew:      cfg.MaxSkew,
+		MaxInFlight:  cfg.MaxInFlight,
 		Logger:       cfg.Logger,
 		Metrics:      webhook.NewMetrics(reg),
 	})
@@ -241,23 +252,20 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	pub := mux.NewRouter()
 	pub.Handle(WebhookPath, wh)
 	pub.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}).Methods(http.MethodGet)
 	pub.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte(`{"error":"not found"}` + "\n"))
+		httpapi.WriteError(w, fmt.Errorf("not found: %w", domain.ErrNotFound))
 	})
 
-	s.public = &http.Server{Handler: pub, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	s.admin = &http.Server{Handler: admin.NewRouter(admin.Config{
+	s.public = httpapi.NewServer(pub)
+	s.admin = httpapi.NewServer(admin.NewRouter(admin.Config{
 		Orders:   orders,
 		Ready:    s.ready,
 		Gatherer: reg,
 		Token:    cfg.AdminToken,
 		Pprof:    cfg.Pprof,
-	}), ReadHeaderTimeout: 5 * time.Second}
+	}))
 	go func() { s.served <- serve(s.public, s.publicLn) }()
 	go func() { s.served <- serve(s.admin, s.adminLn) }()
 	cfg.Logger.Info().Str("listen", s.PublicAddr()).Str("admin_listen", s.AdminAddr()).Int("trusted_keys", len(cfg.TrustedKeys())).Msg("ingest started")

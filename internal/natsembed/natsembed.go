@@ -165,20 +165,6 @@ func isToken(s string) bool {
 	return s != ""
 }
 
-// IsLoopback reports whether host:port listens on loopback only. An empty
-// host (":4222") listens on every interface and is not loopback.
-func IsLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 func splitHostPort(addr string) (string, int, error) {
 	host, p, err := net.SplitHostPort(addr)
 	if err != nil {

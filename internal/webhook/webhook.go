@@ -5,7 +5,6 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpapi"
 )
 
 // Store durably stores verified deliveries.
@@ -26,41 +26,21 @@ type Store interface {
 	Store(ctx context.Context, d cobo.Delivery) (duplicate bool, err error)
 }
 
-// Errors the handler answers with, matched by StatusFor.
+// Errors the handler answers with, besides cobo's signature and envelope
+// errors; httpapi.Status maps them all.
 var (
-	// ErrBodyTooLarge: the body exceeds Config.MaxBodyBytes.
-	ErrBodyTooLarge = errors.New("body too large")
-	// ErrStale: Biz-Timestamp is outside the allowed clock skew.
-	ErrStale = errors.New("stale or future timestamp")
-	// ErrStoreUnavailable: the event could not be stored in time.
-	ErrStoreUnavailable = errors.New("event store unavailable")
-	// ErrMethodNotAllowed: only POST is accepted.
-	ErrMethodNotAllowed = errors.New("method not allowed")
+	// ErrStale: Biz-Timestamp is outside the allowed clock skew (401).
+	ErrStale = fmt.Errorf("stale or future timestamp: %w", httpapi.ErrUnauthorized)
+	// ErrStoreUnavailable: the event could not be stored in time (503).
+	ErrStoreUnavailable = fmt.Errorf("event store %w", httpapi.ErrUnavailable)
 )
-
-// StatusFor maps an error from the webhook path to its HTTP status.
-func StatusFor(err error) int {
-	switch {
-	case err == nil:
-		return http.StatusOK
-	case errors.Is(err, ErrMethodNotAllowed):
-		return http.StatusMethodNotAllowed
-	case errors.Is(err, ErrBodyTooLarge):
-		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, cobo.ErrMissingSignature), errors.Is(err, cobo.ErrInvalidSignature), errors.Is(err, ErrStale):
-		return http.StatusUnauthorized
-	case errors.Is(err, cobo.ErrMalformedEvent):
-		return http.StatusBadRequest
-	case errors.Is(err, ErrStoreUnavailable):
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
-	}
-}
 
 // Defaults for Config.
 const (
 	DefaultMaxBodyBytes = 1 << 20
+	// DefaultMaxInFlight bounds the requests handled at once; more get a
+	// fast 503 (Cobo retries) instead of queueing past its 2 s deadline.
+	DefaultMaxInFlight = 256
 	// DefaultStoreTimeout leaves half a second of Cobo's 2 s deadline for
 	// the network and writing the answer.
 	DefaultStoreTimeout = 1500 * time.Millisecond
@@ -80,6 +60,8 @@ type Config struct {
 	StoreTimeout time.Duration
 	// MaxSkew, when positive, rejects a Biz-Timestamp outside now±MaxSkew.
 	MaxSkew time.Duration
+	// MaxInFlight bounds the requests handled at once.
+	MaxInFlight int
 	// Now returns the current time; tests may replace it.
 	Now func() time.Time
 	// Logger receives one line per rejected or stored delivery.
@@ -99,6 +81,9 @@ func (c Config) WithDefaults() Config {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
 	return c
 }
 
@@ -114,6 +99,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("StoreTimeout must be positive, got %s", c.StoreTimeout)
 	case c.MaxSkew < 0:
 		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
+	case c.MaxInFlight < 0:
+		return fmt.Errorf("MaxInFlight must be positive, got %d", c.MaxInFlight)
 	}
 	return nil
 }
@@ -121,6 +108,8 @@ func (c Config) validate() error {
 // Handler serves POST /webhooks/cobo.
 type Handler struct {
 	cfg Config
+	// slots holds one token per request in flight.
+	slots chan struct{}
 }
 
 // NewHandler returns a Handler for cfg.
@@ -129,19 +118,18 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("webhook config: %w", err)
 	}
-	return &Handler{cfg: cfg}, nil
+	return &Handler{cfg: cfg, slots: make(chan struct{}, cfg.MaxInFlight)}, nil
 }
 
 type response struct {
-	Status  string `json:"status,omitempty"`
+	Status  string `json:"status"`
 	EventID string `json:"event_id,omitempty"`
-	Error   string `json:"error,omitempty"`
 }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	d, duplicate, err := h.accept(r)
-	code := StatusFor(err)
+	d, duplicate, err := h.admit(r)
+	code := httpapi.Status(err)
 	if m := h.cfg.Metrics; m != nil {
 		m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
 		switch {
@@ -160,7 +148,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if code == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", http.MethodPost)
 		}
-		writeJSON(w, code, response{Error: publicError(code, err)})
+		httpapi.WriteError(w, err)
 		return
 	}
 	status := "accepted"
@@ -168,40 +156,47 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = "duplicate"
 	}
 	h.cfg.Logger.Debug().Str("event_id", d.EventID).Str("order_id", d.OrderID).Str("type", d.Type).Str("result", status).Msg("webhook stored")
-	writeJSON(w, http.StatusOK, response{Status: status, EventID: d.EventID})
+	httpapi.WriteJSON(w, http.StatusOK, response{Status: status, EventID: d.EventID})
 }
 
-// publicError is what the answer says about err: what was wrong with the
-// request for a 4xx, and for a 5xx only that the sender should retry, as
-// the cause (a store error) is internal and is in the log.
-func publicError(code int, err error) string {
-	switch {
-	case code < 500:
-		return err.Error()
-	case errors.Is(err, ErrStoreUnavailable):
-		return ErrStoreUnavailable.Error() + "; retry later"
+// admit takes one of the MaxInFlight slots, or refuses at once: queueing
+// would only answer after Cobo's deadline.
+func (h *Handler) admit(r *http.Request) (cobo.Delivery, bool, error) {
+	select {
+	case h.slots <- struct{}{}:
+		defer func() { <-h.slots }()
+	default:
+		return cobo.Delivery{}, false, fmt.Errorf("%w: %d webhooks are being handled", httpapi.ErrBusy, h.cfg.MaxInFlight)
 	}
-	return "internal error; retry later"
+	return h.accept(r)
 }
 
 // accept runs the checks in the order that gives each failure its own
-// status: size, then signature, then freshness, then shape, then storage.
+// status and reads nothing it need not: method, then the signature
+// headers' presence and shape (before any byte of the body), size, the
+// signature, freshness, shape, then storage.
 func (h *Handler) accept(r *http.Request) (cobo.Delivery, bool, error) {
 	if r.Method != http.MethodPost {
-		return cobo.Delivery{}, false, fmt.Errorf("%w: use POST", ErrMethodNotAllowed)
+		return cobo.Delivery{}, false, fmt.Errorf("%w: use POST", httpapi.ErrMethodNotAllowed)
 	}
 	arrived := time.Now()
 	received := h.cfg.Now()
+	ts := headerEither(r.Header, cobo.HeaderTimestamp, cobo.HeaderTimestampAlt)
+	sig := headerEither(r.Header, cobo.HeaderSignature, cobo.HeaderSignatureAlt)
+	if err := cobo.CheckSignatureHeaders(ts, sig); err != nil {
+		return cobo.Delivery{}, false, err
+	}
+	if r.ContentLength > h.cfg.MaxBodyBytes {
+		return cobo.Delivery{}, false, fmt.Errorf("%w: limit is %d bytes", httpapi.ErrTooLarge, h.cfg.MaxBodyBytes)
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.cfg.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return cobo.Delivery{}, false, fmt.Errorf("%w: limit is %d bytes", ErrBodyTooLarge, h.cfg.MaxBodyBytes)
+			return cobo.Delivery{}, false, fmt.Errorf("%w: limit is %d bytes", httpapi.ErrTooLarge, h.cfg.MaxBodyBytes)
 		}
 		return cobo.Delivery{}, false, fmt.Errorf("%w: read body: %v", cobo.ErrMalformedEvent, err)
 	}
-	ts := headerEither(r.Header, cobo.HeaderTimestamp, cobo.HeaderTimestampAlt)
-	sig := headerEither(r.Header, cobo.HeaderSignature, cobo.HeaderSignatureAlt)
 	if err := h.cfg.Verifier.Verify(body, ts, sig); err != nil {
 		return cobo.Delivery{}, false, err
 	}
@@ -256,12 +251,6 @@ func headerEither(h http.Header, names ...string) string {
 		}
 	}
 	return ""
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // Metrics are the webhook endpoint's Prometheus metrics.

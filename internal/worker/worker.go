@@ -23,13 +23,14 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
+	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
 )
 
 // Defaults for Config.
 const (
 	DefaultNATSURL       = "nats://127.0.0.1:4222"
-	DefaultMetricsListen = ":9091"
+	DefaultMetricsListen = "127.0.0.1:9091"
 	// DefaultLagInterval is how often consumer lag is polled.
 	DefaultLagInterval = 5 * time.Second
 )
@@ -43,6 +44,9 @@ type Config struct {
 	NATSOptions []nats.Option
 	// MetricsListen serves /metrics, /healthz and /readyz. "-" disables it.
 	MetricsListen string
+	// MetricsToken, when set, is required as a Bearer token on
+	// MetricsListen, except by the probes /healthz and /readyz.
+	MetricsToken string
 	// Stream sizes the dead-letter stream and the orders bucket.
 	Stream events.StreamConfig
 	// Consumer tunes consumption, retries and dead-lettering.
@@ -111,6 +115,9 @@ func (c Config) WithDefaults() Config {
 func (c Config) validate() error {
 	if c.Verifier == nil {
 		return errors.New("Verifier is required: events are re-verified before they change anything")
+	}
+	if c.Pprof && c.MetricsToken == "" && c.MetricsListen != "-" && !httpapi.IsLoopback(c.MetricsListen) {
+		return fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)
 	}
 	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
 		return errors.New("Allocation needs Rules and Cobo.Signer")
@@ -296,7 +303,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		return nil, err
 	}
 	if w.metricsLn != nil {
-		w.metrics = &http.Server{Handler: admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg, Pprof: cfg.Pprof}), ReadHeaderTimeout: 5 * time.Second}
+		w.metrics = httpapi.NewServer(admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg, Pprof: cfg.Pprof, Token: cfg.MetricsToken}))
 		go func() { _ = w.metrics.Serve(w.metricsLn) }()
 	}
 	return w, nil
