@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	workers := fs.Int("workers", "PAYSTREAM_DEMO_WORKERS", 2, "worker processes")
 	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations")
 	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_DEMO_BITGO_FAULTS", "error500:2,lose:2,reserved:2", "faults the sandbox injects into BitGo allocations")
+	bitgoNonceOnce := fs.Bool("bitgo-nonce-once", "PAYSTREAM_DEMO_BITGO_NONCE_ONCE", false, "the sandbox refuses any BitGo nonce it has seen, even in a byte-for-byte resend")
 	duration := fs.Duration("duration", "PAYSTREAM_DEMO_DURATION", 0, "stop after this long; 0 runs until Ctrl-C")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -113,6 +114,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := d.start("sandbox", "-listen", sandboxAddr, "-webhook-url", "http://"+ingestAddr+"/webhooks/cobo",
 		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults,
 		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,
+		"-bitgo-nonce-once="+strconv.FormatBool(*bitgoNonceOnce),
 		"-bitgo-faults", *bitgoFaults, "-foreign-orders", strconv.Itoa(*foreign), "-log-level", "warn"); err != nil {
 		return err
 	}

@@ -110,8 +110,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	bitgoEnterprise := fs.String("bitgo-enterprise-id", "PAYSTREAM_SANDBOX_BITGO_ENTERPRISE_ID", DefaultBitGoEnterprise, "the one BitGo enterprise the simulator serves")
 	bitgoTokenFile := fs.String("bitgo-token-file", "PAYSTREAM_SANDBOX_BITGO_TOKEN_FILE", "", "file holding the BitGo access token accepted; empty answers every BitGo request 401")
 	bitgoKeyFile := fs.String("bitgo-signing-key-file", "PAYSTREAM_SANDBOX_BITGO_SIGNING_KEY_FILE", "", "the client's BitGo signing key file (xprv or hex); its public key verifies payloads")
-	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_SANDBOX_BITGO_FAULTS", "", "faults for POST BitGo allocations, kind[:count[:delay]] comma-separated; kinds error500, lose, slow, reserve_retriable, reserved, release")
+	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_SANDBOX_BITGO_FAULTS", "", "faults for POST BitGo allocations, kind[:count[:delay]] comma-separated; kinds error500, drop, lose, slow, reserve_retriable, reserved, release")
 	bitgoReplayConflict := fs.Bool("bitgo-replay-conflict", "PAYSTREAM_SANDBOX_BITGO_REPLAY_CONFLICT", false, "answer a replayed clientExternalId 409 instead of 200 with the recorded allocation")
+	bitgoNonceOnce := fs.Bool("bitgo-nonce-once", "PAYSTREAM_SANDBOX_BITGO_NONCE_ONCE", false, "refuse a BitGo allocation whose nonce was seen before with 400 {\"error\",\"errorName\"}, even a byte-for-byte replay")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -171,6 +172,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	o.faults = fl
 	o.bitgo = bitgosim.Config{EnterpriseID: *bitgoEnterprise, ReplayConflict: *bitgoReplayConflict}
+	o.bitgo.NonceOnce = *bitgoNonceOnce
 	if *bitgoTokenFile != "" {
 		tok, err := cli.ReadSecretFile(*bitgoTokenFile)
 		if err != nil {
@@ -207,7 +209,7 @@ func parseBitGoFaults(s string) ([]bitgosim.Fault, error) {
 		f := bitgosim.Fault{Kind: bitgosim.FaultKind(parts[0]), Count: 1}
 		switch f.Kind {
 		case bitgosim.FaultError500, bitgosim.FaultLoseResponse, bitgosim.FaultSlow,
-			bitgosim.FaultReserveRetriable, bitgosim.FaultReserved, bitgosim.FaultRelease:
+			bitgosim.FaultReserveRetriable, bitgosim.FaultReserved, bitgosim.FaultRelease, bitgosim.FaultDrop:
 		default:
 			return nil, fmt.Errorf("%q: unknown kind %q", entry, parts[0])
 		}

@@ -26,8 +26,8 @@ const (
 	// BitGoConsumer is the durable consumer all BitGo senders share; it
 	// reads paystream.alloc.bitgo.>.
 	BitGoConsumer = "paystream-bitgo"
-	// BitGoRequestsBucket keeps each item's prepared, signed request from
-	// before its first send, so every resend carries the identical body.
+	// BitGoRequestsBucket keeps each item's signed request from before its
+	// first send, what was tried and BitGo's last answer (BitGoRecord).
 	BitGoRequestsBucket = "paystream_bitgo_requests"
 )
 
@@ -54,9 +54,11 @@ type BitGoSenderConfig struct {
 	// Poll is how often a reserved allocation is read again.
 	Poll time.Duration
 	// Retry and RetryMax bound the doubling delay before an item whose
-	// send failed is tried again (with the identical body).
+	// send failed or waits is tried again (see BitGoSender.advance).
 	Retry, RetryMax time.Duration
-	// SendTimeout bounds one send, the client's retries included.
+	// SendTimeout bounds what one delivery asks of BitGo (a lookup and
+	// up to two sends, the client's retries included); it is also how long
+	// other senders leave an item alone while its send is in flight.
 	SendTimeout time.Duration
 	Logger      zerolog.Logger
 	Metrics     *Metrics
@@ -97,29 +99,115 @@ func (c BitGoSenderConfig) Validate() error {
 	return nil
 }
 
-// BitGoRecord is what paystream keeps about one BitGo item: the signed
-// request, prepared once and persisted before the first send, and what
-// BitGo said last.
+// BitGoRecord is what paystream keeps about one BitGo item in the
+// paystream_bitgo_requests bucket, always written with compare-and-set:
+// the request to send, persisted before its first send, what was tried,
+// and what BitGo said last. Operators read Sends and History to see what
+// each sender did.
 type BitGoRecord struct {
-	Item    domain.AllocationItem `json:"item"`
-	Request bitgo.Request         `json:"request"`
+	Item domain.AllocationItem `json:"item"`
+	// Request is the request to send: the first one signed, or the latest
+	// one signed after a lookup found no allocation. Every request of an
+	// item carries its clientExternalId and the same allocation; each has
+	// its own nonce and signature.
+	Request bitgo.Request `json:"request"`
 	// AllocationID and Status are BitGo's, once known.
-	AllocationID string    `json:"allocation_id,omitempty"`
-	Status       string    `json:"status,omitempty"`
-	Reason       string    `json:"reason,omitempty"`
-	Attempts     int       `json:"attempts"`
-	LastError    string    `json:"last_error,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	AllocationID string `json:"allocation_id,omitempty"`
+	Status       string `json:"status,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	// Attempts counts exchanges with BitGo: sends, polls and lookups.
+	Attempts int `json:"attempts"`
+	// Sends counts POSTs of the item's requests, by any sender. Each is
+	// counted and persisted before it is made, so at the answer to the
+	// send that made it 1, BitGo had never seen the item before.
+	Sends int `json:"sends"`
+	// Unclear is set and persisted before each send and cleared by a
+	// definite answer. While it is set BitGo may or may not hold the
+	// allocation, so the next step is a lookup by clientExternalId, never
+	// a blind resend.
+	Unclear bool `json:"unclear,omitempty"`
+	// Refused is a definite refusal of the item's only send, waiting for
+	// the lookup that confirms BitGo has nothing; the item then fails with
+	// it.
+	Refused string `json:"refused,omitempty"`
+	// SendingUntil is when the send in flight, if any, gives up. Until
+	// then another sender leaves the item alone rather than look it up
+	// while the answer is on its way.
+	SendingUntil time.Time `json:"sending_until"`
+	// History lists the requests signed for the item, oldest first; past
+	// maxHistory the oldest but the first are dropped.
+	History   []BitGoSigned `json:"history,omitempty"`
+	LastError string        `json:"last_error,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// BitGoSigned is one request signed for an item, as operators see it.
+type BitGoSigned struct {
+	// Nonce identifies the request: it is in the signed payload, and it is
+	// not a secret.
+	Nonce    string    `json:"nonce"`
+	SignedAt time.Time `json:"signed_at"`
+	// Why the request was signed: "first", or why the one before it could
+	// not be sent again.
+	Why string `json:"why"`
+	// Sends counts its POSTs; Last is BitGo's last answer to it.
+	Sends int    `json:"sends"`
+	Last  string `json:"last,omitempty"`
+}
+
+// maxHistory bounds BitGoRecord.History, and so the record's size.
+const maxHistory = 20
+
+// sign appends a newly signed request to the history.
+func (r *BitGoRecord) sign(req bitgo.Request, why string) {
+	r.Request = req
+	r.History = append(r.History, BitGoSigned{Nonce: req.Nonce(), SignedAt: time.Now().UTC(), Why: why})
+	if len(r.History) > maxHistory {
+		r.History = append(r.History[:1], r.History[len(r.History)-maxHistory+1:]...)
+	}
+}
+
+// current is the history entry of Request.
+func (r *BitGoRecord) current() *BitGoSigned {
+	return &r.History[len(r.History)-1]
+}
+
+// upgrade completes a record persisted by a version without History. Such
+// a version counted a send only after it, so the request may have reached
+// BitGo although Attempts is 0: the record is made unclear and counted
+// sent, so that it is looked up before anything else is sent and never
+// failed on a refusal.
+func (r *BitGoRecord) upgrade() {
+	if len(r.History) > 0 {
+		return
+	}
+	r.History = []BitGoSigned{{Nonce: r.Request.Nonce(), SignedAt: r.CreatedAt, Why: "first", Sends: r.Attempts, Last: r.LastError}}
+	r.Sends = max(r.Attempts, 1)
+	if r.Status == "" {
+		r.Unclear = true
+	}
+}
+
+// take records a definite answer from BitGo.
+func (r *BitGoRecord) take(a bitgo.Allocation) {
+	r.AllocationID, r.Status, r.Reason, r.LastError = a.ID, a.Status, a.Reason, ""
+	r.Unclear, r.Refused = false, ""
 }
 
 // BitGoSender delivers planned BitGo items exactly once, as the order has
-// them: an intent only names an item (see deliver). Each item is
-// prepared and signed once, with a clientExternalId derived from the item
-// id, and persisted before its first send; every resend, also by another
-// replica after a crash, sends those identical bytes. The intent stays
-// unacked until the outcome is recorded on the order, so its redelivery
-// is the recovery. Any number of senders may run.
+// them: an intent only names an item (see deliver). Each item's request
+// is signed with a clientExternalId derived from the item id and
+// persisted before its first send. After an unclear outcome (no answer, a
+// 5xx, a refused resend, anything after which BitGo may or may not hold
+// the allocation) the item is looked up by clientExternalId before
+// anything is sent again: what BitGo holds is recorded, and only when it
+// holds nothing is a fresh request signed (a new nonce, the same
+// clientExternalId and allocation) and persisted with compare-and-set
+// before its send, because BitGo may refuse a nonce it has seen. An item
+// is failed only when BitGo certainly did not make its allocation. The
+// intent stays unacked until the outcome is recorded on the order, so its
+// redelivery is the recovery. Any number of senders may run.
 type BitGoSender struct {
 	js       jetstream.JetStream
 	requests jetstream.KeyValue
@@ -221,7 +309,7 @@ func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		meta, _ := msg.Metadata()
 		delay := s.retryDelay(meta)
-		log.Warn().Err(err).Dur("retry_in", delay).Msg("bitgo allocation not finished; it will be resent with the identical body")
+		log.Warn().Err(err).Dur("retry_in", delay).Msg("bitgo allocation not finished; it will be looked up or sent again")
 		_ = msg.NakWithDelay(delay)
 		return
 	}
@@ -280,14 +368,15 @@ func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
 //   - the sender's own in flight when the item is pending and its request
 //     is persisted in paystream_bitgo_requests: the intent stays unacked
 //     while BitGo holds the item, so each redelivery, here or at another
-//     sender after a crash, polls or resends those identical bytes. Two
-//     intents for one item likewise share the one persisted request;
+//     sender after a crash, polls it, looks it up, or sends the persisted
+//     request (see advance). Two intents for one item likewise share the
+//     one persisted record;
 //   - stale when the item is completed or failed.
 //
 // A pending item without a persisted request (the bucket was lost) cannot
-// be resent identically: its intent is acked with a warning. A persisted
-// request whose item is not the order's is never sent: it is logged at
-// error level for an operator and the intent acked.
+// be reconciled: its intent is acked with a warning. A persisted request
+// whose item is not the order's is never sent: it is logged at error
+// level for an operator and the intent acked.
 func (s *BitGoSender) deliver(ctx context.Context, subject string, it domain.AllocationItem, log zerolog.Logger) (bool, error) {
 	o, _, err := s.orders.Get(ctx, it.OrderID)
 	switch {
@@ -334,8 +423,7 @@ func (s *BitGoSender) deliver(ctx context.Context, subject string, it domain.All
 		return true, nil
 	}
 	if rec.Status != bitgo.StatusCleared && rec.Status != bitgo.StatusReleased {
-		s.exchange(ctx, rec, log)
-		if rev, err = s.put(ctx, rec, rev); err != nil {
+		if err := s.advance(ctx, cur, rec, rev, log); err != nil {
 			return false, err
 		}
 	}
@@ -347,60 +435,255 @@ func (s *BitGoSender) deliver(ctx context.Context, subject string, it domain.All
 	case bitgo.StatusReserved:
 		return false, s.recordOutcome(ctx, rec, domain.AllocPending, "", log)
 	}
-	return false, errors.New(rec.LastError)
+	return false, fmt.Errorf("bitgo item in status %q", rec.Status)
 }
 
-// exchange asks BitGo once (with the client's own retries) and notes the
-// answer on rec.
-func (s *BitGoSender) exchange(ctx context.Context, rec *BitGoRecord, log zerolog.Logger) {
+// maxSendsPerDelivery bounds the sends of one delivery: a refused send is
+// looked up at once and, when BitGo holds nothing, signed anew and sent
+// again; anything further waits for the intent's redelivery and its
+// backoff.
+const maxSendsPerDelivery = 2
+
+// findSlack widens a lookup's window to before the record was created, for
+// clock skew between paystream and BitGo.
+const findSlack = 24 * time.Hour
+
+// advance takes rec as far as one delivery can and persists each step
+// with compare-and-set: it polls a reserved allocation; looks up an item
+// whose last send had an unclear outcome, recording what BitGo holds or
+// signing a fresh request when it holds nothing; and sends the persisted
+// request, at most maxSendsPerDelivery times. It returns nil once
+// rec.Status is BitGo's (cleared, reserved or released), and otherwise an
+// error saying why the item waits. cur is the order's copy of the item,
+// from which any fresh request is signed.
+func (s *BitGoSender) advance(ctx context.Context, cur domain.AllocationItem, rec *BitGoRecord, rev uint64, log zerolog.Logger) error {
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
 	defer cancel()
-	rec.Attempts++
-	var a bitgo.Allocation
-	var err error
-	op := "send"
 	if rec.Status == bitgo.StatusReserved && rec.AllocationID != "" {
-		op = "get"
-		a, err = s.api.Get(sctx, rec.AllocationID)
-	} else {
-		a, err = s.api.Send(sctx, rec.Request)
+		return s.poll(ctx, sctx, rec, rev, log)
 	}
-	var apiErr *bitgo.APIError
-	if errors.As(err, &apiErr) && !apiErr.Retryable() && op == "send" &&
-		apiErr.HTTPStatus != http.StatusUnauthorized && apiErr.HTTPStatus != http.StatusForbidden {
-		// A refused send may be BitGo refusing a replay of an allocation it
-		// already recorded (undocumented): look for it before concluding.
-		found, ok, ferr := s.api.Find(sctx, rec.Request.ConnectionID, rec.Request.ClientExternalID, rec.CreatedAt.Add(-24*time.Hour))
-		switch {
-		case ferr != nil:
-			err = fmt.Errorf("%w; reconciling: %w", err, ferr)
-		case ok:
-			log.Info().Str("allocation_id", found.ID).Str("status", found.Status).Msg("bitgo refused the replay; found the recorded allocation")
-			a, err = found, nil
-		default:
-			rec.Status, rec.Reason, rec.LastError = bitgo.StatusReleased, "refused by bitgo: "+apiErr.Error(), apiErr.Error()
-			s.metrics().bitgoSends.WithLabelValues("refused").Inc()
-			return
+	for sends := 0; ; sends++ {
+		if rec.Unclear {
+			if wait := time.Until(rec.SendingUntil); wait > 0 {
+				// Its answer is on the way; a lookup now could miss an
+				// allocation being made and sign a request for nothing.
+				return fmt.Errorf("another sender's send of the item is in flight for at most %s more", wait.Round(time.Millisecond))
+			}
+			var err error
+			if rev, err = s.reconcile(ctx, sctx, cur, rec, rev, log); err != nil || rec.Status != "" {
+				return err
+			}
 		}
+		if sends == maxSendsPerDelivery {
+			return fmt.Errorf("%d sends refused in one delivery, the last: %s", sends, rec.LastError)
+		}
+		var again bool
+		var err error
+		if rev, again, err = s.send(ctx, sctx, rec, rev, log); err != nil || rec.Status != "" {
+			return err
+		}
+		if !again {
+			return errors.New(rec.LastError)
+		}
+	}
+}
+
+// poll reads a reserved allocation again.
+func (s *BitGoSender) poll(ctx, sctx context.Context, rec *BitGoRecord, rev uint64, log zerolog.Logger) error {
+	rec.Attempts++
+	a, err := s.api.Get(sctx, rec.AllocationID)
+	if err == nil && !knownStatus(a.Status) {
+		err = fmt.Errorf("bitgo answered status %q for allocation %s", a.Status, rec.AllocationID)
+	}
+	if err != nil {
+		rec.LastError = err.Error()
+		s.noteError(err, log)
+	} else {
+		rec.take(a)
+		s.metrics().bitgoSends.WithLabelValues(a.Status).Inc()
+	}
+	if _, perr := s.put(ctx, rec, rev); perr != nil {
+		return errors.Join(err, perr)
+	}
+	return err
+}
+
+// reconcile looks the item up by clientExternalId after an unclear
+// outcome. BitGo holds it: rec takes BitGo's status. It holds nothing: if
+// the item's only send was certainly refused (rec.Refused), the item is
+// released with that refusal; otherwise a fresh request (a new nonce, the
+// same clientExternalId and allocation) is signed from cur and persisted
+// with compare-and-set, so that of two senders racing one request is
+// kept, and only the kept one is ever sent. A reserved allocation marked
+// retriable counts as nothing held: BitGo asks for the request again, and
+// the old one's nonce may be spent.
+func (s *BitGoSender) reconcile(ctx, sctx context.Context, cur domain.AllocationItem, rec *BitGoRecord, rev uint64, log zerolog.Logger) (uint64, error) {
+	rec.Attempts++
+	ext := rec.Request.ClientExternalID
+	a, found, err := s.api.Find(sctx, rec.Request.ConnectionID, ext, rec.CreatedAt.Add(-findSlack))
+	if err == nil && found && !knownStatus(a.Status) {
+		err = fmt.Errorf("bitgo lists allocation %s with status %q", a.ID, a.Status)
+	}
+	if err != nil {
+		// Not knowing is not "not there": the item waits.
+		rec.LastError = "look up: " + err.Error()
+		s.noteError(err, log)
+		rev, perr := s.put(ctx, rec, rev)
+		return rev, errors.Join(fmt.Errorf("look up bitgo allocation %s: %w", ext, err), perr)
+	}
+	switch {
+	case found && (a.Status != bitgo.StatusReserved || !a.Retriable):
+		log.Info().Str("client_external_id", ext).Str("allocation_id", a.ID).Str("status", a.Status).Int("sends", rec.Sends).
+			Msg("bitgo holds the item's allocation; recorded it")
+		rec.take(a)
+		rec.current().Last = "found " + a.Status
+		s.metrics().bitgoSends.WithLabelValues(a.Status).Inc()
+		return s.put(ctx, rec, rev)
+	case rec.Refused != "":
+		rec.Status, rec.Reason, rec.Unclear = bitgo.StatusReleased, rec.Refused, false
+		return s.put(ctx, rec, rev)
+	}
+	why := "bitgo held nothing after: " + clipLong(rec.LastError)
+	if found {
+		why = "bitgo holds it reserved and retriable: " + clipLong(a.Reason)
+	}
+	req, err := s.api.Prepare(strings.TrimPrefix(cur.Destination, BitGoPrefix), ClientExternalID(cur.ID), cur.TokenID, cur.Amount, notes(cur))
+	if err == nil && !req.SameAllocation(rec.Request) {
+		err = errors.New("it would not ask for the allocation the item's first request asked for (was the currency table changed?)")
+	}
+	if err != nil {
+		rec.LastError = "sign a fresh request: " + err.Error()
+		log.Error().Err(err).Str("client_external_id", ext).
+			Msg("bitgo holds no allocation for the item, but no fresh request can be signed for it; nothing sent, an operator must act")
+		rev, perr := s.put(ctx, rec, rev)
+		return rev, errors.Join(fmt.Errorf("sign a fresh bitgo request for %s: %w", ext, err), perr)
+	}
+	rec.sign(req, why)
+	rec.Unclear = false
+	if rev, err = s.put(ctx, rec, rev); err != nil {
+		return rev, err
+	}
+	nonce := rec.current().Nonce
+	log.Warn().Str("client_external_id", ext).Str("nonce", nonce[:min(len(nonce), 8)]).Int("sends", rec.Sends).Int("requests", len(rec.History)).
+		Str("why", why).Msg("signed a fresh bitgo request for the item (new nonce, same clientExternalId)")
+	return rev, nil
+}
+
+// send counts and persists one send of rec.Request, makes it, and notes
+// BitGo's answer on rec. again reports a refusal to look up at once.
+func (s *BitGoSender) send(ctx, sctx context.Context, rec *BitGoRecord, rev uint64, log zerolog.Logger) (uint64, bool, error) {
+	rec.Attempts++
+	rec.Sends++
+	rec.current().Sends++
+	rec.Unclear, rec.Refused = true, ""
+	rec.SendingUntil, _ = sctx.Deadline()
+	// Persisted before the send: from here on BitGo may hold the
+	// allocation, whatever becomes of this process, and the next sender
+	// must look it up first.
+	rev, err := s.put(ctx, rec, rev)
+	if err != nil {
+		return rev, false, err
+	}
+	a, err := s.api.Send(sctx, rec.Request)
+	rec.SendingUntil = time.Time{}
+	again := s.answer(rec, a, err, rec.Sends == 1, log)
+	rev, err = s.put(ctx, rec, rev)
+	return rev, again, err
+}
+
+// answer notes BitGo's answer to a send on rec and reports whether it is a
+// refusal to look up at once. only says the send was the item's first.
+//
+// Only an answer that certainly means BitGo did not make the allocation
+// may fail the item: 422 released to a request BitGo had never seen, or
+// another definite 4xx to one (rec.Refused, confirmed by the lookup). A
+// refusal of anything BitGo may have seen before (a resend, including
+// the client's own within one Send) may be BitGo refusing a spent nonce or
+// a known clientExternalId: it is looked up, never failed. 401 and 403
+// are credential problems: the item waits, and is looked up and signed
+// anew once they work, in case BitGo answered a spent nonce or signature
+// with them.
+func (s *BitGoSender) answer(rec *BitGoRecord, a bitgo.Allocation, err error, only bool, log zerolog.Logger) bool {
+	if err == nil && !knownStatus(a.Status) {
+		err = fmt.Errorf("bitgo answered status %q", a.Status)
+	}
+	var replay *bitgo.ReplayError
+	first := only && !errors.As(err, &replay)
+	last := &rec.current().Last
+	if err != nil {
+		rec.LastError, *last = err.Error(), clipLong(err.Error())
 	}
 	var released *bitgo.ReleasedError
+	var apiErr *bitgo.APIError
 	switch {
-	case errors.As(err, &released):
-		rec.AllocationID, rec.Status, rec.Reason = released.Allocation.ID, bitgo.StatusReleased, released.Reason
-		s.metrics().bitgoSends.WithLabelValues("released").Inc()
-	case err != nil:
-		rec.LastError = err.Error()
-		s.metrics().bitgoSends.WithLabelValues("error").Inc()
-		if errors.As(err, &apiErr) && (apiErr.HTTPStatus == http.StatusUnauthorized || apiErr.HTTPStatus == http.StatusForbidden) {
-			log.Error().Err(err).Msg("bitgo refused paystream's credentials; check -bitgo-token-file and -bitgo-signing-key-file")
-		}
-	case a.Status == bitgo.StatusCleared || a.Status == bitgo.StatusReserved || a.Status == bitgo.StatusReleased:
-		rec.AllocationID, rec.Status, rec.Reason, rec.LastError = a.ID, a.Status, a.Reason, ""
+	case err == nil:
+		rec.take(a)
+		*last = a.Status
 		s.metrics().bitgoSends.WithLabelValues(a.Status).Inc()
+		return false
+	case errors.As(err, &released):
+		s.metrics().bitgoSends.WithLabelValues("released").Inc()
+		if first {
+			rec.take(bitgo.Allocation{ID: released.Allocation.ID, Status: bitgo.StatusReleased, Reason: released.Reason})
+			return false
+		}
+		// Released in answer to a replay: the list says whether BitGo
+		// holds an allocation under the clientExternalId after all.
+		rec.Refused = released.Reason
+		return true
+	case errors.As(err, &apiErr) && (apiErr.HTTPStatus == http.StatusUnauthorized || apiErr.HTTPStatus == http.StatusForbidden):
+		s.noteError(err, log)
+		return false
+	case errors.As(err, &apiErr) && !apiErr.Retryable():
+		s.metrics().bitgoSends.WithLabelValues("refused").Inc()
+		if first && certainRefusal(apiErr.HTTPStatus) {
+			rec.Refused = "refused by bitgo: " + apiErr.Error()
+		} else {
+			log.Warn().Err(err).Int("sends", rec.Sends).
+				Msg("bitgo refused a request it may have seen before (a spent nonce or a known clientExternalId); looking the allocation up")
+		}
+		return true
 	default:
-		rec.LastError = fmt.Sprintf("bitgo answered status %q", a.Status)
+		// No answer, a 5xx, 429, a timeout: BitGo may hold the allocation.
 		s.metrics().bitgoSends.WithLabelValues("error").Inc()
+		return false
 	}
+}
+
+// certainRefusal reports whether a 4xx status, answered to a request BitGo
+// had never seen, certainly means BitGo did not make the allocation. 401
+// and 403 are credentials, 408 and 429 mean "later", and 409 means BitGo
+// holds something under the clientExternalId.
+func certainRefusal(status int) bool {
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusConflict,
+		http.StatusTooEarly, http.StatusTooManyRequests:
+		return false
+	}
+	return status >= 400 && status < 500
+}
+
+// noteError counts an exchange that failed and says so at error level
+// when BitGo refused paystream's credentials.
+func (s *BitGoSender) noteError(err error, log zerolog.Logger) {
+	s.metrics().bitgoSends.WithLabelValues("error").Inc()
+	var apiErr *bitgo.APIError
+	if errors.As(err, &apiErr) && (apiErr.HTTPStatus == http.StatusUnauthorized || apiErr.HTTPStatus == http.StatusForbidden) {
+		log.Error().Err(err).Msg("bitgo refused paystream's credentials or signature; the item waits, it is never failed; check -bitgo-token-file and -bitgo-signing-key-file")
+	}
+}
+
+func knownStatus(status string) bool {
+	return status == bitgo.StatusCleared || status == bitgo.StatusReserved || status == bitgo.StatusReleased
+}
+
+// clipLong bounds a message kept on a record.
+func clipLong(s string) string {
+	const n = 300
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // stored returns the item's persisted request, or nil when there is none.
@@ -416,6 +699,7 @@ func (s *BitGoSender) stored(ctx context.Context, itemID string) (*BitGoRecord, 
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, 0, fmt.Errorf("decode bitgo request of item %s: %w", itemID, err)
 	}
+	rec.upgrade()
 	return &rec, e.Revision(), nil
 }
 
@@ -434,7 +718,8 @@ func (s *BitGoSender) load(ctx context.Context, it domain.AllocationItem) (*BitG
 			rec := &BitGoRecord{Item: it}
 			return nil, 0, s.recordOutcome(ctx, rec, domain.AllocFailed, perr.Error(), s.cfg.Logger.With().Str("order_id", it.OrderID).Str("item_id", it.ID).Logger())
 		}
-		rec = &BitGoRecord{Item: it, Request: req, CreatedAt: time.Now().UTC()}
+		rec = &BitGoRecord{Item: it, CreatedAt: time.Now().UTC()}
+		rec.sign(req, "first")
 		rev, err = s.put(ctx, rec, 0)
 		if errors.Is(err, domain.ErrConflict) {
 			// Another sender prepared it first: use its bytes, not ours.

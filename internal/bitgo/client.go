@@ -6,9 +6,13 @@
 //
 // Allocation is split in two so that it is exactly-once across crashes:
 // Prepare builds and signs a Request (with a fresh nonce), the caller
-// persists it durably, and Send sends exactly those bytes, as often as
-// needed. BitGo deduplicates on clientExternalId, and documents re-sending
-// the identical request as the way to retry.
+// persists it durably, and Send sends exactly those bytes. BitGo
+// deduplicates on clientExternalId, and documents re-sending the identical
+// request as the way to retry; but it also documents the nonce as unique
+// per request and the signature as usable once, so a replay may be
+// refused. After an unclear outcome the caller therefore looks the
+// allocation up (Find) and, when BitGo does not have it, Prepares a fresh
+// request under the same clientExternalId.
 package bitgo
 
 import (
@@ -102,6 +106,28 @@ func (e *APIError) Error() string {
 func (e *APIError) Retryable() bool {
 	return e.HTTPStatus >= 500 || e.HTTPStatus == http.StatusTooManyRequests
 }
+
+// ReplayError is Send's error when BitGo refused, with an answer that is
+// not worth retrying, a resend of the identical body within one Send: an
+// earlier try's outcome was unclear (no answer, 5xx, 429, or reserved and
+// retriable), so BitGo may have seen the body, nonce included, before it
+// answered this one. The refusal may then be of the replayed nonce or
+// clientExternalId, not of the allocation, and does not show that BitGo
+// has no allocation. Err is that answer's error (an *APIError, a
+// *ReleasedError or another), reachable with errors.As.
+type ReplayError struct {
+	// Tries is how many times the body was sent in that Send.
+	Tries int
+	Err   error
+}
+
+// Error implements error.
+func (e *ReplayError) Error() string {
+	return fmt.Sprintf("answer to try %d of the identical body, after tries BitGo may have seen: %v", e.Tries, e.Err)
+}
+
+// Unwrap returns the answer's error.
+func (e *ReplayError) Unwrap() error { return e.Err }
 
 // Amount is an amount in base units: Quantity is an integer string.
 type Amount struct {
@@ -231,13 +257,57 @@ func New(cfg Config) (*Client, error) {
 }
 
 // Request is a fully prepared allocation request. The caller persists it
-// durably BEFORE the first Send and resends exactly it (same bytes) on
-// retries, also after a restart: a fresh Prepare would carry a new nonce
-// and signature. Body is the JSON POST body.
+// durably BEFORE the first Send and may resend exactly it (same bytes),
+// also after a restart. Once its outcome is unclear, BitGo may refuse
+// those bytes for their spent nonce: the caller then looks the allocation
+// up with Find before preparing, and persisting, a fresh request with the
+// same clientExternalId (a new nonce and signature). Body is the JSON POST
+// body.
 type Request struct {
 	ConnectionID     string          `json:"connection_id"`
 	ClientExternalID string          `json:"client_external_id"`
 	Body             json.RawMessage `json:"body"`
+}
+
+// bodyFields are the fields of a Request's body that say what it
+// allocates, and its nonce.
+type bodyFields struct {
+	Amount           Amount  `json:"amount"`
+	ClientExternalID string  `json:"clientExternalId"`
+	Nonce            string  `json:"nonce"`
+	Notes            *string `json:"notes"`
+}
+
+func (r Request) fields() (bodyFields, error) {
+	var f bodyFields
+	if err := json.Unmarshal(r.Body, &f); err != nil {
+		return f, fmt.Errorf("decode request body of %s: %w", r.ClientExternalID, err)
+	}
+	return f, nil
+}
+
+// Nonce returns the nonce in r's body ("" when the body has none). A nonce
+// identifies one signed request; it is not a secret.
+func (r Request) Nonce() string {
+	f, _ := r.fields()
+	return f.Nonce
+}
+
+// SameAllocation reports whether r and o ask for the same allocation: the
+// same connection, clientExternalId, amount and notes, whatever their
+// nonces and signatures. A fresh request for a clientExternalId must be
+// the same allocation as the first, or BitGo holds two different
+// allocations under one idempotency key.
+func (r Request) SameAllocation(o Request) bool {
+	a, errA := r.fields()
+	b, errB := o.fields()
+	if errA != nil || errB != nil || a.Nonce == "" || b.Nonce == "" {
+		return false
+	}
+	notesEqual := (a.Notes == nil) == (b.Notes == nil) && (a.Notes == nil || *a.Notes == *b.Notes)
+	return r.ConnectionID == o.ConnectionID && r.ClientExternalID == o.ClientExternalID &&
+		a.ClientExternalID == r.ClientExternalID && b.ClientExternalID == o.ClientExternalID &&
+		a.Amount == b.Amount && notesEqual
 }
 
 // allocationPayload is the signed payload, with fields in BitGoJS order
@@ -402,7 +472,9 @@ type outcome struct {
 //   - other 4xx: an *APIError, not retried.
 //
 // If ctx ends first, the error wraps both ctx.Err() and the last failure;
-// the allocation's fate is then unknown too.
+// the allocation's fate is then unknown too. An answer that ends Send
+// after the body was sent more than once (any error but a retryable one)
+// is wrapped in a *ReplayError: it answers a replay.
 //
 // Errors are wrapped as "bitgo allocate <clientExternalId>: ...". Send is
 // safe to call concurrently, also with the same Request. BitGo documents
@@ -424,15 +496,28 @@ func (c *Client) send(ctx context.Context, r Request) (Allocation, error) {
 		return Allocation{}, errors.New("request is incomplete: connection id, client external id and body are required")
 	}
 	u := c.enterpriseURL() + "/clients/connections/" + url.PathEscape(r.ConnectionID) + "/allocations"
-	return c.retry(ctx, func(ctx context.Context) outcome {
+	// op runs sequentially, so tries and last need no lock.
+	var tries int
+	var last outcome
+	a, err := c.retry(ctx, func(ctx context.Context) outcome {
+		tries++
 		status, data, err := c.exchange(ctx, http.MethodPost, u, r.Body)
 		if err != nil {
 			// The server may have acted; the identical body is safe to
 			// replay because BitGo deduplicates on clientExternalId.
-			return outcome{err: err, retry: true}
+			last = outcome{err: err, retry: true}
+		} else {
+			last = c.postOutcome(status, data, r.ClientExternalID)
 		}
-		return c.postOutcome(status, data, r.ClientExternalID)
+		return last
 	})
+	if err != nil && tries > 1 && !last.retry {
+		// A refusal of a replay says nothing certain about the
+		// allocation: the caller must tell it from a refusal of the
+		// request itself.
+		err = &ReplayError{Tries: tries, Err: err}
+	}
+	return a, err
 }
 
 func (c *Client) postOutcome(status int, data []byte, clientExternalID string) outcome {
@@ -618,15 +703,23 @@ const (
 // connectionID, created on or after since (zero: any time), through GET
 // .../clients/allocations. BitGo's list has no clientExternalId filter, so
 // it filters by connection and date and matches on the client side. It
-// reports false when no such allocation exists. Use it to reconcile when a
-// replay of a request is refused: whether BitGo answers a replay of a
-// recorded clientExternalId with the allocation or with an error is
-// unconfirmed.
+// reports false only after reading the list to its end: pages are sorted
+// by id, so allocations created meanwhile can repeat an entry at a page
+// boundary but never hide one, and a page shorter than asked for does not
+// end the scan (BitGo's largest page size is not documented), only an
+// empty one does. A list longer than 200 pages, or one that answers every
+// page alike, is an error, never a "not found". Use it to reconcile after
+// any unclear outcome: whether BitGo answers a replay of a recorded
+// clientExternalId with the allocation or with an error is unconfirmed.
+// ctx bounds the whole scan; each page is retried like Get.
 func (c *Client) Find(ctx context.Context, connectionID, clientExternalID string, since time.Time) (Allocation, bool, error) {
+	var prevFirst string
 	for page := 0; page < findMaxPages; page++ {
 		q := url.Values{}
 		q.Set("connectionIds[]", connectionID)
 		q.Set("types[]", "allocation")
+		q.Set("sortField", "id")
+		q.Set("sortDirection", "ASC")
 		q.Set("pageNumber", fmt.Sprint(page))
 		q.Set("pageSize", fmt.Sprint(findPageSize))
 		if !since.IsZero() {
@@ -660,9 +753,15 @@ func (c *Client) Find(ctx context.Context, connectionID, clientExternalID string
 				return a, true, nil
 			}
 		}
-		if len(list.Allocations) < findPageSize {
+		if len(list.Allocations) == 0 {
 			return Allocation{}, false, nil
 		}
+		if page > 0 && list.Allocations[0].ID == prevFirst {
+			// A server ignoring pageNumber would answer the first page for
+			// ever; saying "not found" then could fail an item BitGo made.
+			return Allocation{}, false, fmt.Errorf("bitgo find allocation %s: page %d repeats page %d; the list does not page", clientExternalID, page, page-1)
+		}
+		prevFirst = list.Allocations[0].ID
 	}
 	return Allocation{}, false, fmt.Errorf("bitgo find allocation %s: more than %d allocations on connection %s since %s; narrow the window", clientExternalID, findPageSize*findMaxPages, connectionID, since.Format(time.RFC3339))
 }

@@ -3,9 +3,14 @@ package bitgo_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -470,4 +475,130 @@ func TestNewCopiesCurrencies(t *testing.T) {
 	delete(cur, "ETH_USDT")
 	_, err = c.Prepare(connectionID, "x", "ETH_USDT", decimal.NewFromInt(1), "")
 	require.NoError(t, err)
+}
+
+func TestSendReplayRefusedIsReplayError(t *testing.T) {
+	cases := []struct {
+		name string
+		// first answers the first try; nil drops the connection.
+		first      func(w http.ResponseWriter)
+		later      int
+		wantReplay bool
+		wantTries  int32
+	}{
+		{"dropped, then 400", nil, http.StatusBadRequest, true, 2},
+		{"500, then 409", func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) }, http.StatusConflict, true, 2},
+		{"500, then 422", func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) }, http.StatusUnprocessableEntity, true, 2},
+		{"400 at once", func(w http.ResponseWriter) { w.WriteHeader(http.StatusBadRequest) }, http.StatusBadRequest, false, 1},
+		{"500 every time", func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) }, http.StatusInternalServerError, false, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var tries atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if tries.Add(1) == 1 {
+					if tc.first == nil {
+						panic(http.ErrAbortHandler)
+					}
+					tc.first(w)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.later)
+				_, _ = w.Write([]byte(`{"error":"nonce has already been used"}`))
+			}))
+			t.Cleanup(srv.Close)
+			key, err := secp256k1.GeneratePrivateKey()
+			require.NoError(t, err)
+			c, err := bitgo.New(bitgo.Config{
+				BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
+				Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), MaxAttempts: 3,
+				BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+			})
+			require.NoError(t, err)
+			_, err = c.Send(context.Background(), bitgo.Request{ConnectionID: connectionID, ClientExternalID: "ext", Body: []byte(`{}`)})
+			require.Error(t, err)
+			require.Equal(t, tc.wantTries, tries.Load())
+			var replay *bitgo.ReplayError
+			require.Equal(t, tc.wantReplay, errors.As(err, &replay), "%v", err)
+			if tc.wantReplay {
+				require.EqualValues(t, tc.wantTries, replay.Tries)
+				require.Contains(t, err.Error(), "nonce has already been used")
+			}
+			var apiErr *bitgo.APIError
+			var rel *bitgo.ReleasedError
+			require.True(t, errors.As(err, &apiErr) || errors.As(err, &rel), "the answer stays reachable: %v", err)
+		})
+	}
+}
+
+// listServer serves n allocations on one connection, ids in order, at
+// most pageCap per page whatever pageSize asks for (BitGo's cap is not
+// documented); ignorePage answers page 0 for every page.
+func listServer(t *testing.T, n, pageCap int, ignorePage bool) (*httptest.Server, *atomic.Int32, *[]string) {
+	t.Helper()
+	var calls atomic.Int32
+	var mu sync.Mutex
+	var queries []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		mu.Lock()
+		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
+		page, _ := strconv.Atoi(r.URL.Query().Get("pageNumber"))
+		if ignorePage {
+			page = 0
+		}
+		var out []bitgo.Allocation
+		for i := page * pageCap; i < min(n, (page+1)*pageCap); i++ {
+			out = append(out, bitgo.Allocation{ID: fmt.Sprintf("a%04d", i), ConnectionID: connectionID, ClientExternalID: fmt.Sprintf("ext-%d", i), Status: bitgo.StatusCleared})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"allocations": out})
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &calls, &queries
+}
+
+func TestFindPagesToTheEnd(t *testing.T) {
+	key, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	client := func(srv *httptest.Server) *bitgo.Client {
+		c, err := bitgo.New(bitgo.Config{
+			BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
+			Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+		})
+		require.NoError(t, err)
+		return c
+	}
+	since := time.Date(2026, 8, 1, 12, 0, 0, 0, time.UTC)
+
+	// A server capping pages at 3: the allocation on the third page is
+	// found, although the first page is shorter than asked for.
+	srv, calls, queries := listServer(t, 8, 3, false)
+	a, ok, err := client(srv).Find(context.Background(), connectionID, "ext-7", since)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "a0007", a.ID)
+	require.EqualValues(t, 3, calls.Load())
+	q, err := url.ParseQuery((*queries)[0])
+	require.NoError(t, err)
+	require.Equal(t, url.Values{
+		"connectionIds[]": {connectionID}, "types[]": {"allocation"}, "sortField": {"id"}, "sortDirection": {"ASC"},
+		"pageNumber": {"0"}, "pageSize": {"500"}, "createdOnOrAfter": {"2026-08-01T12:00:00Z"},
+	}, q)
+
+	// Not there: "not found" only after an empty page.
+	srv, calls, _ = listServer(t, 8, 3, false)
+	_, ok, err = client(srv).Find(context.Background(), connectionID, "ext-missing", since)
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.EqualValues(t, 4, calls.Load())
+
+	// A list that does not page is an error, never "not found".
+	srv, calls, _ = listServer(t, 8, 3, true)
+	_, ok, err = client(srv).Find(context.Background(), connectionID, "ext-missing", since)
+	require.ErrorContains(t, err, "does not page")
+	require.False(t, ok)
+	require.EqualValues(t, 2, calls.Load())
 }

@@ -135,3 +135,34 @@ func TestRandomNonce(t *testing.T) {
 	require.True(t, isHexString(a))
 	require.NotEqual(t, a, b)
 }
+
+func TestRequestNonceAndSameAllocation(t *testing.T) {
+	c := newFixedNonceClient(t)
+	first, err := c.Prepare(testConnection, "pay-1", "ETH_USDT", decimal.RequireFromString("12.5"), "n")
+	require.NoError(t, err)
+	require.Equal(t, fixedNonce, first.Nonce())
+
+	c.nonce = randomNonce
+	fresh, err := c.Prepare(testConnection, "pay-1", "ETH_USDT", decimal.RequireFromString("12.50"), "n")
+	require.NoError(t, err)
+	require.NotEqual(t, first.Nonce(), fresh.Nonce())
+	require.Len(t, fresh.Nonce(), 64)
+	require.True(t, first.SameAllocation(fresh), "a new nonce and signature, the same allocation")
+	require.True(t, fresh.SameAllocation(first))
+
+	for name, args := range map[string]struct {
+		conn, ext, amount, notes string
+	}{
+		"connection":  {"other-connection", "pay-1", "12.5", "n"},
+		"external id": {testConnection, "pay-2", "12.5", "n"},
+		"amount":      {testConnection, "pay-1", "12.500001", "n"},
+		"notes":       {testConnection, "pay-1", "12.5", "m"},
+		"no notes":    {testConnection, "pay-1", "12.5", ""},
+	} {
+		other, err := c.Prepare(args.conn, args.ext, "ETH_USDT", decimal.RequireFromString(args.amount), args.notes)
+		require.NoError(t, err)
+		require.False(t, first.SameAllocation(other), name)
+	}
+	require.False(t, first.SameAllocation(Request{ConnectionID: testConnection, ClientExternalID: "pay-1", Body: []byte("{")}))
+	require.Empty(t, Request{Body: []byte("{")}.Nonce())
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -386,19 +385,4 @@ func TestOrphanedPlannedItemsAreSwept(t *testing.T) {
 		swept += int(metricValue(t, w, `paystream_allocation_orphans_republished_total{backend="cobo"}`))
 	}
 	require.GreaterOrEqual(t, swept, 3, "each orphan was published again")
-}
-
-// metricValue reads one sample of w's /metrics, 0 when absent.
-func metricValue(t *testing.T, w *testutil.RunningWorker, series string) float64 {
-	t.Helper()
-	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
-	require.Equal(t, http.StatusOK, code)
-	for _, l := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(l, series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	return 0
 }

@@ -29,12 +29,15 @@ const testRulesWithBitGo = `{"splits": [
 type bitgoSide struct {
 	sim *bitgosim.Sim
 	url string
-	key *secp256k1.PrivateKey
+	// token and key are what workers started next use; a test may change
+	// them to start a worker with credentials BitGo refuses.
+	token string
+	key   *secp256k1.PrivateKey
 }
 
 func (b *bitgoSide) clientConfig(transport http.RoundTripper) *bitgo.Config {
 	return &bitgo.Config{
-		BaseURL: b.url, EnterpriseID: "ent-1", AccessToken: "test-token", SigningKey: b.key,
+		BaseURL: b.url, EnterpriseID: "ent-1", AccessToken: b.token, SigningKey: b.key,
 		Currencies: bitgo.DefaultCurrencies(), HTTP: &http.Client{Transport: transport, Timeout: 500 * time.Millisecond},
 		MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
 	}
@@ -54,7 +57,7 @@ func startBitGoStack(t *testing.T, simCfg bitgosim.Config) *allocStack {
 	sim := bitgosim.New(simCfg)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	s.bitgo = &bitgoSide{sim: sim, url: srv.URL, key: key}
+	s.bitgo = &bitgoSide{sim: sim, url: srv.URL, token: "test-token", key: key}
 	return s
 }
 

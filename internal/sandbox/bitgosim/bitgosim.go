@@ -3,8 +3,9 @@
 // on loopback. It checks requests as BitGo documents: a Bearer token, the
 // enterprise in the path, the body, that the signed payload matches the
 // body, and the payload signature (a Bitcoin Signed Message by the Go
-// Account key). It keeps one allocation per clientExternalId in memory and
-// can inject faults (errors, lost responses, slowness, reserved and
+// Account key). It keeps one allocation per clientExternalId in memory,
+// can refuse reused nonces (Config.NonceOnce) and can inject faults
+// (errors, dropped requests, lost responses, slowness, reserved and
 // released answers) so that a client's retry and idempotency logic can be
 // checked for exactly-once effects. It is not a security boundary.
 package bitgosim
@@ -65,10 +66,33 @@ type Config struct {
 	// 409 {"error"} instead of 200 with the recorded allocation. BitGo does
 	// not document which it does; clients must cope with both.
 	ReplayConflict bool
+	// NonceOnce makes each nonce usable once, as BitGo documents the field
+	// ("must be unique for each request", "the signature can only be used
+	// once"): a POST whose nonce the simulator has seen before is refused
+	// with NonceReusedStatus and {"error": MsgNonceReused, "errorName":
+	// ErrNameNonceReused}, before its clientExternalId is looked at, so
+	// that even a byte-for-byte replay of a recorded allocation is
+	// refused. A nonce counts as seen once its request passed
+	// authentication, validation and the signature check, whatever
+	// happens to the request afterwards (faults included). Whether and how
+	// BitGo refuses a reused nonce is not documented.
+	NonceOnce bool
+	// NonceReusedStatus is the HTTP status of a NonceOnce refusal; 400
+	// (BitGo's status for a request whose payload or signature it does
+	// not accept) when zero.
+	NonceReusedStatus int
 }
 
 // MsgReplayConflict is the error of a refused replay (Config.ReplayConflict).
 const MsgReplayConflict = "clientExternalId already exists"
+
+// MsgNonceReused and ErrNameNonceReused are the error and errorName of a
+// refused reused nonce (Config.NonceOnce), in the {errorName, error} shape
+// some of BitGo's network routes use (V1ErrorResponse).
+const (
+	MsgNonceReused     = "nonce has already been used"
+	ErrNameNonceReused = "InvalidNonceError"
+)
 
 // Sim is an in-memory BitGo Go Network API. It implements http.Handler;
 // mount it at the server root (its paths start /api/network/v1/...). It
@@ -82,6 +106,9 @@ type Sim struct {
 	byID   map[string]*record
 	byExt  map[string]*record
 	faults []Fault
+	// nonces holds every nonce seen, with NonceOnce.
+	nonces       map[string]struct{}
+	nonceRefused int
 }
 
 type record struct {
@@ -97,9 +124,10 @@ type record struct {
 //	GET  /api/network/v1/enterprises/{eid}/clients/allocations
 func New(cfg Config) *Sim {
 	s := &Sim{
-		cfg:   cfg,
-		byID:  map[string]*record{},
-		byExt: map[string]*record{},
+		cfg:    cfg,
+		byID:   map[string]*record{},
+		byExt:  map[string]*record{},
+		nonces: map[string]struct{}{},
 	}
 	// Encoded paths keep an escaped '/' inside an id from splitting it.
 	r := mux.NewRouter().UseEncodedPath()
@@ -157,6 +185,26 @@ func (s *Sim) AllocationsNaming(orderIDs ...string) []bitgo.Allocation {
 		}
 	}
 	return out
+}
+
+// NoncesRefused returns how many POSTs were refused for a reused nonce
+// (Config.NonceOnce).
+func (s *Sim) NoncesRefused() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nonceRefused
+}
+
+// spendNonce records nonce as seen and reports whether it was unseen.
+func (s *Sim) spendNonce(nonce string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.nonces[nonce]; ok {
+		s.nonceRefused++
+		return false
+	}
+	s.nonces[nonce] = struct{}{}
+	return true
 }
 
 // InjectFault queues f for upcoming POST allocations (see Fault).
@@ -273,6 +321,18 @@ func (s *Sim) postAllocation(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, MsgInvalidSignature)
 		return
 	}
+	if s.cfg.NonceOnce && !s.spendNonce(req.Nonce) {
+		// The nonce is checked before the clientExternalId, as part of
+		// the request's authentication: a replay is refused even when it
+		// names a recorded allocation.
+		status := s.cfg.NonceReusedStatus
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		s.cfg.Logger.Info().Str("client_external_id", req.ClientExternalID).Int("status", status).Msg("bitgo allocation with a reused nonce refused")
+		writeJSON(w, status, map[string]string{"error": MsgNonceReused, "errorName": ErrNameNonceReused})
+		return
+	}
 
 	f, faulty := s.takeFault()
 	if faulty {
@@ -281,6 +341,10 @@ func (s *Sim) postAllocation(w http.ResponseWriter, r *http.Request) {
 		case FaultError500:
 			writeError(w, http.StatusInternalServerError, MsgInternal)
 			return
+		case FaultDrop:
+			// No answer at all: the server closes the connection, and
+			// nothing is recorded (the nonce is spent, see NonceOnce).
+			panic(http.ErrAbortHandler)
 		case FaultReserveRetriable:
 			now := timestamp()
 			writeJSON(w, http.StatusInternalServerError, map[string]any{"allocation": wire(bitgo.Allocation{

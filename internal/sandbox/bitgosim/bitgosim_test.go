@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -34,14 +35,17 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, bitgosim.Config{})
+}
+
+// newFixtureWith is newFixture with cfg's switches; the enterprise, token,
+// key and logger are the fixture's.
+func newFixtureWith(t *testing.T, cfg bitgosim.Config) *fixture {
+	t.Helper()
 	key, err := secp256k1.GeneratePrivateKey()
 	require.NoError(t, err)
-	sim := bitgosim.New(bitgosim.Config{
-		EnterpriseID: enterpriseID,
-		AccessToken:  accessToken,
-		SigningPub:   key.PubKey(),
-		Logger:       zerolog.Nop(),
-	})
+	cfg.EnterpriseID, cfg.AccessToken, cfg.SigningPub, cfg.Logger = enterpriseID, accessToken, key.PubKey(), zerolog.Nop()
+	sim := bitgosim.New(cfg)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	c, err := bitgo.New(bitgo.Config{
@@ -202,6 +206,101 @@ func TestIdempotentReplay(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, status)
 	require.Contains(t, out["error"], "already used")
 	require.Len(t, f.sim.Allocations(), 1)
+}
+
+func TestNonceOnce(t *testing.T) {
+	cases := []struct {
+		name       string
+		cfg        bitgosim.Config
+		wantStatus int
+		// replayStatus answers a fresh request for a recorded
+		// clientExternalId.
+		replayStatus int
+	}{
+		{"400, replay 200", bitgosim.Config{NonceOnce: true}, http.StatusBadRequest, http.StatusOK},
+		{"400, replay 409", bitgosim.Config{NonceOnce: true, ReplayConflict: true}, http.StatusBadRequest, http.StatusConflict},
+		{"401", bitgosim.Config{NonceOnce: true, NonceReusedStatus: http.StatusUnauthorized}, http.StatusUnauthorized, http.StatusOK},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixtureWith(t, tc.cfg)
+			path := allocPath(enterpriseID, connectionID)
+			r := f.prepare(t, "pay-nonce", "1", "n")
+			status, first := f.do(t, http.MethodPost, path, accessToken, r.Body)
+			require.Equal(t, http.StatusOK, status)
+
+			// The identical bytes again: refused for the nonce, although
+			// they name the recorded allocation.
+			status, out := f.do(t, http.MethodPost, path, accessToken, r.Body)
+			require.Equal(t, tc.wantStatus, status)
+			require.Equal(t, map[string]any{"error": bitgosim.MsgNonceReused, "errorName": bitgosim.ErrNameNonceReused}, out)
+
+			// A fresh nonce for the same clientExternalId gets the
+			// simulator's usual replay answer.
+			status, out = f.do(t, http.MethodPost, path, accessToken, f.prepare(t, "pay-nonce", "1", "n").Body)
+			require.Equal(t, tc.replayStatus, status)
+			if status == http.StatusOK {
+				require.Equal(t, first, out)
+			}
+			require.Len(t, f.sim.Allocations(), 1)
+			require.Equal(t, 1, f.sim.NoncesRefused())
+		})
+	}
+}
+
+func TestNonceSpentByFaults(t *testing.T) {
+	f := newFixtureWith(t, bitgosim.Config{NonceOnce: true})
+	path := allocPath(enterpriseID, connectionID)
+
+	// Dropped: no answer, nothing recorded, the nonce spent.
+	f.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultDrop})
+	dropped := f.prepare(t, "pay-drop", "1", "")
+	_, err := f.client.Send(context.Background(), dropped)
+	require.Error(t, err)
+	var apiErr *bitgo.APIError
+	require.False(t, errors.As(err, &apiErr), "a dropped request gets no HTTP answer: %v", err)
+	require.Empty(t, f.sim.Allocations())
+	status, _ := f.do(t, http.MethodPost, path, accessToken, dropped.Body)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Empty(t, f.sim.Allocations())
+
+	// Lost answer: recorded, the nonce spent.
+	f.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultLoseResponse})
+	lost := f.prepare(t, "pay-lost", "1", "")
+	status, _ = f.do(t, http.MethodPost, path, accessToken, lost.Body)
+	require.Equal(t, http.StatusBadGateway, status)
+	status, _ = f.do(t, http.MethodPost, path, accessToken, lost.Body)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Len(t, f.sim.Allocations(), 1)
+
+	// A 500: nothing recorded, the nonce spent.
+	f.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500})
+	failed := f.prepare(t, "pay-500", "1", "")
+	status, _ = f.do(t, http.MethodPost, path, accessToken, failed.Body)
+	require.Equal(t, http.StatusInternalServerError, status)
+	status, _ = f.do(t, http.MethodPost, path, accessToken, failed.Body)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Equal(t, 3, f.sim.NoncesRefused())
+
+	// Fresh nonces go through.
+	for _, ext := range []string{"pay-drop", "pay-lost", "pay-500"} {
+		status, _ = f.do(t, http.MethodPost, path, accessToken, f.prepare(t, ext, "1", "").Body)
+		require.Equal(t, http.StatusOK, status, ext)
+	}
+	require.Len(t, f.sim.Allocations(), 3)
+}
+
+func TestFaultDropWithoutNonceOnce(t *testing.T) {
+	f := newFixture(t)
+	f.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultDrop})
+	r := f.prepare(t, "pay-drop", "1", "")
+	_, err := f.client.Send(context.Background(), r)
+	require.Error(t, err)
+	require.Empty(t, f.sim.Allocations())
+	a, err := f.client.Send(context.Background(), r)
+	require.NoError(t, err, "without NonceOnce the identical replay is accepted")
+	require.Equal(t, bitgo.StatusCleared, a.Status)
+	require.Zero(t, f.sim.NoncesRefused())
 }
 
 func TestFaultSlowStillRecords(t *testing.T) {

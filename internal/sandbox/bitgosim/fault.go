@@ -10,6 +10,11 @@ type FaultKind string
 const (
 	// FaultError500 answers 500 {"error"} without recording anything.
 	FaultError500 FaultKind = "error500"
+	// FaultDrop loses the request inside BitGo before any allocation is
+	// recorded, after its nonce was spent (see Config.NonceOnce): the
+	// connection is closed without an answer, so the client cannot tell
+	// it from a lost answer.
+	FaultDrop FaultKind = "drop"
 	// FaultLoseResponse records the allocation (or finds the one already
 	// recorded for the clientExternalId), then answers 502 from a "proxy":
 	// the effect happened but the client cannot know it.
