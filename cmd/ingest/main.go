@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	natsOpts, err := natsFlags.Options()
+	natsOpts, err := natsFlags.Options(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -65,21 +65,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("-store-sync: %w", err)
 	}
 	cfg := ingest.Config{
-		Pprof:        *pprof,
-		Listen:       *listen,
-		AdminListen:  *adminListen,
-		NATSURL:      *natsURL,
-		NATSOptions:  natsOpts,
-		NATSListen:   *natsListen,
-		DataDir:      *dataDir,
-		CoboEnv:      trust.Env(),
-		CoboPubKeys:  trust.PubKeys(),
-		MaxSkew:      *maxSkew,
-		StoreTimeout: *storeTimeout,
-		StoreSync:    sync,
-		MaxInFlight:  *maxInFlight,
-		Stream:       events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
-		Logger:       log,
+		Pprof:       *pprof,
+		Listen:      *listen,
+		AdminListen: *adminListen,
+		NATSURL:     *natsURL,
+		NATSOptions: natsOpts,
+
+		NATSConnectWait: natsFlags.ConnectWait(),
+		NATSListen:      *natsListen,
+		DataDir:         *dataDir,
+		CoboEnv:         trust.Env(),
+		CoboPubKeys:     trust.PubKeys(),
+		MaxSkew:         *maxSkew,
+		StoreTimeout:    *storeTimeout,
+		StoreSync:       sync,
+		MaxInFlight:     *maxInFlight,
+		Stream:          events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge, DuplicateWindow: *dedup},
+		Logger:          log,
 
 		NATSListenTLSCert: *natsTLSCert,
 		NATSListenTLSKey:  *natsTLSKey,

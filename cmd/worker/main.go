@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	natsOpts, err := natsFlags.Options()
+	natsOpts, err := natsFlags.Options(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Allocation:    alloc,
 		NATSURL:       *natsURL,
 		NATSOptions:   natsOpts,
+		ConnectWait:   natsFlags.ConnectWait(),
 		MetricsListen: *metricsListen,
 		MetricsToken:  metricsToken,
 		Pprof:         *pprof,

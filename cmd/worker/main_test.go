@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/testutil"
@@ -118,4 +121,70 @@ func TestRefusedWorkerNamesTheFlagsAndFile(t *testing.T) {
 	require.ErrorContains(t, err, `NATS refused user "worker" with the password in `+wrong+` (-nats-user, -nats-password-file)`)
 	require.ErrorContains(t, err, "credentials/<user>.password")
 	require.NotContains(t, err.Error(), "not-the-password", "the password is never echoed")
+}
+
+// syncBuffer is a bytes.Buffer safe for the worker's log and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestWorkerStartsBeforeIngest starts a worker, as the one-machine setup
+// runs it, before ingest exists: it waits for the password file ingest
+// writes and for NATS, then works.
+func TestWorkerStartsBeforeIngest(t *testing.T) {
+	dir, natsAddr, metricsAddr := t.TempDir(), testutil.FreePort(t), testutil.FreePort(t)
+	signer := testutil.NewSigner(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-nats-url", "nats://" + natsAddr, "-nats-user", "worker",
+			"-nats-password-file", natsembed.PasswordFile(dir, natsembed.UserWorker), "-cobo-pubkey", signer.PubHex,
+			"-metrics-listen", metricsAddr, "-connect-wait", "1m"}, noEnv, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "waiting for the NATS password file") },
+		10*time.Second, 10*time.Millisecond, logs.String())
+
+	ing, err := ingest.Start(context.Background(), ingest.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
+		NATSListen: natsAddr, DataDir: dir, CoboPubKeys: []string{signer.PubHex}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ing.Shutdown(context.Background()) })
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + metricsAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 50*time.Millisecond, logs.String())
+
+	body := testutil.OrderEvent("e-first", "O-first", "M1001", "Pending", 100, "0")
+	resp, err := http.DefaultClient.Do(signer.Request(t, "http://"+ing.PublicAddr()+ingest.WebhookPath, body))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + ing.AdminAddr() + "/v1/orders/O-first")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 50*time.Millisecond, "the worker applies the event")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,12 +70,14 @@ func newNATSFlags(fs *cli.Flags) natsFlags {
 }
 
 // connect opens a connection for one command; the caller closes it.
-func (f natsFlags) connect(name string) (*nats.Conn, jetstream.JetStream, error) {
-	opts, err := f.auth.Options()
+func (f natsFlags) connect(ctx context.Context, name string) (*nats.Conn, jetstream.JetStream, error) {
+	// What it waits for goes to stderr: stdout carries the JSON lines.
+	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05"}).With().Timestamp().Logger()
+	opts, err := f.auth.Options(ctx, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := natsconn.Connect(natsconn.Options{URL: *f.url, Name: name, Logger: zerolog.Nop(), Extra: opts})
+	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: *f.url, Name: name, Logger: log, Extra: opts, ConnectWait: f.auth.ConnectWait()})
 	if err != nil {
 		return nil, nil, f.auth.Refused(err)
 	}
@@ -131,7 +134,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 			return err
 		}
 	}
-	nc, js, err := conn.connect("paystream-replay")
+	nc, js, err := conn.connect(ctx, "paystream-replay")
 	if err != nil {
 		return err
 	}
@@ -182,7 +185,7 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 			return errors.New("worker dlq redrive: -order, -type, -since, -until and -from-seq go with -all")
 		}
 	}
-	nc, js, err := conn.connect("paystream-dlq")
+	nc, js, err := conn.connect(ctx, "paystream-dlq")
 	if err != nil {
 		return err
 	}

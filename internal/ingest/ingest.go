@@ -54,6 +54,9 @@ type Config struct {
 	NATSURL string
 	// NATSOptions are extra connection options (credentials, TLS).
 	NATSOptions []nats.Option
+	// NATSConnectWait bounds the wait for a remote NATSURL to answer at
+	// start-up; zero tries once.
+	NATSConnectWait time.Duration
 	// NATSListen is where the embedded server accepts clients (workers).
 	// Anything but loopback needs NATSListenTLSCert and NATSListenTLSKey.
 	NATSListen string
@@ -202,7 +205,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, fmt.Errorf("admin listen %s: %w", cfg.AdminListen, err)
 	}
 
-	conn := natsconn.Options{URL: cfg.NATSURL, Name: "paystream-ingest", Logger: cfg.Logger, Extra: cfg.NATSOptions}
+	conn := natsconn.Options{URL: cfg.NATSURL, Name: "paystream-ingest", Logger: cfg.Logger, Extra: cfg.NATSOptions, ConnectWait: cfg.NATSConnectWait}
 	if cfg.NATSURL == "" {
 		if s.creds, err = natsembed.LoadOrCreateCredentials(cfg.DataDir); err != nil {
 			return nil, fmt.Errorf("embedded nats: %w", err)
@@ -222,7 +225,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 			Str("credentials", natsembed.CredentialsDir(cfg.DataDir)).Bool("tls", cfg.NATSListenTLSCert != "").
 			Str("store_sync", StoreSyncString(cfg.StoreSync)).Msg("embedded JetStream started")
 	}
-	if s.nc, err = natsconn.Connect(conn); err != nil {
+	if s.nc, err = natsconn.Connect(ctx, conn); err != nil {
 		return nil, err
 	}
 	if s.js, err = jetstream.New(s.nc); err != nil {

@@ -4,6 +4,8 @@
 package natsconn
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	neturl "net/url"
 	"strings"
@@ -27,12 +29,39 @@ type Options struct {
 	Logger zerolog.Logger
 	// Extra options, e.g. credentials and TLS.
 	Extra []nats.Option
+	// ConnectWait bounds how long the first connection is retried while
+	// no server answers, so that processes can start in any order. Zero
+	// tries once. A refusal of the credentials is never retried.
+	ConnectWait time.Duration
 }
 
 // Connect returns a connection that reconnects forever. While disconnected,
 // publishes fail at once instead of being buffered, so callers such as the
-// webhook endpoint can answer 503 promptly.
-func Connect(o Options) (*nats.Conn, error) {
+// webhook endpoint can answer 503 promptly. The first connection is tried
+// again with backoff for up to o.ConnectWait, or until ctx ends.
+func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
+	deadline := time.Now().Add(o.ConnectWait)
+	for wait, logged := 250*time.Millisecond, false; ; wait = min(2*wait, 5*time.Second) {
+		nc, err := connect(o)
+		if err == nil || errors.Is(err, nats.ErrAuthorization) || !time.Now().Add(wait).Before(deadline) {
+			if err != nil && o.ConnectWait > 0 && !errors.Is(err, nats.ErrAuthorization) {
+				err = fmt.Errorf("%w (gave up after %s)", err, o.ConnectWait)
+			}
+			return nc, err
+		}
+		if !logged {
+			o.Logger.Info().Err(err).Dur("connect_wait", o.ConnectWait).Msg("waiting for NATS")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (stopped while waiting: %v)", err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+func connect(o Options) (*nats.Conn, error) {
 	log := o.Logger
 	opts := []nats.Option{
 		nats.Name(o.Name),

@@ -57,6 +57,10 @@ type Config struct {
 	Verifier *cobo.Verifier
 	// StreamWait bounds the wait for ingest to create the event stream.
 	StreamWait time.Duration
+	// ConnectWait bounds the wait for NATS to answer at start-up
+	// (cli.DefaultConnectWait when zero), so that processes can start in
+	// any order.
+	ConnectWait time.Duration
 	// Logger receives the worker's logs.
 	Logger zerolog.Logger
 	// Observer, when set, sees every committed outcome (tests).
@@ -103,6 +107,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.StreamWait == 0 {
 		c.StreamWait = 2 * time.Minute
+	}
+	if c.ConnectWait == 0 {
+		c.ConnectWait = 2 * time.Minute
 	}
 	if c.LagInterval == 0 {
 		c.LagInterval = DefaultLagInterval
@@ -211,7 +218,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
 		}
 	}
-	if w.nc, err = natsconn.Connect(natsconn.Options{URL: cfg.NATSURL, Name: "paystream-worker", Logger: cfg.Logger, Extra: cfg.NATSOptions}); err != nil {
+	if w.nc, err = natsconn.Connect(ctx, natsconn.Options{URL: cfg.NATSURL, Name: "paystream-worker", Logger: cfg.Logger, Extra: cfg.NATSOptions, ConnectWait: cfg.ConnectWait}); err != nil {
 		return nil, err
 	}
 	if w.js, err = jetstream.New(w.nc); err != nil {
