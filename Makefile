@@ -1,4 +1,5 @@
 # paystream: make help lists the targets.
+SHELL     := bash
 GO        ?= go
 BIN       := bin
 PKGS      := ./...
@@ -16,9 +17,10 @@ build: ## build ingest, worker and the other binaries into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: test
-test: ## go vet, then the whole suite under -race (fuzz seed corpora included)
+test: ## go vet, then the whole suite under -race (fuzz seed corpora included), ending with a summary line
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 8m $(PKGS)
+	$(GO) build -o $(BIN)/testsum ./cmd/testsum
+	set -o pipefail; $(GO) test -race -count=1 -timeout 8m -json $(PKGS) | $(BIN)/testsum
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
