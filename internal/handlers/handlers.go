@@ -155,6 +155,9 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		if data.OrderID == "" {
 			return Outcome{}, fmt.Errorf("event %s: %w: data.order_id is empty", d.EventID, domain.ErrInvalid)
 		}
+		if err := knownStatus(d.EventID, data.Status); err != nil {
+			return Outcome{}, err
+		}
 		snap := SnapshotFromOrder(data)
 		var confirmed *domain.Snapshot
 		if snap.Status == domain.StatusCompleted {
@@ -176,6 +179,9 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		}
 		if data.OrderID == "" {
 			return Outcome{}, fmt.Errorf("event %s: %w: data.order_id is empty", d.EventID, domain.ErrInvalid)
+		}
+		if err := knownStatus(d.EventID, data.Status); err != nil {
+			return Outcome{}, err
 		}
 		snap := snapshotFromUpdate(data)
 		late, err := lateFromUpdate(d.EventID, data)
@@ -234,10 +240,14 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		if data.OrderID == "" {
 			return Outcome{Result: NoOrder}, nil
 		}
-		if data.TransactionID == "" {
+		amount := data.DestinationAmount()
+		switch {
+		case data.TransactionID == "":
 			return Outcome{}, fmt.Errorf("event %s: %w: data.transaction_id is empty", d.EventID, domain.ErrInvalid)
+		case !amount.Valid || !amount.Decimal.IsPositive():
+			return Outcome{}, fmt.Errorf("event %s: %w: data.destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
-		dep := domain.Deposit{TransactionID: data.TransactionID, Amount: data.DestinationAmount().Decimal, TokenID: data.TokenID}
+		dep := domain.Deposit{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
 			recordDeposit(o, dep, fx)
 			// Cobo no longer sends Processing events; a credited deposit
@@ -373,6 +383,15 @@ func (h *Handler) fetch(ctx context.Context, eventID, orderID string) (*Provider
 		return nil, fmt.Errorf("event %s: %w: Cobo's answer for order %s has no order", eventID, domain.ErrUnconfirmed, orderID)
 	}
 	return po, nil
+}
+
+// knownStatus refuses an order event whose status is not one of Cobo's:
+// such an event would create an order with nothing known about it.
+func knownStatus(eventID, status string) error {
+	if !domain.OrderStatus(status).Known() {
+		return fmt.Errorf("event %s: %w: data.status %q is not a pay-in order status (Pending, Processing, Completed, Expired, Underpaid)", eventID, domain.ErrInvalid, status)
+	}
+	return nil
 }
 
 func decode(d cobo.Delivery, v any) error {

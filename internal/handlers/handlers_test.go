@@ -428,3 +428,27 @@ func TestStateOnlyNeedsNoOrderAPI(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, out.FirstCompleted)
 }
+
+// TestEventsLackingWhatTheirTypeNeedsAreInvalid: a signed event whose data
+// lacks what its type requires is refused as invalid, naming the field,
+// and creates no order.
+func TestEventsLackingWhatTheirTypeNeedsAreInvalid(t *testing.T) {
+	store := newStore(t)
+	h := handlers.New(store)
+	for _, c := range []struct {
+		body  string
+		field string
+	}{
+		{`{"event_id":"p1","type":"payment.order.status.updated","data":{"order_id":"X1"}}`, "data.status"},
+		{`{"event_id":"p2","type":"payment.order.status.updated","data":{"order_id":"X1","status":"Paid"}}`, "data.status"},
+		{`{"event_id":"p3","type":"payment.order.updated","data":{"order_id":"X1"}}`, "data.status"},
+		{`{"event_id":"p4","type":"payment.transaction.completed","data":{"order_id":"X1","transaction_id":"t1"}}`, "data.destination.amount"},
+		{`{"event_id":"p5","type":"payment.transaction.completed","data":{"order_id":"X1","destination":{"amount":"5"}}}`, "data.transaction_id"},
+		{`{"event_id":"p6","type":"payment.transaction.late","data":{"order_id":"X1","transaction_id":"t1"}}`, "destination.amount"},
+	} {
+		_, err := h.Handle(context.Background(), delivery(t, []byte(c.body)))
+		require.ErrorIs(t, err, domain.ErrInvalid, c.body)
+		require.ErrorContains(t, err, c.field, c.body)
+	}
+	requireNoOrder(t, store, "X1")
+}
