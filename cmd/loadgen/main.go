@@ -54,5 +54,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
-	return enc.Encode(res)
+	if err := enc.Encode(res); err != nil {
+		return err
+	}
+	if hint := res.Hint(loadgen.PublicKeyHex(key)); hint != "" {
+		return errors.New(hint)
+	}
+	return nil
 }

@@ -57,6 +57,15 @@ type Result struct {
 	CPUus float64 `json:"loadgen_cpu_us_per_request"`
 }
 
+// Hint says what to do when the run suggests a setup mistake: every answer
+// a 401 means ingest does not trust the generator's key. Empty otherwise.
+func (r Result) Hint(pubKeyHex string) string {
+	if r.Sent > 0 && r.Codes["401"] == r.Sent {
+		return "every answer was 401: ingest does not trust this generator's key; start ingest with -cobo-pubkey " + pubKeyHex + " (bin/loadgen -print-pubkey prints it; a test key, never for production)"
+	}
+	return ""
+}
+
 // Options configures a load run.
 type Options struct {
 	URL         string

@@ -68,3 +68,10 @@ func TestRunSendsVerifiableWebhooks(t *testing.T) {
 	}
 	require.Len(t, seen, 200)
 }
+
+func TestHintWhenEveryAnswerIs401(t *testing.T) {
+	t.Parallel()
+	require.Contains(t, loadgen.Result{Sent: 3, Codes: map[string]int64{"401": 3}}.Hint("abcd"), "-cobo-pubkey abcd")
+	require.Empty(t, loadgen.Result{Sent: 3, Codes: map[string]int64{"401": 2, "200": 1}}.Hint("abcd"))
+	require.Empty(t, loadgen.Result{}.Hint("abcd"))
+}
