@@ -115,10 +115,10 @@ func benchAllocations(b *testing.B, backend string, workers int) {
 		go func() { _ = r.Run(rctx); done <- struct{}{} }()
 	}
 	deadline := time.Now().Add(5 * time.Minute)
-	for completed(b, reg, backend) < b.N {
+	for int(itemCount(b, reg, backend, domain.AllocCompleted)) < b.N {
 		if time.Now().After(deadline) {
 			cancel()
-			b.Fatalf("only %d of %d items completed within 5 minutes", completed(b, reg, backend), b.N)
+			b.Fatalf("only %d of %d items completed within 5 minutes", int(itemCount(b, reg, backend, domain.AllocCompleted)), b.N)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -130,10 +130,11 @@ func benchAllocations(b *testing.B, backend string, workers int) {
 	}
 }
 
-// completed reads paystream_allocation_items_total{backend,status="completed"}.
-func completed(b *testing.B, reg *prometheus.Registry, backend string) int {
+// itemCount reads paystream_allocation_items_total{backend,status}.
+func itemCount(tb testing.TB, reg *prometheus.Registry, backend, status string) float64 {
+	tb.Helper()
 	mfs, err := reg.Gather()
-	require.NoError(b, err)
+	require.NoError(tb, err)
 	for _, mf := range mfs {
 		if mf.GetName() != "paystream_allocation_items_total" {
 			continue
@@ -143,8 +144,8 @@ func completed(b *testing.B, reg *prometheus.Registry, backend string) int {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["backend"] == backend && labels["status"] == domain.AllocCompleted {
-				return int(m.GetCounter().GetValue())
+			if labels["backend"] == backend && labels["status"] == status {
+				return m.GetCounter().GetValue()
 			}
 		}
 	}

@@ -196,26 +196,6 @@ func (r *bitgoRig) requireOneAllocation(t *testing.T, it domain.AllocationItem) 
 	require.Equal(t, bitgo.Amount{Currency: "ofcusdt", Quantity: "2000000"}, all[0].Amount)
 }
 
-func itemsFailed(t *testing.T, reg *prometheus.Registry) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "paystream_allocation_items_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["backend"] == domain.BackendBitGo && labels["status"] == domain.AllocFailed {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
-}
 
 // TestBitGoFirstRequestRefusedFails: a definite 4xx to the item's first
 // request, which BitGo had never seen, with nothing found by the lookup,
@@ -281,7 +261,7 @@ func TestBitGoRefusalsThatNeverFail(t *testing.T) {
 			require.Equal(t, domain.AllocCompleted, got.Status, got.Reason)
 			r.requireOneAllocation(t, it)
 			require.Equal(t, r.sim.Allocations()[0].ID, got.ProviderID)
-			require.Zero(t, itemsFailed(t, r.reg))
+			require.Zero(t, itemCount(t, r.reg, domain.BackendBitGo, domain.AllocFailed))
 			rec := r.record(t, it.ID)
 			require.False(t, rec.Unclear)
 			require.Equal(t, bitgo.StatusCleared, rec.Status)
