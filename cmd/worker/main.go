@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "allocation rules file (JSON); empty keeps order state only")
 	batchMax := fs.Int("batch-max", "PAYSTREAM_BATCH_MAX", allocation.DefaultBatchMax, "items per Cobo batch allocation at most")
 	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
+	stuckAfter := fs.Duration("alloc-stuck-after", "PAYSTREAM_ALLOC_STUCK_AFTER", allocation.DefaultStuckAfter, "how long a Cobo allocation item may stay planned or pending in a batch before it is marked stuck, logged and counted")
 	bg := bitgoFlags{
 		url:        fs.String("bitgo-url", "PAYSTREAM_BITGO_URL", bitgo.TestBaseURL, "BitGo API base URL, without a path"),
 		enterprise: fs.String("bitgo-enterprise-id", "PAYSTREAM_BITGO_ENTERPRISE_ID", "", "BitGo enterprise owning the partner connections"),
@@ -85,6 +86,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	alloc, err := allocationConfig(*rulesFile, *coboSecretFile, *coboURL, *batchMax, *batchWait)
 	if err != nil {
 		return err
+	}
+	if alloc != nil {
+		alloc.Batcher.StuckAfter = *stuckAfter
 	}
 	if alloc != nil && (alloc.Rules.UsesBitGo() || *bg.tokenFile != "") {
 		if alloc.BitGo, err = bg.config(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -230,3 +232,18 @@ func streamMsgs(t *testing.T, login natsLogin) uint64 {
 }
 
 func orderID(prefix string, i int) string { return fmt.Sprintf("%s-%03d", prefix, i) }
+
+// metricValue reads one sample of w's /metrics, 0 when absent.
+func metricValue(t *testing.T, w *testutil.RunningWorker, series string) float64 {
+	t.Helper()
+	code, body := getJSON(t, "http://"+w.W.MetricsAddr()+"/metrics", nil)
+	require.Equal(t, http.StatusOK, code)
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
+}
