@@ -59,7 +59,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	foreign := fs.Int("foreign-orders", "PAYSTREAM_DEMO_FOREIGN_ORDERS", 0, "orders of another Cobo customer the sandbox plays too (validly signed, unknown to Cobo's order API); none may be allocated")
 	rate := fs.String("rate", "PAYSTREAM_DEMO_RATE", "20", "orders started per second")
 	workers := fs.Int("workers", "PAYSTREAM_DEMO_WORKERS", 2, "worker processes")
-	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations")
+	faults := fs.String("faults", "PAYSTREAM_DEMO_FAULTS", "500:2,lose:2,ratelimit:1", "faults the sandbox injects into batch allocations: 500, lose, timeout, slow, ratelimit, unauthorized (401: items wait, then complete), 30001 (pricing plan, no batch behind it: items fail after the lookup), each kind[:count[:delay]]")
+	coboShape := fs.String("cobo-shape", "PAYSTREAM_DEMO_COBO_SHAPE", "current", "the sandbox's batch allocation answers: current, or seed (no status fields, as the reference seeds)")
+	merchants := fs.String("merchants", "PAYSTREAM_DEMO_MERCHANTS", "M1001,M1002,M1003", "merchants the sandbox's orders belong to; add M9000 to have its referral split be a transfer to itself, which Cobo refuses")
 	bitgoFaults := fs.String("bitgo-faults", "PAYSTREAM_DEMO_BITGO_FAULTS", "error500:2,lose:2,reserved:2", "faults the sandbox injects into BitGo allocations")
 	bitgoNonceOnce := fs.Bool("bitgo-nonce-once", "PAYSTREAM_DEMO_BITGO_NONCE_ONCE", false, "the sandbox refuses any BitGo nonce it has seen, even in a byte-for-byte resend")
 	duration := fs.Duration("duration", "PAYSTREAM_DEMO_DURATION", 0, "stop after this long; 0 runs until Ctrl-C")
@@ -115,7 +117,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults,
 		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,
 		"-bitgo-nonce-once="+strconv.FormatBool(*bitgoNonceOnce),
-		"-bitgo-faults", *bitgoFaults, "-foreign-orders", strconv.Itoa(*foreign), "-log-level", "warn"); err != nil {
+		"-bitgo-faults", *bitgoFaults, "-foreign-orders", strconv.Itoa(*foreign), "-cobo-shape", *coboShape, "-merchants", *merchants,
+		"-log-level", "warn"); err != nil {
 		return err
 	}
 	say("Cobo and BitGo sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles, late payments and faults %q (Cobo), %q (BitGo); Ctrl-C stops",
@@ -141,8 +144,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			fmt.Fprintln(stdout)
 			say("stopping: sandbox, workers, then ingest")
 			d.stopAll()
-			say("final: %d webhooks stored (%d duplicates collapsed), %d orders final, %d allocations done, %d failed, %d at Cobo in %d batches, %d at BitGo",
-				last.stored, last.dups, last.ordersFinal, last.allocated, last.failed, last.items, last.batches, last.bitgoAllocs)
+			say("final: %d webhooks stored (%d duplicates collapsed), %d orders final, %d allocations done, %d failed (%d never made: refused or invalid), %d at Cobo in %d batches, %d at BitGo",
+				last.stored, last.dups, last.ordersFinal, last.allocated, last.failed, last.refused, last.items, last.batches, last.bitgoAllocs)
 			say("logs: %s/*.log; data in %s/data (removed at the next run)", d.dir, d.dir)
 			return nil
 		case <-tick.C:
@@ -152,9 +155,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			}
 			if !settled && s.ordersFinal > 0 && s.inFlight == 0 && s == last {
 				settled = true
+				// Items Cobo refused (recorded failed) exist nowhere.
 				check := "✔ every allocation exists exactly once at Cobo or BitGo"
-				if s.items+s.bitgoAllocs != s.allocated+s.failed {
-					check = fmt.Sprintf("✘ %d items at Cobo and %d at BitGo for %d recorded allocations", s.items, s.bitgoAllocs, s.allocated+s.failed)
+				if s.items+s.bitgoAllocs != s.allocated+s.failed-s.refused {
+					check = fmt.Sprintf("✘ %d items at Cobo and %d at BitGo for %d recorded allocations (%d refused or invalid, held by no provider)", s.items, s.bitgoAllocs, s.allocated+s.failed-s.refused, s.refused)
 				}
 				say("settled: %s", check)
 				if *foreign > 0 {
@@ -286,6 +290,7 @@ type snapshot struct {
 	events                                  int
 	completed, expired, underpaid           int
 	planned, allocated, failed, inFlight    int
+	refused, waiting, stuck                 int // failed and held by no provider (refused, or invalid when planned); batches waiting, items stuck
 	ordersFinal                             int
 	batches, items, dupRequests, faultsUsed int
 	bitgoAllocs                             int
@@ -318,6 +323,10 @@ func (p *progress) scrape() snapshot {
 		s.planned += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="planned"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="planned"}`))
 		s.allocated += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="completed"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="completed"}`))
 		s.failed += int(w.sum(`paystream_allocation_items_total{backend="cobo",status="failed"}`) + w.sum(`paystream_allocation_items_total{backend="bitgo",status="failed"}`))
+		s.refused += int(w.sum(`paystream_allocation_items_refused_total{backend="cobo"}`) + w.sum(`paystream_allocation_items_refused_total{backend="bitgo"}`))
+		// Gauges every worker computes over all batches: take the largest.
+		s.waiting = max(s.waiting, int(w.sumPrefix("paystream_allocation_batches_waiting")))
+		s.stuck = max(s.stuck, int(w.sum("paystream_allocation_items_stuck")))
 	}
 	s.inFlight = max(0, s.planned-s.allocated-s.failed)
 	s.ordersFinal = s.completed + s.expired + s.underpaid
@@ -356,9 +365,9 @@ func (p *progress) print(elapsed time.Duration, s, prev snapshot) {
 		rate = float64(s.events-prev.events) / time.Since(p.printedAt).Seconds()
 	}
 	p.printedAt = time.Now()
-	fmt.Fprintf(p.out, "%4.0fs │ webhooks %5d stored %4d dup %3d rejected │ events %6d %5.0f/s │ orders %4d completed %3d expired %3d underpaid │ allocations %4d done %2d failed %3d in flight │ Cobo %3d batches %4d items, %d faults injected, %d duplicate request_ids │ BitGo %3d\n",
+	fmt.Fprintf(p.out, "%4.0fs │ webhooks %5d stored %4d dup %3d rejected │ events %6d %5.0f/s │ orders %4d completed %3d expired %3d underpaid │ allocations %4d done %2d failed (%d refused) %3d in flight, %d batches waiting, %d stuck │ Cobo %3d batches %4d items, %d faults injected, %d duplicate request_ids │ BitGo %3d\n",
 		elapsed.Seconds(), s.stored, s.dups, s.rejected, s.events, rate, s.completed, s.expired, s.underpaid,
-		s.allocated, s.failed, s.inFlight, s.batches, s.items, s.faultsUsed, s.dupRequests, s.bitgoAllocs)
+		s.allocated, s.failed, s.refused, s.inFlight, s.waiting, s.stuck, s.batches, s.items, s.faultsUsed, s.dupRequests, s.bitgoAllocs)
 }
 
 // metrics is a scraped Prometheus text exposition, series -> value.

@@ -76,6 +76,7 @@ type options struct {
 	maxAttempts  int
 	faults       []cobosim.Fault
 	dupCode      int
+	shape        string
 	keepServing  bool
 	logLevel     string
 	logFormat    string
@@ -102,8 +103,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	rate := fs.Float("rate", "PAYSTREAM_SANDBOX_RATE", 10, "orders started per second; 0 is unbounded")
 	concurrency := fs.Int("concurrency", "PAYSTREAM_SANDBOX_CONCURRENCY", payer.DefaultConcurrency, "orders played at once")
 	maxAttempts := fs.Int("max-attempts", "PAYSTREAM_SANDBOX_MAX_ATTEMPTS", payer.DefaultMaxAttempts, "delivery attempts per event, as Cobo's 10")
-	faults := fs.String("faults", "PAYSTREAM_SANDBOX_FAULTS", "", "faults for POST batch_allocations at start, kind[:count[:delay]] comma-separated, e.g. 500:2,lose:1,timeout:1:15s,slow:1,429:1")
+	faults := fs.String("faults", "PAYSTREAM_SANDBOX_FAULTS", "", "faults for POST batch_allocations at start, kind[:count[:delay]] comma-separated, e.g. 500:2,lose:1,timeout:1:15s,slow:1,429:1,unauthorized:3 (401 code 2023),30001:2 (pricing plan, no batch behind it)")
 	dupCode := fs.Int("duplicate-code", "PAYSTREAM_SANDBOX_DUPLICATE_CODE", cobosim.DefaultDuplicateCode, "error_code answered for a reused request_id (12009, 2040 or 30001)")
+	shape := fs.String("cobo-shape", "PAYSTREAM_SANDBOX_COBO_SHAPE", cobosim.ShapeCurrent, "batch allocation answers: current (status on batches and items) or seed (no status fields, as the reference seeds)")
 	keepServing := fs.Bool("keep-serving", "PAYSTREAM_SANDBOX_KEEP_SERVING", true, "keep serving the API after the orders are played, until a signal")
 	logLevel := fs.String("log-level", "PAYSTREAM_SANDBOX_LOG_LEVEL", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "PAYSTREAM_SANDBOX_LOG_FORMAT", "json", "json or console")
@@ -166,6 +168,11 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		}
 		o.apiKeys = append(o.apiKeys, signer.APIKey())
 	}
+	shapeName, err := cobosim.ParseShape(*shape)
+	if err != nil {
+		return o, fmt.Errorf("-cobo-shape: %w", err)
+	}
+	o.shape = shapeName
 	fl, err := cobosim.ParseFaultList(*faults, http.MethodPost, "/v2/payments/batch_allocations")
 	if err != nil {
 		return o, fmt.Errorf("-faults: %w", err)
@@ -296,7 +303,7 @@ func (sb *sandbox) getState(w http.ResponseWriter, _ *http.Request) {
 // start builds the simulators and binds the listener, so that a busy port
 // fails here, before anything is played.
 func start(o options, log zerolog.Logger) (*sandbox, error) {
-	sim := cobosim.New(cobosim.Config{APIKeys: o.apiKeys, DuplicateCode: o.dupCode, Logger: log.With().Str("component", "cobosim").Logger()})
+	sim := cobosim.New(cobosim.Config{APIKeys: o.apiKeys, DuplicateCode: o.dupCode, Shape: o.shape, Logger: log.With().Str("component", "cobosim").Logger()})
 	for _, f := range o.faults {
 		sim.InjectFault(f)
 	}
@@ -360,7 +367,7 @@ func (sb *sandbox) serve(ctx context.Context) error {
 	}
 	sb.log.Info().Str("addr", sb.addr()).Str("cobo_api", "http://"+sb.addr()+"/v2").
 		Str("webhook_pubkey", hex.EncodeToString(o.webhookKey.Public().(ed25519.PublicKey))).
-		Int("api_keys", len(o.apiKeys)).Int("faults", len(o.faults)).Int("duplicate_code", o.dupCode).Msg("sandbox listening")
+		Int("api_keys", len(o.apiKeys)).Int("faults", len(o.faults)).Int("duplicate_code", o.dupCode).Str("cobo_shape", o.shape).Msg("sandbox listening")
 
 	if o.orders > 0 || o.foreign > 0 {
 		seedLog := sb.log.Info().Uint64("seed", o.seed)

@@ -76,6 +76,7 @@ func TestBadOptions(t *testing.T) {
 		"bad api key":          {args: []string{"-api-pubkey", "abcd"}},
 		"missing secret file":  {args: []string{"-api-secret-file", "/nonexistent/secret"}},
 		"bad faults":           {args: []string{"-faults", "500:x"}},
+		"bad cobo shape":       {args: []string{"-cobo-shape", "old"}},
 		"bad seed":             {args: []string{"-seed", "minus-one"}},
 		"bad env bool":         {env: map[string]string{"PAYSTREAM_SANDBOX_SHUFFLE": "maybe"}},
 		"bad env float":        {env: map[string]string{"PAYSTREAM_SANDBOX_DUPLICATES": "lots"}},
@@ -215,6 +216,68 @@ func TestServesCoboAPI(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
 	require.Equal(t, 1, st.Batches)
 	require.Equal(t, 1, st.DuplicateRequests)
+}
+
+// TestSeedShapeAndScriptedRefusals starts the sandbox with -cobo-shape
+// seed and -faults unauthorized:1,30001:1, as `make run DEMO_ARGS=...`
+// passes them: the first POST is refused 401 code 2023, the second 30001
+// with no batch behind it, the third creates a batch answered without any
+// status field.
+func TestSeedShapeAndScriptedRefusals(t *testing.T) {
+	secretFile, signer := writeSecret(t)
+	o, err := parseOptions([]string{"-listen", "127.0.0.1:0", "-orders", "0", "-api-secret-file", secretFile,
+		"-faults", "unauthorized:1,30001:1", "-cobo-shape", "seed"}, env(nil), io.Discard)
+	require.NoError(t, err)
+	sb, err := start(o, zerolog.Nop())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- sb.serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-served)
+	})
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: "http://" + sb.addr() + "/v2", Signer: signer, MaxAttempts: 1})
+	require.NoError(t, err)
+	body := `{"request_id":"r-seed","allocation_params":[{"token_id":"ETH_USDT","amount":"1.5","source_account":"developer","destination_account":"M1001","description":"late payment"}]}`
+	post := func() (int, []byte) {
+		t.Helper()
+		path, nonce := "/v2/payments/batch_allocations", strconv.FormatInt(time.Now().UnixMilli(), 10)
+		req, err := http.NewRequest(http.MethodPost, "http://"+sb.addr()+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(cobo.HeaderAPIKey, signer.APIKey())
+		req.Header.Set(cobo.HeaderAPINonce, nonce)
+		req.Header.Set(cobo.HeaderAPISignature, signer.Sign(http.MethodPost, path, nonce, "", []byte(body)))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	var e cobo.APIError
+	status, raw := post()
+	require.Equal(t, http.StatusUnauthorized, status)
+	require.NoError(t, json.Unmarshal(raw, &e))
+	require.Equal(t, cobosim.CodeBadSignature, e.Code)
+	status, raw = post()
+	require.Equal(t, http.StatusBadRequest, status)
+	require.NoError(t, json.Unmarshal(raw, &e))
+	require.Equal(t, cobosim.CodePricingPlan, e.Code)
+	_, err = client.FindBatchAllocation(context.Background(), "r-seed")
+	require.ErrorIs(t, err, cobo.ErrBatchNotFound, "no batch behind the 30001")
+	status, raw = post()
+	require.Equal(t, http.StatusCreated, status)
+	require.NotContains(t, string(raw), `"status"`, "seed shape: no status on the batch")
+	var b cobo.BatchAllocation
+	require.NoError(t, json.Unmarshal(raw, &b))
+	detail, err := client.GetBatchAllocation(context.Background(), b.BatchAllocationID)
+	require.NoError(t, err)
+	require.Len(t, detail.AllocationItems, 1)
+	require.Empty(t, detail.Status)
+	require.Empty(t, detail.AllocationItems[0].Status, "seed shape: no status on the items")
+	require.Equal(t, 2, sb.state().FaultsApplied)
 }
 
 // TestPlaysForeignOrders plays our orders and a foreign customer's into a

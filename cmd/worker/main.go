@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	batchMax := fs.Int("batch-max", "PAYSTREAM_BATCH_MAX", allocation.DefaultBatchMax, "items per Cobo batch allocation at most")
 	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
 	orphanAfter := fs.Duration("orphan-after", "PAYSTREAM_ORPHAN_AFTER", allocation.DefaultOrphanAfter, "publish again the intents of allocation items planned longer than this with no sender holding them")
+	stuckAfter := fs.Duration("alloc-stuck-after", "PAYSTREAM_ALLOC_STUCK_AFTER", allocation.DefaultStuckAfter, "how long a Cobo allocation item may stay planned or pending in a batch before it is marked stuck, logged and counted")
 	bg := bitgoFlags{
 		url:        fs.String("bitgo-url", "PAYSTREAM_BITGO_URL", bitgo.TestBaseURL, "BitGo API base URL, without a path"),
 		enterprise: fs.String("bitgo-enterprise-id", "PAYSTREAM_BITGO_ENTERPRISE_ID", "", "BitGo enterprise owning the partner connections"),
@@ -96,6 +97,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	if alloc != nil {
 		alloc.Sweeper = allocation.SweeperConfig{OrphanAfter: *orphanAfter}
+		alloc.Batcher.StuckAfter = *stuckAfter
 	}
 	if alloc != nil && (alloc.Rules.UsesBitGo() || *bg.tokenFile != "") {
 		if alloc.BitGo, err = bg.config(); err != nil {

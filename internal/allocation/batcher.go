@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,11 +19,16 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 )
 
-// CoboAPI is the part of Cobo's API the batcher uses.
+// CoboAPI is the part of Cobo's API the batcher uses, with the error
+// contracts of cobo.Client.
 type CoboAPI interface {
-	// CreateBatchAllocation creates the batch or, when its request_id was
-	// used before, returns the existing one.
+	// CreateBatchAllocation creates the batch or, when Cobo answers a code
+	// that may mean its request_id was used before and a batch has it,
+	// returns the existing one.
 	CreateBatchAllocation(ctx context.Context, req cobo.CreateBatchAllocationRequest) (cobo.BatchAllocation, error)
+	// FindBatchAllocation looks a batch up by request_id; its error wraps
+	// cobo.ErrBatchNotFound only when Cobo certainly has none.
+	FindBatchAllocation(ctx context.Context, requestID string) (cobo.BatchAllocation, error)
 	GetBatchAllocation(ctx context.Context, batchAllocationID string) (cobo.BatchAllocation, error)
 }
 
@@ -39,6 +45,9 @@ const (
 	DefaultRecoverEvery = 5 * time.Second
 	DefaultRecoverAfter = 30 * time.Second
 	DefaultIntentAck    = time.Minute
+	DefaultRetryMax     = 5 * time.Minute
+	DefaultSettleAfter  = 2 * time.Minute
+	DefaultStuckAfter   = 30 * time.Minute
 )
 
 // BatcherConfig configures a Batcher.
@@ -54,8 +63,21 @@ type BatcherConfig struct {
 	RecoverAfter time.Duration
 	// SendTimeout bounds one send of a batch, retries included.
 	SendTimeout time.Duration
-	Logger      zerolog.Logger
-	Metrics     *Metrics
+	// RetryMax caps the backoff between two tries of a batch that did not
+	// move on: polls of items Cobo has not finished (which never stop),
+	// sends waiting for credentials or an answer, lookups. The backoff
+	// doubles from RecoverAfter.
+	RetryMax time.Duration
+	// SettleAfter is how long after a send Cobo may still be creating the
+	// batch from it: a lookup that finds nothing within it proves nothing
+	// when that send (or an earlier one) got no definite answer.
+	SettleAfter time.Duration
+	// StuckAfter is how long items may stay planned or pending in a batch
+	// before they are marked stuck on their order (stuck_since), logged at
+	// error level and counted in paystream_allocation_items_stuck.
+	StuckAfter time.Duration
+	Logger     zerolog.Logger
+	Metrics    *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -75,6 +97,15 @@ func (c BatcherConfig) WithDefaults() BatcherConfig {
 	if c.SendTimeout == 0 {
 		c.SendTimeout = time.Minute
 	}
+	if c.RetryMax == 0 {
+		c.RetryMax = DefaultRetryMax
+	}
+	if c.SettleAfter == 0 {
+		c.SettleAfter = DefaultSettleAfter
+	}
+	if c.StuckAfter == 0 {
+		c.StuckAfter = DefaultStuckAfter
+	}
 	return c
 }
 
@@ -89,6 +120,8 @@ func (c BatcherConfig) Validate() error {
 		return fmt.Errorf("RecoverEvery and RecoverAfter must be positive, got %s and %s", c.RecoverEvery, c.RecoverAfter)
 	case c.SendTimeout <= 0:
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
+	case c.RetryMax <= 0 || c.SettleAfter < 0 || c.StuckAfter <= 0:
+		return fmt.Errorf("RetryMax and StuckAfter must be positive and SettleAfter not negative, got %s, %s and %s", c.RetryMax, c.StuckAfter, c.SettleAfter)
 	}
 	return nil
 }
@@ -100,12 +133,19 @@ func (c BatcherConfig) Validate() error {
 // of batchers may run; each resumes batches others left unfinished.
 // What a batch sends is the orders' copies of planned items, never an
 // intent's fields; intents naming anything else are rejected (see flush).
+// An item is recorded failed only when Cobo certainly did not make it
+// (see deliver).
 type Batcher struct {
 	js     jetstream.JetStream
 	store  *batchStore
 	api    CoboAPI
 	orders OrderRepo
 	cfg    BatcherConfig
+
+	// stuckMu guards stuck: items this batcher has marked stuck on their
+	// orders, so each is written once per process.
+	stuckMu sync.Mutex
+	stuck   map[string]bool
 }
 
 // NewBatcher returns a Batcher. EnsureResources must have run.
@@ -118,7 +158,7 @@ func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher{js: js, store: st, api: api, orders: orders, cfg: cfg}, nil
+	return &Batcher{js: js, store: st, api: api, orders: orders, cfg: cfg, stuck: map[string]bool{}}, nil
 }
 
 // Run batches until ctx is done. A batch being sent when ctx ends is left
@@ -258,7 +298,8 @@ func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
 	if len(items) == 0 {
 		return
 	}
-	batch := &Batch{RequestID: newRequestID(), Status: BatchClaiming, Items: items, CreatedAt: time.Now().UTC()}
+	now := time.Now().UTC()
+	batch := &Batch{RequestID: newRequestID(), Status: BatchClaiming, Items: items, ItemsSince: now, CreatedAt: now}
 	rev, err := b.store.put(ctx, batch, 0)
 	if err == nil {
 		rev, err = b.settleClaims(ctx, batch, rev)
@@ -283,11 +324,12 @@ func (b *Batcher) flush(ctx context.Context, msgs []jetstream.Msg) {
 // settleClaims claims every item for the batch, drops items another batch
 // owns, and moves the batch to ready (or deletes it when nothing is left).
 // Claims decide batch membership: a batch resumed by Recover keeps exactly
-// the items whose claim is its own request_id, whatever their intents.
+// the items whose claim is its own request_id, whatever their intents. A
+// half of a split batch takes over its items' claims from the parent.
 func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (uint64, error) {
 	kept := batch.Items[:0:0]
 	for _, it := range batch.Items {
-		owned, err := b.store.claim(ctx, it.ID, batch.RequestID)
+		owned, err := b.store.claim(ctx, it.ID, batch.RequestID, batch.Parent)
 		if err != nil {
 			return rev, err
 		}
@@ -309,192 +351,50 @@ func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (u
 	return b.store.put(ctx, batch, rev)
 }
 
-// deliver sends a ready batch (again, with its request_id) and records
-// the outcome; a batch already sent is polled and recorded.
-func (b *Batcher) deliver(ctx context.Context, batch *Batch, rev uint64) {
-	log := b.cfg.Logger.With().Str("request_id", batch.RequestID).Int("items", len(batch.Items)).Logger()
-	if batch.Status == BatchReady {
-		sctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
-		res, err := b.api.CreateBatchAllocation(sctx, toRequest(batch))
-		cancel()
-		batch.Attempts++
-		var apiErr *cobo.APIError
-		switch {
-		case err == nil:
-			batch.Status = BatchSent
-			batch.BatchAllocationID = res.BatchAllocationID
-			batch.ProviderStatus = res.Status
-			b.metrics().batchSize.Observe(float64(len(batch.Items)))
-			if res.Status == cobo.BatchCompleted {
-				for i := range batch.Items {
-					batch.Items[i].ProviderStatus = cobo.ItemCompleted
-				}
-			}
-		case errors.As(err, &apiErr) && !apiErr.Retryable():
-			batch.Status = BatchRejected
-			batch.LastError = apiErr.Error()
-			log.Error().Err(err).Msg("cobo rejected the batch; its items are failed for an operator to review")
-		default:
-			batch.LastError = err.Error()
-			if _, perr := b.store.put(ctx, batch, rev); perr != nil {
-				log.Warn().Err(perr).Msg("could not note the failed attempt")
-			}
-			log.Warn().Err(err).Int("attempts", batch.Attempts).Msg("batch send failed; it will be resent with the same request_id")
-			return
-		}
-		var err2 error
-		if rev, err2 = b.store.put(ctx, batch, rev); err2 != nil {
-			log.Warn().Err(err2).Msg("could not persist the batch outcome; it will be resent with the same request_id")
-			return
-		}
-	}
-	if batch.Status == BatchSent && !allItemsFinal(batch) {
-		if err := b.poll(ctx, batch); err != nil {
-			log.Warn().Err(err).Msg("batch poll failed; will poll again")
-		}
-	}
-	if err := b.record(ctx, batch); err != nil {
-		log.Warn().Err(err).Msg("recording the outcome on orders failed; will retry")
-		return
-	}
-	if batch.Status == BatchRejected || allItemsFinal(batch) {
-		if err := b.store.remove(ctx, batch.RequestID); err != nil {
-			log.Warn().Err(err).Msg("could not retire the recorded batch")
-		}
-		return
-	}
-	// Items still Pending or Transferring: keep the batch for polling.
-	if _, err := b.store.put(ctx, batch, rev); err != nil {
-		log.Warn().Err(err).Msg("could not persist polled statuses")
-	}
-}
-
-// poll refreshes item statuses from GET /payments/batch_allocations/{id}.
-func (b *Batcher) poll(ctx context.Context, batch *Batch) error {
-	detail, err := b.api.GetBatchAllocation(ctx, batch.BatchAllocationID)
-	if err != nil {
-		return err
-	}
-	batch.ProviderStatus = detail.Status
-	used := make([]bool, len(detail.AllocationItems))
-	for i := range batch.Items {
-		it := &batch.Items[i]
-		for j, p := range detail.AllocationItems {
-			if !used[j] && sameItem(*it, p) {
-				used[j] = true
-				it.ProviderStatus = p.Status
-				it.ProviderID = p.AllocationItemID
-				break
-			}
-		}
-	}
-	return nil
-}
-
-func sameItem(it domain.AllocationItem, p cobo.AllocationItem) bool {
-	return p.Description == it.Description && p.DestinationAccount == it.Destination &&
-		p.SourceAccount == it.Source && p.TokenID == it.TokenID && amountEqual(p.Amount, it)
-}
-
-func amountEqual(s string, it domain.AllocationItem) bool {
-	var a cobo.Amount
-	if err := a.UnmarshalJSON([]byte(`"` + s + `"`)); err != nil || !a.Valid {
-		return false
-	}
-	return a.Decimal.Equal(it.Amount)
-}
-
-// itemStatus maps the batch's knowledge of an item to paystream's status.
-func itemStatus(batch *Batch, it domain.AllocationItem) (string, string) {
-	switch {
-	case batch.Status == BatchRejected:
-		return domain.AllocFailed, batch.LastError
-	case it.ProviderStatus == cobo.ItemCompleted:
-		return domain.AllocCompleted, ""
-	case it.ProviderStatus == cobo.ItemFailed:
-		return domain.AllocFailed, "cobo reported the item Failed"
-	default:
-		return domain.AllocPending, ""
-	}
-}
-
-func allItemsFinal(batch *Batch) bool {
-	for _, it := range batch.Items {
-		if st, _ := itemStatus(batch, it); st == domain.AllocPending {
-			return false
-		}
-	}
-	return true
-}
-
-// record writes each item's outcome on its order, with compare-and-set.
-func (b *Batcher) record(ctx context.Context, batch *Batch) error {
-	byOrder := map[string][]domain.AllocationItem{}
-	for _, it := range batch.Items {
-		byOrder[it.OrderID] = append(byOrder[it.OrderID], it)
-	}
-	for orderID, items := range byOrder {
-		if err := b.recordOrder(ctx, batch, orderID, items); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (b *Batcher) recordOrder(ctx context.Context, batch *Batch, orderID string, items []domain.AllocationItem) error {
-	inBatch := make(map[string]domain.AllocationItem, len(items))
-	for _, it := range items {
-		inBatch[it.ID] = it
-	}
-	changed, err := updateItems(ctx, b.orders, orderID, func(cur *domain.AllocationItem) bool {
-		it, ok := inBatch[cur.ID]
-		if !ok {
-			return false
-		}
-		st, reason := itemStatus(batch, it)
-		if cur.Status == st && cur.RequestID == batch.RequestID && cur.ProviderStatus == it.ProviderStatus {
-			return false
-		}
-		cur.Status, cur.Reason = st, reason
-		cur.RequestID = batch.RequestID
-		cur.ProviderID = batch.BatchAllocationID
-		cur.ProviderStatus = it.ProviderStatus
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	for _, it := range changed {
-		b.metrics().items.WithLabelValues(domain.BackendCobo, it.Status).Inc()
-		ev := b.cfg.Logger.Info()
-		if it.Status == domain.AllocFailed {
-			ev = b.cfg.Logger.Error()
-		}
-		ev.Str("order_id", orderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
-			Str("batch_allocation_id", batch.BatchAllocationID).Str("amount", it.Amount.String()).Str("token_id", it.TokenID).
-			Str("destination", it.Destination).Str("status", it.Status).Str("reason", it.Reason).Msg("allocation item recorded")
-	}
-	return nil
-}
-
-// Recover resumes every batch last touched more than olderThan ago: it
-// finishes claims, resends ready batches with their request_id, polls sent
-// ones and records outcomes. It returns how many batches it touched.
+// Recover resumes every batch last touched more than olderThan ago and
+// due (NextAt passed): it finishes claims, resends ready batches with
+// their request_id, looks up and splits refused ones, polls sent ones and
+// records outcomes. On the way it marks stuck items (StuckAfter) on their
+// orders and, after a scan of every batch, sets the stuck-item and
+// waiting-batch gauges. It returns how many batches it resumed.
 func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 	keys, err := b.store.keys(ctx)
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrNoKeysFound) {
 			b.cfg.Logger.Warn().Err(err).Msg("cannot list batches to recover")
+			return 0
 		}
-		return 0
+		keys = nil
 	}
-	n := 0
+	n, complete := 0, true
+	stuck, waiting, open := map[string]bool{}, map[string]int{}, map[string]bool{}
 	for _, k := range keys {
 		if ctx.Err() != nil {
+			complete = false
 			break
 		}
 		batch, rev, err := b.store.get(ctx, k)
-		if err != nil || time.Since(batch.UpdatedAt) < olderThan {
+		if err != nil {
+			// A batch retired since the listing is simply gone.
+			complete = complete && errors.Is(err, domain.ErrNotFound)
+			continue
+		}
+		now := time.Now()
+		if batch.Waiting != "" {
+			waiting[batch.Waiting]++
+		}
+		items := openItems(batch)
+		for _, it := range items {
+			open[it.ID] = true
+		}
+		if len(items) > 0 && now.Sub(batch.itemsSince()) >= b.cfg.StuckAfter {
+			// By id: a split batch and its halves share items for a moment.
+			for _, it := range items {
+				stuck[it.ID] = true
+			}
+			b.markStuck(ctx, batch, items)
+		}
+		if now.Sub(batch.UpdatedAt) < olderThan || now.Before(batch.NextAt) {
 			continue
 		}
 		n++
@@ -505,6 +405,13 @@ func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 			}
 		}
 		b.deliver(ctx, batch, rev)
+	}
+	if complete {
+		b.metrics().cobo.itemsStuck.Set(float64(len(stuck)))
+		for _, r := range waitReasons {
+			b.metrics().cobo.batchesWaiting.WithLabelValues(r).Set(float64(waiting[r]))
+		}
+		b.forgetStuck(open)
 	}
 	return n
 }
@@ -560,6 +467,8 @@ type Metrics struct {
 	// intentsRejected counts intents not sent because they do not name an
 	// item as planned on its order, by backend and reason (see Reject*).
 	intentsRejected *prometheus.CounterVec
+	// cobo are the Cobo batcher's reconciliation metrics (health.go).
+	cobo *coboMetrics
 }
 
 var nopMetrics = newMetrics()
@@ -590,6 +499,7 @@ func newMetrics() *Metrics {
 			Name: "paystream_allocation_intents_rejected_total",
 			Help: "Allocation intents acked without sending because they do not name an item as planned on its order, by backend and reason.",
 		}, []string{"backend", "reason"}),
+		cobo: newCoboMetrics(),
 	}
 }
 
@@ -597,6 +507,7 @@ func newMetrics() *Metrics {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := newMetrics()
 	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends, m.intentsRejected, m.orphans)
+	m.cobo.register(reg)
 	// Every series exists from the start at 0, so an alert on its increase
 	// fires on the first forged intent too.
 	for _, backend := range []string{domain.BackendCobo, domain.BackendBitGo} {
@@ -619,4 +530,8 @@ func (m *Metrics) ObserveCobo(endpoint string, status, code int, d time.Duration
 // its amount could not be computed, failed).
 func (m *Metrics) ItemPlanned(it domain.AllocationItem) {
 	m.items.WithLabelValues(it.Backend, it.Status).Inc()
+	if it.Status == domain.AllocFailed {
+		// Invalid when planned: never sent, so no provider holds it.
+		m.cobo.itemsRefused.WithLabelValues(it.Backend).Inc()
+	}
 }

@@ -774,6 +774,10 @@ func (s *BitGoSender) recordOutcome(ctx context.Context, rec *BitGoRecord, statu
 		return nil
 	}
 	s.metrics().items.WithLabelValues(domain.BackendBitGo, status).Inc()
+	if status == domain.AllocFailed && rec.AllocationID == "" {
+		// Refused before BitGo made any allocation of it: BitGo holds nothing.
+		s.metrics().cobo.itemsRefused.WithLabelValues(domain.BackendBitGo).Inc()
+	}
 	ev := log.Info()
 	if status == domain.AllocFailed {
 		ev = log.Error()

@@ -196,7 +196,6 @@ func (r *bitgoRig) requireOneAllocation(t *testing.T, it domain.AllocationItem) 
 	require.Equal(t, bitgo.Amount{Currency: "ofcusdt", Quantity: "2000000"}, all[0].Amount)
 }
 
-
 // TestBitGoFirstRequestRefusedFails: a definite 4xx to the item's first
 // request, which BitGo had never seen, with nothing found by the lookup,
 // is a failure: recorded with BitGo's error, never sent again.

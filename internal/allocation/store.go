@@ -79,17 +79,52 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 	return nil
 }
 
-// Batch statuses, in order.
+// Batch statuses. A batch goes claiming, ready, then sent; a refusal from
+// Cobo takes it through checking (when Cobo may hold it all the same) to
+// rejected (one item) or splitting (several).
 const (
 	// BatchClaiming: created; its items are being claimed.
 	BatchClaiming = "claiming"
 	// BatchReady: items frozen; it may be sent, always with RequestID.
 	BatchReady = "ready"
-	// BatchSent: the provider has it; outcomes are being recorded.
+	// BatchChecking: Cobo refused a send, but an earlier send of the same
+	// request_id may have created the batch, or the refusal's code may
+	// mean "request_id already used". It is looked up by request_id, never
+	// sent again, until it is found (sent) or certainly absent (rejected
+	// or splitting).
+	BatchChecking = "checking"
+	// BatchSent: Cobo created it; outcomes are being recorded.
 	BatchSent = "sent"
-	// BatchRejected: the provider refused it permanently; items failed.
+	// BatchRejected: Cobo certainly did not create it and it holds one
+	// item, which is recorded failed with Cobo's answer.
 	BatchRejected = "rejected"
+	// BatchSplitting: Cobo certainly did not create it and it holds
+	// several items. They move to the two batches named in Children (the
+	// first and second half), each with its own request_id, so that one
+	// item Cobo refuses does not sink the others.
+	BatchSplitting = "splitting"
 )
+
+// Why a batch waits (Batch.Waiting), the reason label of
+// paystream_allocation_batches_waiting.
+const (
+	// WaitCredentials: Cobo refused paystream's credentials (401, 403, a
+	// signature, nonce or key error code). The items wait; the batch is
+	// sent again with its request_id until the credentials work.
+	WaitCredentials = "credentials"
+	// WaitEndpoint: Cobo's answer says the request went to the wrong place
+	// or in the wrong form (see cobo.APIError.EndpointProblem).
+	WaitEndpoint = "endpoint"
+	// WaitProvider: no definite answer (5xx, 429, timeouts, lost answers,
+	// failed lookups or polls).
+	WaitProvider = "provider"
+	// WaitSettling: a lookup found no batch, but an earlier send of the
+	// request_id may still be in progress at Cobo; it is looked up again
+	// once SettleAfter has passed since the last send.
+	WaitSettling = "settling"
+)
+
+var waitReasons = []string{WaitCredentials, WaitEndpoint, WaitProvider, WaitSettling}
 
 // Batch is a Cobo batch allocation as paystream persists it before the
 // first send, so that every retry sends the same request_id.
@@ -99,10 +134,49 @@ type Batch struct {
 	Items             []domain.AllocationItem `json:"items"`
 	BatchAllocationID string                  `json:"batch_allocation_id,omitempty"`
 	ProviderStatus    string                  `json:"provider_status,omitempty"`
-	Attempts          int                     `json:"attempts"`
-	LastError         string                  `json:"last_error,omitempty"`
-	CreatedAt         time.Time               `json:"created_at"`
-	UpdatedAt         time.Time               `json:"updated_at"`
+	// Attempts counts the sends begun. It is persisted before each send,
+	// so a batch resumed after a crash mid-send knows Cobo may hold it.
+	Attempts int `json:"attempts"`
+	// LastSendAt is when the latest send ended, answered or not.
+	LastSendAt time.Time `json:"last_send_at,omitzero"`
+	// InFlight is set, and persisted, before each send and cleared with
+	// its answer: found set, the last send's fate is unknown.
+	InFlight bool `json:"in_flight,omitempty"`
+	// MayExist says an earlier send of this request_id got no definite
+	// answer, or was begun and its answer never recorded: Cobo may hold
+	// the batch, so a refusal proves nothing until a lookup settles it.
+	MayExist bool `json:"may_exist,omitempty"`
+	// Waiting says why the batch did not move on (Wait*); empty while it
+	// moves or its items are simply not final at Cobo yet.
+	Waiting string `json:"waiting,omitempty"`
+	// Retries counts the tries since the batch last moved on (sends,
+	// lookups, polls); NextAt, when set, is the earliest time any batcher
+	// resumes it: backoff doubling from RecoverAfter to RetryMax.
+	Retries int       `json:"retries,omitempty"`
+	NextAt  time.Time `json:"next_at,omitzero"`
+	// Rejection is Cobo's answer refusing the batch, kept while it is
+	// checked and recorded as the reason of items it fails.
+	Rejection string `json:"rejection,omitempty"`
+	// Parent is the request_id of the batch this one was split from: the
+	// items' claims move from it to this one. Children are the request_ids
+	// of the halves of a splitting batch.
+	Parent    string   `json:"parent,omitempty"`
+	Children  []string `json:"children,omitempty"`
+	LastError string   `json:"last_error,omitempty"`
+	// ItemsSince is when the items first entered a batch (the first batch
+	// of a split chain); stuck items are counted from it.
+	ItemsSince time.Time `json:"items_since,omitzero"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// itemsSince is ItemsSince, or CreatedAt for batches persisted before it
+// existed.
+func (b *Batch) itemsSince() time.Time {
+	if b.ItemsSince.IsZero() {
+		return b.CreatedAt
+	}
+	return b.ItemsSince
 }
 
 // batchStore keeps batches and claims in their buckets.
@@ -167,21 +241,41 @@ func (s *batchStore) remove(ctx context.Context, requestID string) error {
 }
 
 // claim makes requestID the owner of itemID unless another request owns it
-// already; it reports whether requestID owns it now.
-func (s *batchStore) claim(ctx context.Context, itemID, requestID string) (bool, error) {
+// already; it reports whether requestID owns it now. A claim held by from
+// (the batch requestID was split from; empty for none) moves to requestID
+// with compare-and-set, so of two batchers finishing the same split, both
+// see the item moved once.
+func (s *batchStore) claim(ctx context.Context, itemID, requestID, from string) (bool, error) {
 	key := events.Token(itemID)
-	_, err := s.claims.Create(ctx, key, []byte(requestID))
-	if err == nil {
-		return true, nil
+	for range 5 {
+		_, err := s.claims.Create(ctx, key, []byte(requestID))
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, fmt.Errorf("claim item %s: %w", itemID, err)
+		}
+		e, err := s.claims.Get(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("read claim of item %s: %w", itemID, err)
+		}
+		switch owner := string(e.Value()); {
+		case owner == requestID:
+			return true, nil
+		case from == "" || owner != from:
+			return false, nil
+		}
+		_, err = s.claims.Update(ctx, key, []byte(requestID), e.Revision())
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, fmt.Errorf("move claim of item %s from %s to %s: %w", itemID, from, requestID, err)
+		}
+		// Moved meanwhile, by another batcher finishing the same split:
+		// read it again.
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, fmt.Errorf("claim item %s: %w", itemID, err)
-	}
-	e, err := s.claims.Get(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("read claim of item %s: %w", itemID, err)
-	}
-	return string(e.Value()) == requestID, nil
+	return false, fmt.Errorf("claim item %s: %w", itemID, domain.ErrConflict)
 }
 
 func (s *batchStore) keys(ctx context.Context) ([]string, error) {

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -23,8 +25,20 @@ const (
 )
 
 // Duplicate request_id error codes. Cobo does not document which one
-// POST /payments/batch_allocations returns, so all are treated alike.
+// POST /payments/batch_allocations returns, so all are treated alike; and
+// each may mean something else too (30001 is also "pricing plan does not
+// support this feature"), so a code is only a hint to look the batch up.
 var duplicateRequestCodes = []int{12009, 2040, 30001}
+
+// Error codes saying the request's credentials were refused: 2022 missing
+// headers, 2023 missing or invalid signature (also a nonce Cobo refuses,
+// UNCONFIRMED), 2024 API key authentication failed (wrong environment, key
+// not active, IP not whitelisted), 2025 and 4001 forbidden.
+var credentialCodes = []int{2022, 2023, 2024, 2025, 4001}
+
+// credentialWords mark an error message about the credentials whatever its
+// code: Cobo's code for a refused nonce or skewed clock is not documented.
+var credentialWords = []string{"nonce", "signature", "api key", "api-key", "api_key", "biz-api"}
 
 // APIStringToSign is METHOD|PATH|NONCE|QUERY|BODY, where PATH includes /v2,
 // QUERY is the encoded query exactly as sent and BODY the exact bytes sent.
@@ -90,10 +104,15 @@ func VerifyAPIRequest(apiKeyHex, signatureHex, method, path, nonce, query string
 
 // APIError is Cobo's error body, with the HTTP status it came with.
 type APIError struct {
-	HTTPStatus int    `json:"-"`
-	Code       int    `json:"error_code"`
-	Message    string `json:"error_message"`
-	ErrorID    string `json:"error_id"`
+	HTTPStatus int `json:"-"`
+	// Retried is set by the client when this answer came to a retry of the
+	// same request within one call, after a try that got no definite
+	// answer (5xx, 429, timeout, lost response): that earlier try may have
+	// taken effect, whatever this answer says.
+	Retried bool   `json:"-"`
+	Code    int    `json:"error_code"`
+	Message string `json:"error_message"`
+	ErrorID string `json:"error_id"`
 }
 
 // Error implements error.
@@ -101,15 +120,44 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("cobo api: http %d, error_code %d: %s (error_id %s)", e.HTTPStatus, e.Code, e.Message, e.ErrorID)
 }
 
-// DuplicateRequest reports whether the error says the request_id was
-// already used, i.e. the resource exists.
+// DuplicateRequest reports whether the error code is one Cobo may use for
+// "request_id already used" (12009, 2040, 30001). It is a hint, never a
+// proof that the resource exists: look it up by request_id.
 func (e *APIError) DuplicateRequest() bool {
-	for _, c := range duplicateRequestCodes {
-		if e.Code == c {
+	return slices.Contains(duplicateRequestCodes, e.Code)
+}
+
+// CredentialProblem reports whether Cobo refused the request's credentials
+// rather than the request: HTTP 401 or 403, an error code about headers,
+// signature, API key or permissions, or a message naming the nonce, the
+// signature or the API key. Such a request may succeed unchanged once the
+// key, the clock or the permissions are fixed.
+func (e *APIError) CredentialProblem() bool {
+	if e.HTTPStatus == http.StatusUnauthorized || e.HTTPStatus == http.StatusForbidden || slices.Contains(credentialCodes, e.Code) {
+		return true
+	}
+	msg := strings.ToLower(e.Message)
+	for _, w := range credentialWords {
+		if strings.Contains(msg, w) {
 			return true
 		}
 	}
 	return false
+}
+
+// EndpointProblem reports whether the answer is about where or how the
+// request was sent, not what it asked: a 404 with code 2021 ("endpoint not
+// implemented or wrong path") or without a Cobo error code (a proxy's
+// page), a 405, or a 406 (the body not declared JSON). Such a request may
+// succeed unchanged once the base URL or the client is fixed.
+func (e *APIError) EndpointProblem() bool {
+	switch e.HTTPStatus {
+	case http.StatusNotFound:
+		return e.Code == 2021 || e.Code == 0
+	case http.StatusMethodNotAllowed, http.StatusNotAcceptable:
+		return true
+	}
+	return e.Code == 2021
 }
 
 // Retryable reports whether the same request may succeed later: 5xx and 429.

@@ -104,12 +104,21 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	return &Client{cfg: cfg, base: base}, nil
 }
 
-// CreateBatchAllocation creates a batch, idempotently on req.RequestID:
-// when Cobo answers that the request_id was already used, the existing
-// batch is looked up and returned as the result. Transient failures (5xx,
-// 429, timeouts) are retried with the same body; an error returned after
-// them leaves the batch's fate unknown, and the caller must send the same
-// request again later.
+// CreateBatchAllocation creates a batch, idempotently on req.RequestID.
+// Transient failures (5xx, 429, timeouts) are retried with the same body;
+// an error returned after them leaves the batch's fate unknown, and the
+// caller must send the same request again later or look it up.
+//
+// When Cobo answers with a code that may mean "request_id already used"
+// (APIError.DuplicateRequest), the batch is looked up by request_id and
+// returned if it exists. Otherwise the error wraps both Cobo's answer (an
+// *APIError, found first by errors.As) and the lookup's outcome: it wraps
+// ErrBatchNotFound only when Cobo said no batch has the request_id, and
+// the lookup's own error when it failed.
+//
+// Any other *APIError is returned as Cobo's answer, with Retried set when
+// an earlier try of this call may have created the batch; the caller
+// decides whether to look it up (FindBatchAllocation).
 func (c *Client) CreateBatchAllocation(ctx context.Context, req CreateBatchAllocationRequest) (BatchAllocation, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -121,7 +130,7 @@ func (c *Client) CreateBatchAllocation(ctx context.Context, req CreateBatchAlloc
 	if errors.As(err, &apiErr) && apiErr.DuplicateRequest() {
 		existing, findErr := c.FindBatchAllocation(ctx, req.RequestID)
 		if findErr != nil {
-			return BatchAllocation{}, fmt.Errorf("batch %s already exists but the lookup failed: %w", req.RequestID, findErr)
+			return BatchAllocation{}, fmt.Errorf("create batch %s: %w; looking it up by request_id: %w", req.RequestID, err, findErr)
 		}
 		return existing, nil
 	}
@@ -131,11 +140,14 @@ func (c *Client) CreateBatchAllocation(ctx context.Context, req CreateBatchAlloc
 	return out, nil
 }
 
-// FindBatchAllocation returns the batch created with requestID, or an error
-// wrapping ErrBatchNotFound.
+// FindBatchAllocation returns the batch created with requestID. The error
+// wraps ErrBatchNotFound only when Cobo's answer is certain: an empty list
+// for the request_id filter. A list holding only other request_ids (the
+// filter ignored or matching loosely) proves nothing and is an error
+// without ErrBatchNotFound, as is any failed call.
 func (c *Client) FindBatchAllocation(ctx context.Context, requestID string) (BatchAllocation, error) {
 	var out BatchAllocationList
-	q := url.Values{"request_id": {requestID}, "limit": {"1"}}
+	q := url.Values{"request_id": {requestID}, "limit": {"50"}}
 	if err := c.do(ctx, "list_batch_allocations", http.MethodGet, "/payments/batch_allocations", q, nil, &out); err != nil {
 		return BatchAllocation{}, fmt.Errorf("find batch %s: %w", requestID, err)
 	}
@@ -143,6 +155,9 @@ func (c *Client) FindBatchAllocation(ctx context.Context, requestID string) (Bat
 		if b.RequestID == requestID {
 			return b, nil
 		}
+	}
+	if len(out.Data) > 0 {
+		return BatchAllocation{}, fmt.Errorf("find batch %s: cobo listed %d batches of other request_ids for the request_id filter; whether it exists is unknown", requestID, len(out.Data))
 	}
 	return BatchAllocation{}, fmt.Errorf("find batch %s: %w", requestID, ErrBatchNotFound)
 }
@@ -191,6 +206,12 @@ func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Va
 		retry, err := c.once(ctx, endpoint, method, &u, body, out)
 		if err == nil {
 			return nil
+		}
+		var apiErr *APIError
+		if attempt > 1 && errors.As(err, &apiErr) {
+			// An earlier try got no definite answer and may have taken
+			// effect: the caller must not read this answer alone.
+			apiErr.Retried = true
 		}
 		lastErr = err
 		if !retry || ctx.Err() != nil {

@@ -85,7 +85,7 @@ func TestClientCreateBatchRetriesAndRecoversDuplicates(t *testing.T) {
 				_, _ = w.Write([]byte(`{"error_code":12009,"error_message":"Duplicate request ID","error_id":"e3"}`))
 			}
 		case r.Method == http.MethodGet && r.URL.Path == "/v2/payments/batch_allocations":
-			require.Equal(t, "limit=1&request_id=req-1", r.URL.RawQuery)
+			require.Equal(t, "limit=50&request_id=req-1", r.URL.RawQuery)
 			_, _ = w.Write([]byte(`{"data":[{"batch_allocation_id":"b1","request_id":"req-1","status":"Completed"}],"pagination":{"total_count":1}}`))
 		default:
 			t.Errorf("unexpected %s %s", r.Method, r.URL)
@@ -149,4 +149,105 @@ func TestClientRetriesRateLimitsAndGivesUp(t *testing.T) {
 	_, err = newClient(t, signer, srv.URL).GetBatchAllocation(context.Background(), "b1")
 	require.ErrorContains(t, err, "after 4 attempts")
 	require.EqualValues(t, 4, calls.Load())
+}
+
+// TestClientMarksAnswersToRetries: a 4xx that follows a try without a
+// definite answer says so (Retried), because the earlier try may have
+// created the batch; a 4xx to the first try does not.
+func TestClientMarksAnswersToRetries(t *testing.T) {
+	signer, err := cobo.NewAPISigner(testSecret)
+	require.NoError(t, err)
+	var posts atomic.Int32
+	srv := fakeCobo(t, signer, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		if posts.Add(1) == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = w.Write([]byte(`<html>bad gateway</html>`))
+			return
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error_code":2023,"error_message":"Missing or invalid API signature","error_id":"e"}`))
+	})
+	c := newClient(t, signer, srv.URL)
+	_, err = c.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r"})
+	var apiErr *cobo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusUnauthorized, apiErr.HTTPStatus)
+	require.True(t, apiErr.Retried, "the 502 before may have hidden a created batch")
+	require.True(t, apiErr.CredentialProblem())
+
+	_, err = c.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r"})
+	require.ErrorAs(t, err, &apiErr)
+	require.False(t, apiErr.Retried, "answered on the first try")
+}
+
+// TestClientDuplicateCodeWithoutBatch: a code that may mean "request_id
+// already used" is looked up; when Cobo lists nothing the error wraps
+// Cobo's answer and ErrBatchNotFound, and when the lookup itself fails it
+// does not wrap ErrBatchNotFound.
+func TestClientDuplicateCodeWithoutBatch(t *testing.T) {
+	signer, err := cobo.NewAPISigner(testSecret)
+	require.NoError(t, err)
+	var list atomic.Value
+	list.Store(`{"data":[],"pagination":{"total_count":0}}`)
+	srv := fakeCobo(t, signer, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error_code":30001,"error_message":"The pricing plan does not support this feature","error_id":"e"}`))
+			return
+		}
+		body := list.Load().(string)
+		if strings.HasPrefix(body, "5") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write([]byte(body))
+	})
+	c := newClient(t, signer, srv.URL)
+	_, err = c.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r"})
+	var apiErr *cobo.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, 30001, apiErr.Code, "errors.As finds the create's answer first")
+	require.ErrorIs(t, err, cobo.ErrBatchNotFound)
+	require.Contains(t, err.Error(), "pricing plan")
+
+	// Cobo listing other request_ids proves nothing.
+	list.Store(`{"data":[{"batch_allocation_id":"b9","request_id":"other"}],"pagination":{"total_count":1}}`)
+	_, err = c.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r"})
+	require.ErrorAs(t, err, &apiErr)
+	require.NotErrorIs(t, err, cobo.ErrBatchNotFound)
+	_, err = c.FindBatchAllocation(context.Background(), "r")
+	require.NotErrorIs(t, err, cobo.ErrBatchNotFound)
+
+	list.Store(`503 unavailable`)
+	_, err = c.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r"})
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, 30001, apiErr.Code)
+	require.NotErrorIs(t, err, cobo.ErrBatchNotFound, "a failed lookup is not an answer")
+}
+
+func TestAPIErrorClasses(t *testing.T) {
+	cases := []struct {
+		err                              cobo.APIError
+		credential, endpoint, dup, retry bool
+	}{
+		{err: cobo.APIError{HTTPStatus: 401, Code: 2024}, credential: true},
+		{err: cobo.APIError{HTTPStatus: 403, Code: 2025}, credential: true},
+		{err: cobo.APIError{HTTPStatus: 400, Code: 2023}, credential: true},
+		{err: cobo.APIError{HTTPStatus: 400, Code: 2006, Message: "Invalid Biz-Api-Nonce"}, credential: true},
+		{err: cobo.APIError{HTTPStatus: 400, Code: 2006, Message: "source_account and destination_account are the same"}},
+		{err: cobo.APIError{HTTPStatus: 400, Code: 30001}, dup: true},
+		{err: cobo.APIError{HTTPStatus: 400, Code: 12009}, dup: true},
+		{err: cobo.APIError{HTTPStatus: 409, Code: 2040}, dup: true},
+		{err: cobo.APIError{HTTPStatus: 404, Code: 2021}, endpoint: true},
+		{err: cobo.APIError{HTTPStatus: 404, Message: "<html>not found</html>"}, endpoint: true},
+		{err: cobo.APIError{HTTPStatus: 404, Code: 2028, Message: "destination_account not found"}},
+		{err: cobo.APIError{HTTPStatus: 406, Code: 2006}, endpoint: true},
+		{err: cobo.APIError{HTTPStatus: 429, Code: 2010}, retry: true},
+		{err: cobo.APIError{HTTPStatus: 502}, retry: true, endpoint: false},
+	}
+	for _, tc := range cases {
+		require.Equal(t, tc.credential, tc.err.CredentialProblem(), "credential %+v", tc.err)
+		require.Equal(t, tc.endpoint, tc.err.EndpointProblem(), "endpoint %+v", tc.err)
+		require.Equal(t, tc.dup, tc.err.DuplicateRequest(), "duplicate %+v", tc.err)
+		require.Equal(t, tc.retry, tc.err.Retryable(), "retryable %+v", tc.err)
+	}
 }

@@ -1,6 +1,10 @@
 package domain
 
-import "github.com/shopspring/decimal"
+import (
+	"time"
+
+	"github.com/shopspring/decimal"
+)
 
 // Allocation backends.
 const (
@@ -23,8 +27,10 @@ const (
 	AllocPending = "pending"
 	// AllocCompleted: done at the provider (Cobo Completed, BitGo cleared).
 	AllocCompleted = "completed"
-	// AllocFailed: the provider failed it (Cobo Failed, BitGo released, or
-	// rejected as invalid). An operator decides; it is never re-sent.
+	// AllocFailed: the provider certainly did not make it (Cobo Failed,
+	// BitGo released, refused as invalid by the provider with no batch
+	// behind it, or never sent because invalid). An operator decides; it is
+	// never re-sent.
 	AllocFailed = "failed"
 )
 
@@ -53,6 +59,11 @@ type AllocationItem struct {
 	ProviderStatus string `json:"provider_status,omitempty"`
 	// Reason explains a failure.
 	Reason string `json:"reason,omitempty"`
+	// StuckSince is set while the item is still planned or pending longer
+	// than the worker's -alloc-stuck-after after it entered a batch: the
+	// time it became stuck. It is cleared when the item turns final. An
+	// operator reconciles such an item with the provider (see README).
+	StuckSince *time.Time `json:"stuck_since,omitempty"`
 }
 
 // Final reports whether the item's status can no longer change.

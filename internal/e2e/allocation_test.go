@@ -108,7 +108,8 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 			BaseURL: s.simURL + "/v2", Signer: s.api, HTTP: &http.Client{Transport: transport},
 			MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond,
 		},
-		Batcher:       allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
+		Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second,
+			RetryMax: time.Second, SettleAfter: time.Second},
 		IntentAckWait: 3 * time.Second,
 		Sweeper:       allocation.SweeperConfig{OrphanAfter: s.orphanAfter},
 	}

@@ -110,6 +110,10 @@ func (s *Sim) createBatch(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, CodeInvalidAmount, fmt.Sprintf("Invalid amount %q in allocation_params[%d]: want a positive decimal string", *p.Amount, i))
 			return
 		}
+		// The reference does not say how Cobo answers a transfer from an
+		// account to itself (UNCONFIRMED); the simulator refuses the whole
+		// batch with its generic invalid-parameter answer, 400 code 2006,
+		// as it does any other invalid parameter.
 		if *p.SourceAccount == *p.DestinationAccount {
 			writeError(w, http.StatusBadRequest, CodeInvalidParameter, fmt.Sprintf("allocation_params[%d]: source_account and destination_account are the same", i))
 			return
@@ -137,14 +141,12 @@ func (s *Sim) createBatch(w http.ResponseWriter, r *http.Request) {
 		CreatedTimestamp:  now,
 		UpdatedTimestamp:  now,
 	}
-	failed := 0
 	for _, p := range params {
 		// Allocations are ledger-only, so items complete at once unless
-		// the test asked for failures to this destination.
-		status := cobo.ItemCompleted
-		if s.failDest[p.DestinationAccount] {
-			status = cobo.ItemFailed
-			failed++
+		// the test asked for another status for this destination.
+		status, ok := s.itemStatus[p.DestinationAccount]
+		if !ok {
+			status = cobo.ItemCompleted
 		}
 		b.AllocationItems = append(b.AllocationItems, cobo.AllocationItem{
 			AllocationItemID: newID(), BatchAllocationID: b.BatchAllocationID,
@@ -152,18 +154,11 @@ func (s *Sim) createBatch(w http.ResponseWriter, r *http.Request) {
 			DestinationAccount: p.DestinationAccount, Description: p.Description, Status: status,
 		})
 	}
-	switch failed {
-	case 0:
-		b.Status = cobo.BatchCompleted
-	case len(params):
-		b.Status = cobo.BatchFailed
-	default:
-		b.Status = cobo.BatchPartiallyCompleted
-	}
+	b.Status = batchStatus(b.AllocationItems)
 	s.batches = append(s.batches, b)
 	s.byID[b.BatchAllocationID] = b
 	s.byReq[b.RequestID] = b
-	out := listView(b)
+	out := s.listView(b)
 	s.mu.Unlock()
 
 	s.cfg.Logger.Info().Str("request_id", b.RequestID).Str("batch_allocation_id", b.BatchAllocationID).
@@ -172,18 +167,28 @@ func (s *Sim) createBatch(w http.ResponseWriter, r *http.Request) {
 }
 
 // listView is a BatchAllocation as create and list return it: with
-// allocation_params, without allocation_items.
-func listView(b *cobo.BatchAllocation) cobo.BatchAllocation {
+// allocation_params, without allocation_items; without status in
+// ShapeSeed.
+func (s *Sim) listView(b *cobo.BatchAllocation) cobo.BatchAllocation {
 	c := cloneBatch(b)
 	c.AllocationItems = nil
+	if s.cfg.Shape == ShapeSeed {
+		c.Status = ""
+	}
 	return c
 }
 
 // detailView is a BatchAllocationDetail: allocation_items instead of
-// allocation_params.
-func detailView(b *cobo.BatchAllocation) cobo.BatchAllocation {
+// allocation_params; without any status in ShapeSeed.
+func (s *Sim) detailView(b *cobo.BatchAllocation) cobo.BatchAllocation {
 	c := cloneBatch(b)
 	c.AllocationParams = nil
+	if s.cfg.Shape == ShapeSeed {
+		c.Status = ""
+		for i := range c.AllocationItems {
+			c.AllocationItems[i].Status = ""
+		}
+	}
 	return c
 }
 
@@ -194,7 +199,7 @@ func (s *Sim) getBatch(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.byID[id]
 	var out cobo.BatchAllocation
 	if ok {
-		out = detailView(b)
+		out = s.detailView(b)
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -217,7 +222,7 @@ func (s *Sim) listBatches(w http.ResponseWriter, r *http.Request) {
 	var all []cobo.BatchAllocation
 	for _, b := range slices.Backward(s.batches) {
 		if requestID == "" || b.RequestID == requestID {
-			all = append(all, listView(b))
+			all = append(all, s.listView(b))
 		}
 	}
 	s.mu.Unlock()
@@ -256,6 +261,9 @@ func (s *Sim) listItems(w http.ResponseWriter, r *http.Request) {
 	for _, b := range slices.Backward(s.batches) {
 		for _, it := range slices.Backward(b.AllocationItems) {
 			if match(it) {
+				if s.cfg.Shape == ShapeSeed {
+					it.Status = ""
+				}
 				all = append(all, it)
 			}
 		}

@@ -50,8 +50,36 @@ const (
 	CodeUnknownAPIKey    = 2024
 	CodeNotFound         = 2028
 	CodeAlreadyExists    = 2040
-	CodeInvalidAmount    = 30007
+	// CodePricingPlan is 30001, which Cobo's payments error list gives for
+	// "pricing plan does not support this feature" and its WaaS list for
+	// "request_id already used" (see FaultPricingPlan).
+	CodePricingPlan   = 30001
+	CodeInvalidAmount = 30007
 )
+
+// PricingPlanMessage is the error_message of FaultPricingPlan.
+const PricingPlanMessage = "The pricing plan does not support this feature"
+
+// Response shapes of the batch allocation endpoints (Config.Shape).
+const (
+	// ShapeCurrent answers as Cobo's current API: status on batches
+	// (BatchAllocationStatus) and on allocation items, added in SDK v1.39.
+	ShapeCurrent = "current"
+	// ShapeSeed answers exactly as the reference seeds (create, get by id)
+	// show: no status field on batches or items, as before v1.39.
+	ShapeSeed = "seed"
+)
+
+// ParseShape accepts "current" (or empty) and "seed".
+func ParseShape(s string) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", ShapeCurrent:
+		return ShapeCurrent, nil
+	case ShapeSeed:
+		return ShapeSeed, nil
+	}
+	return "", fmt.Errorf("unknown response shape %q: want current or seed", s)
+}
 
 // maxBody bounds a request body; Cobo's own limit is not documented.
 const maxBody = 1 << 20
@@ -64,6 +92,10 @@ type Config struct {
 	// DuplicateCode is the error_code for a reused request_id;
 	// DefaultDuplicateCode when zero.
 	DuplicateCode int
+	// Shape is ShapeCurrent (the default when empty) or ShapeSeed: the
+	// batch allocation endpoints then answer without any status field.
+	// Items are kept with their status either way (Batches, Items).
+	Shape string
 	// Logger receives one line per recorded batch or order (info) and per
 	// request (debug). It never logs signatures.
 	Logger zerolog.Logger
@@ -85,9 +117,11 @@ type Sim struct {
 	orders   map[string]cobo.OrderData
 	orderIDs []string // creation order
 	pspCodes map[string]string
-	failDest map[string]bool
-	faults   []Fault
-	stats    counters
+	// itemStatus is the status new items to a destination get
+	// (SetItemStatus); Completed for any other destination.
+	itemStatus map[string]string
+	faults     []Fault
+	stats      counters
 
 	// foreign are the orders of another Cobo customer the payer sent
 	// webhooks for (RecordForeignOrder), never in orders; foreignIDs
@@ -109,16 +143,16 @@ func New(cfg Config) *Sim {
 		cfg.DuplicateCode = DefaultDuplicateCode
 	}
 	s := &Sim{
-		cfg:      cfg,
-		keys:     map[string]bool{},
-		api:      http.NewServeMux(),
-		ops:      http.NewServeMux(),
-		byID:     map[string]*cobo.BatchAllocation{},
-		byReq:    map[string]*cobo.BatchAllocation{},
-		orders:   map[string]cobo.OrderData{},
-		pspCodes: map[string]string{},
-		foreign:  orderref.Set{},
-		failDest: map[string]bool{},
+		cfg:        cfg,
+		keys:       map[string]bool{},
+		api:        http.NewServeMux(),
+		ops:        http.NewServeMux(),
+		byID:       map[string]*cobo.BatchAllocation{},
+		byReq:      map[string]*cobo.BatchAllocation{},
+		orders:     map[string]cobo.OrderData{},
+		pspCodes:   map[string]string{},
+		foreign:    orderref.Set{},
+		itemStatus: map[string]string{},
 	}
 	for _, k := range cfg.APIKeys {
 		// Hex is case-insensitive; compare in one case.
@@ -207,6 +241,17 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	case FaultRateLimit:
 		log.Msg("fault: 429 without processing")
 		writeError(w, http.StatusTooManyRequests, CodeRateLimited, "Rate limit exceeded")
+	case FaultUnauthorized:
+		log.Msg("fault: 401 without processing")
+		writeError(w, http.StatusUnauthorized, CodeBadSignature, "Missing or invalid API signature")
+	case FaultPricingPlan:
+		if s.storedRequest(body) {
+			log.Msg("fault: request_id stored already, answered as usual")
+			s.api.ServeHTTP(w, r)
+			return
+		}
+		log.Msg("fault: 30001 without processing")
+		writeError(w, http.StatusBadRequest, CodePricingPlan, PricingPlanMessage)
 	case FaultLoseResponse:
 		log.Msg("fault: processed, response lost (502)")
 		// The real answer is computed, so state changes, and then dropped.
@@ -234,6 +279,21 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.api.ServeHTTP(w, r)
 	}
+}
+
+// storedRequest reports whether body is a JSON object naming a request_id
+// the simulator has recorded a batch for.
+func (s *Sim) storedRequest(body []byte) bool {
+	var in struct {
+		RequestID string `json:"request_id"`
+	}
+	if json.Unmarshal(body, &in) != nil || in.RequestID == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.byReq[in.RequestID]
+	return ok
 }
 
 // sleep waits d or until the client goes away; it reports whether the
@@ -324,9 +384,71 @@ func (s *Sim) ClearFaults() {
 // batch whose items all fail is Failed; one with some failed items is
 // PartiallyCompleted.
 func (s *Sim) SetItemFailure(destinationAccount string) {
+	s.SetItemStatus(destinationAccount, cobo.ItemFailed)
+}
+
+// SetItemStatus makes allocation items created from now on whose
+// destination_account equals destinationAccount get status (Pending,
+// Transferring, Completed, Failed, or any other word, which a client must
+// survive); an empty status restores Completed. The batch's status follows
+// its items (see batchStatus).
+func (s *Sim) SetItemStatus(destinationAccount, status string) {
 	s.mu.Lock()
-	s.failDest[destinationAccount] = true
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if status == "" {
+		delete(s.itemStatus, destinationAccount)
+		return
+	}
+	s.itemStatus[destinationAccount] = status
+}
+
+// SettleItems moves every recorded item whose destination_account equals
+// destinationAccount to status, as an on-chain transfer finishing would,
+// and updates their batches' statuses. It returns how many items changed.
+func (s *Sim) SettleItems(destinationAccount, status string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, b := range s.batches {
+		changed := false
+		for i := range b.AllocationItems {
+			it := &b.AllocationItems[i]
+			if it.DestinationAccount == destinationAccount && it.Status != status {
+				it.Status, changed = status, true
+				n++
+			}
+		}
+		if changed {
+			b.Status = batchStatus(b.AllocationItems)
+			b.UpdatedTimestamp = cobo.Int64(time.Now().Unix())
+		}
+	}
+	return n
+}
+
+// batchStatus derives a BatchAllocationStatus from its items: Completed or
+// Failed when all are, Processing while any is neither Completed nor
+// Failed, PartiallyCompleted otherwise.
+func batchStatus(items []cobo.AllocationItem) string {
+	completed, failed := 0, 0
+	for _, it := range items {
+		switch it.Status {
+		case cobo.ItemCompleted:
+			completed++
+		case cobo.ItemFailed:
+			failed++
+		}
+	}
+	switch {
+	case completed == len(items):
+		return cobo.BatchCompleted
+	case failed == len(items):
+		return cobo.BatchFailed
+	case completed+failed < len(items):
+		return cobo.BatchProcessing
+	default:
+		return cobo.BatchPartiallyCompleted
+	}
 }
 
 // PutOrder registers or replaces an order so that GET /v2/payments/orders/

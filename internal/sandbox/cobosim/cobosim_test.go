@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -689,4 +690,125 @@ func TestForeignOrders(t *testing.T) {
 	fresh := newEnv(t, cobosim.Config{})
 	r = send(t, fresh.srv.Client(), mustRequest(t, http.MethodGet, fresh.srv.URL+"/sandbox/state", nil))
 	require.Contains(t, string(r.body), `"foreign_order_ids":[]`)
+}
+
+// keysOf returns the sorted keys of a JSON object.
+func keysOf(t *testing.T, raw []byte) []string {
+	t.Helper()
+	var m map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(raw, &m), string(raw))
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// TestSeedShape: with ShapeSeed the batch endpoints answer exactly the
+// fields of the reference seeds (000 create, 001 get by id), no status on
+// batches or items anywhere, while the simulator keeps the statuses.
+func TestSeedShape(t *testing.T) {
+	e := newEnv(t, cobosim.Config{Shape: cobosim.ShapeSeed})
+	e.sim.SetItemStatus("M1002", cobo.ItemTransferring)
+	r := e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-seed", "M1001", "M1002"))
+	require.Equal(t, http.StatusCreated, r.status, string(r.body))
+	require.Equal(t, []string{"allocation_params", "batch_allocation_id", "created_timestamp", "initiator", "request_id", "updated_timestamp"}, keysOf(t, r.body))
+	created := decodeBatch(t, r)
+	require.Equal(t, []string{"amount", "description", "destination_account", "source_account", "token_id"}, keysOf(t, mustJSON(t, created.AllocationParams[0])))
+
+	r = e.do(t, http.MethodGet, batchPath+"/"+created.BatchAllocationID, "", nil)
+	require.Equal(t, http.StatusOK, r.status, string(r.body))
+	require.Equal(t, []string{"allocation_items", "batch_allocation_id", "created_timestamp", "initiator", "request_id", "updated_timestamp"}, keysOf(t, r.body))
+	var detail struct {
+		Items []json.RawMessage `json:"allocation_items"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &detail))
+	require.Len(t, detail.Items, 2)
+	for _, it := range detail.Items {
+		require.Equal(t, []string{"allocation_item_id", "amount", "batch_allocation_id", "description", "destination_account", "source_account", "token_id"}, keysOf(t, it))
+	}
+
+	for _, path := range []string{batchPath, "/v2/payments/allocation_items"} {
+		r = e.do(t, http.MethodGet, path, "", nil)
+		require.Equal(t, http.StatusOK, r.status, string(r.body))
+		require.NotContains(t, string(r.body), `"status"`, path)
+	}
+	// The simulator still knows what happened to each item.
+	require.Equal(t, cobo.BatchProcessing, e.sim.Batches()[0].Status)
+	require.Equal(t, cobo.ItemTransferring, e.sim.Batches()[0].AllocationItems[1].Status)
+
+	_, err := cobosim.ParseShape("seeds")
+	require.Error(t, err)
+	for in, want := range map[string]string{"": cobosim.ShapeCurrent, "current": cobosim.ShapeCurrent, "Seed": cobosim.ShapeSeed} {
+		got, err := cobosim.ParseShape(in)
+		require.NoError(t, err)
+		require.Equal(t, want, got)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return b
+}
+
+// TestItemStatusesSettle: items to a destination can be held Transferring,
+// the batch is Processing meanwhile, and SettleItems finishes them.
+func TestItemStatusesSettle(t *testing.T) {
+	e := newEnv(t, cobosim.Config{})
+	e.sim.SetItemStatus("M1002", cobo.ItemTransferring)
+	created := decodeBatch(t, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-hold", "M1001", "M1002")))
+	require.Equal(t, cobo.BatchProcessing, created.Status)
+	require.Equal(t, 1, e.sim.SettleItems("M1002", cobo.ItemCompleted))
+	detail := decodeBatch(t, e.do(t, http.MethodGet, batchPath+"/"+created.BatchAllocationID, "", nil))
+	require.Equal(t, cobo.BatchCompleted, detail.Status)
+	for _, it := range detail.AllocationItems {
+		require.Equal(t, cobo.ItemCompleted, it.Status)
+	}
+	e.sim.SetItemStatus("M1002", "")
+	require.Equal(t, cobo.BatchCompleted, decodeBatch(t, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-after", "M1002"))).Status)
+	e.sim.SetItemFailure("M1002")
+	require.Equal(t, cobo.BatchPartiallyCompleted, decodeBatch(t, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-part", "M1001", "M1002"))).Status)
+}
+
+// TestUnauthorizedAndPricingPlanFaults: unauthorized answers an authentic
+// request 401 code 2023 without processing; pricing_plan answers 30001
+// for a request_id never stored and the ordinary answer for a stored one.
+func TestUnauthorizedAndPricingPlanFaults(t *testing.T) {
+	e := newEnv(t, cobosim.Config{DuplicateCode: 12009})
+	fs, err := cobosim.ParseFaultList("unauthorized:2,30001:2", http.MethodPost, batchPath)
+	require.NoError(t, err)
+	require.Equal(t, cobosim.FaultUnauthorized, fs[0].Kind)
+	require.Equal(t, cobosim.FaultPricingPlan, fs[1].Kind)
+	for _, f := range fs {
+		e.sim.InjectFault(f)
+	}
+	for range 2 {
+		requireError(t, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-401")), http.StatusUnauthorized, cobosim.CodeBadSignature)
+	}
+	r := e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-30001"))
+	requireError(t, r, http.StatusBadRequest, cobosim.CodePricingPlan)
+	require.Equal(t, cobosim.PricingPlanMessage, apiErr(t, r).Message)
+	require.Empty(t, e.sim.Batches(), "neither fault processes the request")
+	r = e.do(t, http.MethodGet, batchPath, "request_id=req-30001", nil)
+	require.JSONEq(t, `{"data":[],"pagination":{"before":"","after":"","total_count":0}}`, string(r.body), "no batch behind the 30001")
+
+	e.sim.ClearFaults()
+	require.Equal(t, http.StatusCreated, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-stored")).status)
+	e.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchPath, Kind: cobosim.FaultPricingPlan})
+	requireError(t, e.do(t, http.MethodPost, batchPath, "", batchBody(t, "req-stored")), http.StatusBadRequest, 12009)
+	st := e.sim.State()
+	require.Equal(t, 1, st.Batches)
+	require.Equal(t, 4, st.FaultsApplied)
+	require.Zero(t, st.AuthFailures, "the requests were authentic")
+
+	// Over the operator endpoint, as the demo and an operator inject them.
+	r = send(t, e.srv.Client(), mustRequest(t, http.MethodPost, e.srv.URL+"/sandbox/faults", []byte(`{"kind":"401","path_prefix":"/v2/payments/batch_allocations","count":1000000}`)))
+	require.Equal(t, http.StatusCreated, r.status, string(r.body))
+	requireError(t, e.do(t, http.MethodGet, batchPath, "request_id=req-stored", nil), http.StatusUnauthorized, cobosim.CodeBadSignature)
+	r = send(t, e.srv.Client(), mustRequest(t, http.MethodDelete, e.srv.URL+"/sandbox/faults", nil))
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, http.StatusOK, e.do(t, http.MethodGet, batchPath, "request_id=req-stored", nil).status)
 }

@@ -30,6 +30,19 @@ const (
 	FaultSlow FaultKind = "slow"
 	// FaultRateLimit answers 429 {error_code:2010} without processing.
 	FaultRateLimit FaultKind = "ratelimit"
+	// FaultUnauthorized answers 401 {error_code:2023} ("Missing or invalid
+	// API signature") to an authentic request without processing it, as
+	// Cobo answers a rotated key, a skewed clock or a refused nonce: the
+	// request had no effect. A large count on a path prefix stands for a
+	// key Cobo refuses until an operator fixes it (DELETE /sandbox/faults).
+	FaultUnauthorized FaultKind = "unauthorized"
+	// FaultPricingPlan answers 400 {error_code:30001} ("The pricing plan
+	// does not support this feature") to a request whose body names a
+	// request_id the simulator never stored, without processing it: the
+	// code Cobo also uses for "request_id already used", with no batch
+	// behind it. A request_id already stored gets the ordinary answer (the
+	// fault is spent all the same).
+	FaultPricingPlan FaultKind = "pricing_plan"
 )
 
 // Default delays of FaultTimeout and FaultSlow when Fault.Delay is zero.
@@ -42,7 +55,8 @@ const (
 
 // ParseFaultKind accepts a kind's name or an alias: "500"/"error500",
 // "lose"/"lose_response"/"502", "timeout", "slow", "429"/"ratelimit"/
-// "rate_limit". Matching ignores case.
+// "rate_limit", "401"/"unauthorized", "30001"/"pricing_plan". Matching
+// ignores case.
 func ParseFaultKind(s string) (FaultKind, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "500", "error500", "error_500":
@@ -55,8 +69,12 @@ func ParseFaultKind(s string) (FaultKind, error) {
 		return FaultSlow, nil
 	case "429", "ratelimit", "rate_limit":
 		return FaultRateLimit, nil
+	case "401", "unauthorized", "unauthorised":
+		return FaultUnauthorized, nil
+	case "30001", "pricing_plan", "pricing":
+		return FaultPricingPlan, nil
 	}
-	return "", fmt.Errorf("unknown fault kind %q: want 500, lose, timeout, slow or 429", s)
+	return "", fmt.Errorf("unknown fault kind %q: want 500, lose, timeout, slow, 429, unauthorized or 30001", s)
 }
 
 // Fault is a queued failure. It applies to the next Count authenticated
