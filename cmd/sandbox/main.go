@@ -66,6 +66,7 @@ type options struct {
 	apiKeys      []string
 	orders       int
 	foreign      int
+	undelivered  int
 	seed         uint64
 	merchants    []string
 	duplicates   float64
@@ -95,6 +96,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	apiSecretFile := fs.String("api-secret-file", "PAYSTREAM_SANDBOX_API_SECRET_FILE", "", "the client's Cobo API secret file (hex 32-byte seed); its public key is accepted")
 	orders := fs.Int("orders", "PAYSTREAM_SANDBOX_ORDERS", 50, "orders to play; 0 only serves the API")
 	foreign := fs.Int("foreign-orders", "PAYSTREAM_SANDBOX_FOREIGN_ORDERS", 0, "orders of another Cobo customer to play too: validly signed webhooks for orders the order API answers 404 (paystream must dead-letter them, allocating nothing)")
+	undelivered := fs.Int("undelivered-orders", "PAYSTREAM_SANDBOX_UNDELIVERED_ORDERS", 0, "of -orders, how many never get a webhook delivered, as when Cobo gave up after 10 attempts; the order API and list know them (only reconciliation completes them)")
 	seed := fs.String("seed", "PAYSTREAM_SANDBOX_SEED", "", "uint64 seed making the orders reproducible; empty picks one from the clock (and logs it)")
 	merchants := fs.String("merchants", "PAYSTREAM_SANDBOX_MERCHANTS", strings.Join(payer.DefaultMerchants, ","), "comma-separated merchant ids")
 	duplicates := fs.Float("duplicates", "PAYSTREAM_SANDBOX_DUPLICATES", 0.3, "probability that an event is delivered twice")
@@ -127,12 +129,15 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		lateRatio: *lateRatio, rate: *rate, concurrency: *concurrency, maxAttempts: *maxAttempts,
 		dupCode: *dupCode, keepServing: *keepServing, logLevel: *logLevel, logFormat: *logFormat,
 	}
+	o.undelivered = *undelivered
 	if o.printPubKey {
 		return o, nil
 	}
 	switch {
 	case o.orders < 0 || o.foreign < 0:
 		return o, errors.New("-orders and -foreign-orders must not be negative")
+	case o.undelivered < 0 || o.undelivered > o.orders:
+		return o, errors.New("-undelivered-orders must be from 0 to -orders")
 	case !(o.duplicates >= 0 && o.duplicates <= 1) || !(o.lateRatio >= 0 && o.lateRatio <= 1):
 		return o, errors.New("-duplicates and -late-ratio must be from 0 to 1")
 	case !(o.rate >= 0):
@@ -383,7 +388,7 @@ func (sb *sandbox) serve(ctx context.Context) error {
 		go func() {
 			st, err := payer.Run(ctx, payer.Config{
 				WebhookURL: o.webhookURL, WebhookKey: o.webhookKey, Orders: o.orders, ForeignOrders: o.foreign, Merchants: o.merchants,
-				Seed: o.seed, Duplicates: o.duplicates, Shuffle: o.shuffle, LateRatio: o.lateRatio,
+				Seed: o.seed, Duplicates: o.duplicates, Shuffle: o.shuffle, LateRatio: o.lateRatio, Undelivered: o.undelivered,
 				Concurrency: o.concurrency, MaxAttempts: o.maxAttempts, Rate: o.rate, Sim: sb.sim,
 				Logger: sb.log.With().Str("component", "payer").Logger(),
 			})

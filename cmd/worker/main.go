@@ -6,6 +6,7 @@
 //	worker replay [-order ID] [-type T] [-since T] [-until T] [-from-seq N] [-verify] [-apply] ...
 //	worker dlq list [-order ID] [-type T] ...
 //	worker dlq redrive -seq N | -all ...
+//	worker reconcile [-since T] [-dry-run] -rules F -cobo-api-secret-file F ...
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/worker"
 )
 
@@ -41,6 +43,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return runReplay(ctx, args[1:], getenv, stdout)
 		case "dlq":
 			return runDLQ(ctx, args[1:], getenv, stdout)
+		case "reconcile":
+			return runReconcile(ctx, args[1:], getenv, stdout)
 		}
 	}
 	fs := cli.NewFlags("worker", getenv, stdout)
@@ -61,6 +65,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
 	orphanAfter := fs.Duration("orphan-after", "PAYSTREAM_ORPHAN_AFTER", allocation.DefaultOrphanAfter, "publish again the intents of allocation items planned longer than this with no sender holding them")
 	stuckAfter := fs.Duration("alloc-stuck-after", "PAYSTREAM_ALLOC_STUCK_AFTER", allocation.DefaultStuckAfter, "how long a Cobo allocation item may stay planned or pending in a batch before it is marked stuck, logged and counted")
+	reconcileEvery := fs.Duration("reconcile-every", "PAYSTREAM_RECONCILE_EVERY", reconcile.DefaultEvery, "with -rules: reconcile with Cobo's order list this often (fleet-wide); 0 turns it off")
+	reconcileOverlap := fs.Duration("reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point each pass looks again")
 	bg := bitgoFlags{
 		url:        fs.String("bitgo-url", "PAYSTREAM_BITGO_URL", bitgo.TestBaseURL, "BitGo API base URL, without a path"),
 		enterprise: fs.String("bitgo-enterprise-id", "PAYSTREAM_BITGO_ENTERPRISE_ID", "", "BitGo enterprise owning the partner connections"),
@@ -95,9 +101,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	rcfg, err := reconcileConfig(*reconcileEvery, *reconcileOverlap)
+	if err != nil {
+		return err
+	}
 	if alloc != nil {
 		alloc.Sweeper = allocation.SweeperConfig{OrphanAfter: *orphanAfter}
 		alloc.Batcher.StuckAfter = *stuckAfter
+		alloc.Reconcile = rcfg
 	}
 	if alloc != nil && (alloc.Rules.UsesBitGo() || *bg.tokenFile != "") {
 		if alloc.BitGo, err = bg.config(); err != nil {

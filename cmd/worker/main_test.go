@@ -48,12 +48,31 @@ func TestSubcommandFlagErrors(t *testing.T) {
 		// instead of trusting Cobo's dev key.
 		{[]string{"-nats-url", "nats://127.0.0.1:1"}, "-cobo-env dev|prod or -cobo-pubkey is required"},
 		{[]string{"replay", "-verify", "-cobo-pubkey", "zz"}, "-cobo-pubkey"},
+		{[]string{"reconcile"}, "worker reconcile needs the workers' -rules and -cobo-api-secret-file"},
+		{[]string{"reconcile", "extra"}, `unexpected argument "extra"`},
+		{[]string{"reconcile", "-since", "yesterday", "-rules", "rules.json"}, "-since"},
+		{[]string{"reconcile", "-since", "2999-01-01T00:00:00Z", "-rules", "rules.json"}, "in the future"},
+		{[]string{"reconcile", "-since", "-2h", "-rules", "rules.json"}, "must not be negative"},
+		{[]string{"reconcile", "-rules", "/nonexistent/rules.json"}, "-rules"},
+		{[]string{"reconcile", "-rules", "/nonexistent/rules.json", "-reconcile-overlap", "-1h"}, "-reconcile-overlap must not be negative"},
+		{[]string{"reconcile", "-dry-run=maybe"}, "dry-run"},
+		{[]string{"-reconcile-every", "-1m", "-cobo-env", "dev"}, "-reconcile-every must not be negative (0 turns reconciliation off)"},
+		{[]string{"-reconcile-overlap", "-1m", "-cobo-env", "dev"}, "-reconcile-overlap must not be negative"},
 	}
 	for _, c := range cases {
 		var out bytes.Buffer
 		err := run(context.Background(), c.args, noEnv, &out)
 		require.ErrorContains(t, err, c.want, "%v", c.args)
 	}
+
+	// Rules without the API secret they come with.
+	rules := filepath.Join(t.TempDir(), "rules.json")
+	require.NoError(t, os.WriteFile(rules, []byte(`{"splits":[],"late_payments":"hold"}`), 0o600))
+	var out bytes.Buffer
+	require.ErrorContains(t, run(context.Background(), []string{"reconcile", "-rules", rules}, noEnv, &out), "-rules needs -cobo-api-secret-file")
+	// A bad environment value names the variable.
+	env := map[string]string{"PAYSTREAM_RECONCILE_EVERY": "often"}
+	require.ErrorContains(t, run(context.Background(), []string{"-cobo-env", "dev"}, func(k string) string { return env[k] }, &out), "PAYSTREAM_RECONCILE_EVERY")
 }
 
 func TestReplayAndDLQCommands(t *testing.T) {

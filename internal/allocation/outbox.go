@@ -82,7 +82,10 @@ func (p *Outbox) publish(ctx context.Context, it domain.AllocationItem, msgID st
 	msg := nats.NewMsg(IntentSubjectPrefix + "." + it.Backend + "." + events.Token(it.OrderID))
 	msg.Data = b
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(IntentStream))
+	// Workers publish the same intent at once (an outbox and a sweep, two
+	// sweeps, a redelivery): on a replicated stream the second waits for
+	// the first instead of failing.
+	ack, err := events.PublishDeduplicated(ctx, p.js, msg, IntentStream)
 	if err != nil {
 		return false, fmt.Errorf("publish allocation item %s: %w", it.ID, err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
@@ -73,7 +74,21 @@ func providers(t *testing.T, orders []history) (*worker.AllocationConfig, *cobos
 		// Sweeps run often, so that listing and removing the outbox marks
 		// happens under the deployed permissions during the test.
 		Sweeper: allocation.SweeperConfig{OrphanAfter: 200 * time.Millisecond},
+		// So do reconciliation passes: the point bucket is created, read
+		// and moved, and orders repaired, under the worker user.
+		Reconcile: reconcile.Config{Every: 200 * time.Millisecond},
 	}, csim, bsim
+}
+
+// lostOrder is an order Cobo completed, with a deposit and a late deposit,
+// whose webhooks Cobo gave up on: only reconciliation can find it.
+func lostOrder(orderID string) cobo.OrderData {
+	notLate, late := false, true
+	o := testutil.CoboOrder(orderID, "M1001", "Completed", time.Now().Unix(), "102.000001",
+		testutil.CoboTx(orderID+"-tx1", "0x1-"+orderID, "102.000001", &notLate),
+		testutil.CoboTx(orderID+"-tx2", "0x2-"+orderID, "5.123456", &late))
+	o.CreatedTimestamp = cobo.Int64(time.Now().Add(-time.Minute).Unix())
+	return o
 }
 
 // TestDeployedPermissions runs the real ingest and a real worker, with
@@ -108,6 +123,8 @@ func TestDeployedPermissions(t *testing.T) {
 	signer := testutil.NewSigner(t)
 	orders := histories("O-perm", 4)
 	alloc, csim, bsim := providers(t, orders)
+	lost := lostOrder("O-perm-lost")
+	csim.PutOrder(lost)
 	// One batch send times out before Cobo answers, so that the batch stays
 	// in its bucket while the other worker's batcher recovery lists and
 	// reads it, as it does when a worker crashed mid-send.
@@ -221,8 +238,11 @@ func TestDeployedPermissions(t *testing.T) {
 			waitFor(t, 20*time.Second, "allocations of "+h.orderID, func() bool { return allocated(t, ing, h.orderID) })
 		}
 	}
-	require.Len(t, csim.Items(), 6, "referral and late payment of three orders")
-	require.Len(t, bsim.Allocations(), 3)
+	// The order no webhook announced is repaired by the workers'
+	// reconciliation and allocated.
+	waitFor(t, 20*time.Second, "allocations of the order found by reconciliation", func() bool { return allocated(t, ing, lost.OrderID) })
+	require.Len(t, csim.Items(), 8, "referral and late payment of four orders")
+	require.Len(t, bsim.Allocations(), 4)
 
 	// A webhook the worker can never apply goes to the dead-letter stream.
 	bad := testutil.TransactionEvent("bad-late", "late", "O-perm-bad", "tx-bad", "0")
@@ -254,6 +274,12 @@ func TestDeployedPermissions(t *testing.T) {
 	// the intents.
 	w1.Stop(t)
 	w2.Stop(t)
+	// Cobo's list moves on, and the repaired order leaves the window
+	// reconciliation looks at (as it does after the overlap): losing the
+	// orders bucket below must not make a later pass plan it again, which
+	// could not recover its allocations' outcomes (README, replay -apply).
+	lost.CreatedTimestamp, lost.UpdatedTimestamp = 0, 200
+	csim.PutOrder(lost)
 	require.NoError(t, adminJS.DeleteKeyValue(context.Background(), events.OrdersBucket))
 	replayed := completedHistory("O-perm-replay")
 	registerOrders(csim, replayed)
@@ -276,12 +302,25 @@ func TestDeployedPermissions(t *testing.T) {
 		return ok && replayed.reached(v)
 	})
 	require.Equal(t, 3, streamInfo(t, admin, "KV_"+events.OrdersBucket).Config.Replicas)
+	// The operator reconciles by hand (worker reconcile) an order whose
+	// webhooks never came: its state and intents written, and the point
+	// moved, as the operator.
+	byHand := lostOrder("O-perm-byhand")
+	csim.PutOrder(byHand)
+	rec, err := worker.NewReconciler(context.Background(), worker.ReconcilerConfig{JetStream: ojs, Allocation: alloc})
+	require.NoError(t, err)
+	rsum, err := rec.Pass(context.Background(), reconcile.PassOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 1, rsum.Missing, "only the order no webhook announced")
+	require.Equal(t, 1, rsum.Repaired)
+	require.True(t, rsum.PointAdvanced)
 	startWorker(t, c, signer, "w3", newObserved(), logs, alloc)
 	require.Equal(t, 30*24*time.Hour, streamInfo(t, admin, events.DLQStreamName).Config.MaxAge, "a worker never changes a stream")
 	require.Contains(t, strings.Join(logs.all(), "\n"), `"component":"w3","stream":"PAYSTREAM_DLQ","drift":["MaxAge: have 720h0m0s, want 2160h0m0s"]`)
 	waitFor(t, 20*time.Second, "allocations of "+replayed.orderID, func() bool { return allocated(t, ing, replayed.orderID) })
-	require.Len(t, csim.Items(), 8, "referral and replayed payment of four orders")
-	require.Len(t, bsim.Allocations(), 4)
+	waitFor(t, 20*time.Second, "allocations of "+byHand.OrderID, func() bool { return allocated(t, ing, byHand.OrderID) })
+	require.Len(t, csim.Items(), 12, "referral and late payment of six orders")
+	require.Len(t, bsim.Allocations(), 6)
 
 	// Every item is final, so the sweep removes every outbox mark.
 	waitFor(t, 10*time.Second, "the outbox marks removed", func() bool {

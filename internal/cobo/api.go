@@ -1,8 +1,10 @@
 package cobo
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -226,6 +228,49 @@ type Pagination struct {
 	Before     string `json:"before"`
 	After      string `json:"after"`
 	TotalCount int    `json:"total_count"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler, tolerating the shapes a list
+// answer may take: cursors that are null, absent or numbers, and a
+// total_count that is a number, a string or null.
+func (p *Pagination) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Before     json.RawMessage `json:"before"`
+		After      json.RawMessage `json:"after"`
+		TotalCount Int64           `json:"total_count"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("pagination: %w", err)
+	}
+	before, err := cursor(raw.Before)
+	if err != nil {
+		return fmt.Errorf("pagination.before: %w", err)
+	}
+	after, err := cursor(raw.After)
+	if err != nil {
+		return fmt.Errorf("pagination.after: %w", err)
+	}
+	*p = Pagination{Before: before, After: after, TotalCount: int(raw.TotalCount)}
+	return nil
+}
+
+// cursor reads a pagination cursor: a string, a number (kept as written),
+// or null/absent for none.
+func cursor(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0 || string(raw) == "null":
+		return "", nil
+	case raw[0] == '"':
+		var s string
+		err := json.Unmarshal(raw, &s)
+		return s, err
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return "", fmt.Errorf("want a string or number, got %.40s", raw)
+	}
+	return n.String(), nil
 }
 
 // BatchAllocationList is the body of GET /payments/batch_allocations.

@@ -297,7 +297,19 @@ type OrderTransaction struct {
 	Status           string `json:"status"`
 	CreatedTimestamp Int64  `json:"created_timestamp,omitempty"`
 	UpdatedTimestamp Int64  `json:"updated_timestamp,omitempty"`
+	// IsLate is Cobo's word on whether the deposit came after the order
+	// was final, when it gives one: the payment.order.updated webhook's
+	// transactions carry is_late, whether the order API's do is not
+	// documented, so nil means "not said".
+	IsLate *bool `json:"is_late,omitempty"`
 }
+
+// TxStatusCompleted is the TransactionStatus of a deposit that passed
+// screening and was credited.
+const TxStatusCompleted = "Completed"
+
+// Completed reports whether the transaction is a credited deposit.
+func (t OrderTransaction) Completed() bool { return strings.EqualFold(t.Status, TxStatusCompleted) }
 
 // TokenAmount is the {amount, token_id, chain_id} object of standard events.
 type TokenAmount struct {

@@ -72,24 +72,77 @@ type Snapshot struct {
 }
 
 // LatePayment is a deposit that arrived after the order reached a final
-// status. It is recorded once per TransactionID and never changes the status.
+// status. It is recorded once per transaction, identified by TransactionID
+// or by TxHash (see SameTransaction), and never changes the status.
 type LatePayment struct {
 	TransactionID string          `json:"transaction_id"`
 	Amount        decimal.Decimal `json:"amount"`
 	TokenID       string          `json:"token_id"`
+	// TxHash is the on-chain transaction hash when the recording source
+	// gave one. Cobo's order API names a transaction by its tx_id, which
+	// may not be the webhooks' transaction_id, so the hash is what tells
+	// that a reconciled transaction and a webhook's are the same one.
+	TxHash string `json:"tx_hash,omitempty"`
 	// Precise is true when Amount came from a payment.transaction.late event
-	// (full precision) rather than a payment.order.updated notice, whose
-	// amounts Cobo truncates to two decimals.
+	// or Cobo's order API (full precision) rather than a
+	// payment.order.updated notice, whose amounts Cobo truncates to two
+	// decimals.
 	Precise bool `json:"precise"`
-	// EventID is the event that first recorded this late payment.
+	// EventID is the event that first recorded this late payment, or
+	// ReconcileSource when reconciliation with Cobo's order API did.
 	EventID string `json:"event_id"`
+	// Reconciled is true when reconciliation with Cobo's order API recorded
+	// it (TransactionID is then Cobo's tx_id).
+	Reconciled bool `json:"reconciled,omitempty"`
 }
 
-// Deposit is a completed deposit towards an order.
+// Deposit is a completed deposit towards an order, recorded once per
+// transaction (TransactionID or TxHash).
 type Deposit struct {
 	TransactionID string          `json:"transaction_id"`
 	Amount        decimal.Decimal `json:"amount"`
 	TokenID       string          `json:"token_id"`
+	// TxHash is the on-chain hash, when the source gave one.
+	TxHash string `json:"tx_hash,omitempty"`
+	// Reconciled is true when reconciliation with Cobo's order API
+	// recorded it.
+	Reconciled bool `json:"reconciled,omitempty"`
+}
+
+// ReconcileSource stands for the event id of what reconciliation with
+// Cobo's order API records (CompletedByEvent, LatePayment.EventID): it is
+// the same in every worker, so concurrent reconciliations write the same.
+const ReconcileSource = "reconcile"
+
+// SameTransaction reports whether two references name one transaction:
+// the same non-empty id, or the same non-empty on-chain hash.
+func SameTransaction(id1, hash1, id2, hash2 string) bool {
+	return id1 != "" && id1 == id2 || hash1 != "" && hash1 == hash2
+}
+
+// Reasons a transaction is recorded as unclassified.
+const (
+	// UnclassifiedLatenessUnknown: Cobo lists a completed transaction
+	// paystream lacks on a final order without saying whether it is late.
+	UnclassifiedLatenessUnknown = "lateness_unknown"
+	// UnclassifiedAmbiguous: a late payment that may or may not be one
+	// already recorded under another id (one of them has no hash).
+	UnclassifiedAmbiguous = "ambiguous"
+	// UnclassifiedNoAmount: a late transaction without a positive amount.
+	UnclassifiedNoAmount = "no_amount"
+)
+
+// UnclassifiedTx is a transaction paystream could not classify and so did
+// not credit: an operator decides (README, "Reconciliation"). It is
+// recorded once per transaction (id or hash).
+type UnclassifiedTx struct {
+	TransactionID string              `json:"transaction_id"`
+	TxHash        string              `json:"tx_hash,omitempty"`
+	Amount        decimal.NullDecimal `json:"amount"`
+	TokenID       string              `json:"token_id,omitempty"`
+	Reason        string              `json:"reason"`
+	// EventID is what reported it (ReconcileSource or a webhook event).
+	EventID string `json:"event_id"`
 }
 
 // Order is paystream's durable view of a pay-in order, merged from every
@@ -109,6 +162,9 @@ type Order struct {
 
 	LatePayments []LatePayment `json:"late_payments"`
 	Deposits     []Deposit     `json:"deposits"`
+	// Unclassified are transactions nothing credited because their kind
+	// is unknown; an operator decides.
+	Unclassified []UnclassifiedTx `json:"unclassified_transactions,omitempty"`
 
 	// CompletedByEvent is the event whose handling first moved the order to
 	// Completed. It is set exactly once.
@@ -159,6 +215,7 @@ type OrderView struct {
 	UpdatedTimestamp    int64               `json:"updated_timestamp"`
 	LatePayments        []LatePayment       `json:"late_payments"`
 	Deposits            []Deposit           `json:"deposits"`
+	Unclassified        []UnclassifiedTx    `json:"unclassified_transactions,omitempty"`
 	ConflictingFinals   []OrderStatus       `json:"conflicting_finals,omitempty"`
 	Allocations         []AllocationItem    `json:"allocations"`
 }
@@ -170,6 +227,7 @@ func (o *Order) View() OrderView {
 		Status:            o.Status,
 		LatePayments:      o.LatePayments,
 		Deposits:          o.Deposits,
+		Unclassified:      o.Unclassified,
 		ConflictingFinals: o.ConflictingFinals,
 		Allocations:       o.Allocations,
 	}

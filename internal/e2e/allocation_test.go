@@ -23,6 +23,7 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
+	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
 	"github.com/paystream/paystream/internal/worker"
@@ -45,6 +46,9 @@ type allocStack struct {
 	bitgo *bitgoSide
 	// orphanAfter, when set, is the workers' -orphan-after.
 	orphanAfter time.Duration
+	// reconcile is the workers' reconciliation settings (the default
+	// interval, 10 min, never comes round in a test).
+	reconcile reconcile.Config
 }
 
 func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
@@ -112,6 +116,7 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 			RetryMax: time.Second, SettleAfter: time.Second},
 		IntentAckWait: 3 * time.Second,
 		Sweeper:       allocation.SweeperConfig{OrphanAfter: s.orphanAfter},
+		Reconcile:     s.reconcile,
 	}
 	if s.bitgo != nil {
 		alloc.BitGo = s.bitgo.clientConfig(transport)

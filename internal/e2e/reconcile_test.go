@@ -2,205 +2,349 @@ package e2e_test
 
 import (
 	"context"
-	"net/http"
+	"encoding/json"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/shopspring/decimal"
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
-	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/natsembed"
+	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/sandbox/payer"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
-// An item reads failed only when Cobo certainly did not make it; every
-// other answer is reconciled (request_id lookup), waits, or alerts.
-
-const batchRoute = "/v2/payments/batch_allocations"
-
-// TestAllocationsCompleteWithoutStatus runs against a Cobo answering in the
-// seeds' shapes: no status on batches or items. A batch Cobo created
-// completes its ledger-only items at once.
-func TestAllocationsCompleteWithoutStatus(t *testing.T) {
-	s := startAllocStack(t, cobosim.Config{Shape: cobosim.ShapeSeed})
-	s.startWorker(t, nil)
-	ids := []string{"O-seed-1", "O-seed-2"}
-	sendHistories(t, s, ids...)
-	s.requireAllocatedOnce(t, ids...)
+// adminJS logs in to the stack's embedded server as the admin user, to
+// look at streams and consumers as an operator would.
+func adminJS(t *testing.T, s *allocStack) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(s.ing.NATSURL(), s.ing.Credentials().Login(natsembed.UserAdmin)...)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return js
 }
 
-// TestLostAnswerThen401IsCompleted: the first send of a batch reaches Cobo
-// and its answer is lost; the retry gets a 401. The batch exists, so the
-// lookup by request_id finds it and the items are completed, not failed.
-func TestLostAnswerThen401IsCompleted(t *testing.T) {
-	s := startAllocStack(t, cobosim.Config{})
-	s.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchRoute, Kind: cobosim.FaultLoseResponse})
-	s.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchRoute, Kind: cobosim.FaultUnauthorized})
-	s.startWorker(t, nil)
-	sendHistories(t, s, "O-lost-401")
-	s.requireNoneFailed(t, 30*time.Second, "O-lost-401")
-	s.requireAllocatedOnce(t, "O-lost-401")
-	require.Equal(t, 2, s.sim.State().FaultsApplied, "the lost answer and the 401 were both served")
-}
-
-// TestUnauthorizedSendsWaitForTheKey: Cobo refuses paystream's key on
-// every batch request, sends and lookups alike. The items wait (planned,
-// never failed), the refusals are counted, and once the key works again
-// the same batch is sent and its items complete, each exactly once.
-func TestUnauthorizedSendsWaitForTheKey(t *testing.T) {
-	s := startAllocStack(t, cobosim.Config{})
-	s.sim.InjectFault(cobosim.Fault{PathPrefix: batchRoute, Kind: cobosim.FaultUnauthorized, Count: 1 << 30})
-	w := s.startWorker(t, nil)
-	sendHistories(t, s, "O-key")
-	waitFor(t, 20*time.Second, "several refused sends", func() bool { return s.sim.State().FaultsApplied >= 4 })
-	v, ok := getOrder(t, s.ing, "O-key")
-	require.True(t, ok)
-	require.NotEmpty(t, v.Allocations)
-	for _, a := range v.Allocations {
-		require.Equal(t, domain.AllocPlanned, a.Status, "%s waits for the key: %+v", a.ID, a)
+// storedEvents counts the events the stream holds for an order.
+func storedEvents(t *testing.T, js jetstream.JetStream, orderID string) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	st, err := js.Stream(ctx, events.StreamName)
+	require.NoError(t, err)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.OrderFilter(orderID)))
+	require.NoError(t, err)
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
 	}
-	require.Empty(t, s.sim.Batches())
-	waitFor(t, 10*time.Second, "credential errors counted", func() bool {
-		return metricValue(t, w, "paystream_cobo_credential_errors_total") > 0 &&
-			metricValue(t, w, `paystream_allocation_batches_waiting{reason="credentials"}`) > 0
-	})
+	return n
+}
 
-	s.sim.ClearFaults() // the operator registered the key
-	s.requireAllocatedOnce(t, "O-key")
-	waitFor(t, 10*time.Second, "no batch waiting", func() bool {
-		return metricValue(t, w, `paystream_allocation_batches_waiting{reason="credentials"}`) == 0
+// waitDrained waits until the workers' consumer has processed and acked
+// every stored event.
+func waitDrained(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "every stored event processed", func() bool {
+		c, err := js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
+		require.NoError(t, err)
+		info, err := c.Info(context.Background())
+		require.NoError(t, err)
+		return info.NumPending == 0 && info.NumAckPending == 0
 	})
 }
 
-// TestPricingPlan30001IsNotResentForever: Cobo answers every batch 30001,
-// which may mean "request_id already used" but here is "pricing plan does
-// not support this feature". The lookup finds no batch, so it was a
-// rejection: the batch is split down to single items, which end failed
-// with Cobo's answer, and nothing is sent again after that.
-func TestPricingPlan30001IsNotResentForever(t *testing.T) {
-	s := startAllocStack(t, cobosim.Config{DuplicateCode: 30001})
-	s.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchRoute, Kind: cobosim.FaultPricingPlan, Count: 1 << 30})
+// coboOrder reads an order from Cobo's API (the sandbox) with the stack's
+// API key.
+func (s *allocStack) coboOrder(t *testing.T, orderID string) cobo.OrderData {
+	t.Helper()
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, MaxAttempts: 1})
+	require.NoError(t, err)
+	o, err := c.GetOrder(context.Background(), orderID)
+	require.NoError(t, err)
+	return o
+}
+
+// requireSettledOnce waits until paystream has each order as Cobo does
+// (its final status, each completed deposit and late deposit) with every
+// allocation completed, then checks each allocation exists exactly once at
+// the provider: one item per allocation, named by the order, none twice.
+func (s *allocStack) requireSettledOnce(t *testing.T, orderIDs ...string) {
+	t.Helper()
+	for _, id := range orderIDs {
+		want := s.coboOrder(t, id)
+		var lates int
+		for _, tx := range want.Transactions {
+			if tx.IsLate != nil && *tx.IsLate {
+				lates++
+			}
+		}
+		waitFor(t, 30*time.Second, "order "+id+" settled", func() bool {
+			v, ok := getOrder(t, s.ing, id)
+			if !ok || string(v.Status) != want.Status || len(v.LatePayments) != lates || len(v.Deposits)+lates != len(want.Transactions) {
+				return false
+			}
+			late := 0
+			for _, a := range v.Allocations {
+				if a.Status != domain.AllocCompleted {
+					return false
+				}
+				if a.Kind == domain.KindLate {
+					late++
+				}
+			}
+			splits := len(v.Allocations) - late
+			return late == lates && (want.Status != cobo.OrderCompleted || splits > 0)
+		})
+		v, _ := getOrder(t, s.ing, id)
+		require.Empty(t, v.Unclassified, id)
+		items := s.sim.ItemsNaming(id)
+		require.Len(t, items, len(v.Allocations), "%s: each allocation exactly once at Cobo", id)
+		seen := map[string]bool{}
+		for _, it := range items {
+			require.False(t, seen[it.Description], "%s: %q twice", id, it.Description)
+			seen[it.Description] = true
+		}
+	}
+}
+
+// TestReconciliationCompletesUndeliveredOrders plays orders through the
+// sandbox, some of which never get a single webhook (Cobo gave up on them,
+// as after a long outage), while Cobo's order API and list know them. The
+// worker's reconciliation alone completes them and allocates them exactly
+// once, splits and late credits included. When their webhooks finally
+// arrive after the repair, nothing changes: no second allocation, the
+// same order state.
+func TestReconciliationCompletesUndeliveredOrders(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.reconcile = reconcile.Config{Every: 300 * time.Millisecond}
 	w := s.startWorker(t, nil)
-	sendHistories(t, s, "O-30001")
-	waitFor(t, 30*time.Second, "every item final", func() bool {
-		v, ok := getOrder(t, s.ing, "O-30001")
-		if !ok || len(v.Allocations) != 3 {
+	admin := adminJS(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := payer.Config{
+		WebhookURL: "http://" + s.ing.PublicAddr() + ingest.WebhookPath, WebhookKey: s.signer.Key,
+		Orders: 12, Undelivered: 5, Seed: 12, LateRatio: 0.5, Duplicates: 0.2, Shuffle: true, Sim: s.sim,
+		Start: time.Now(), Logger: zerolog.Nop(),
+	}
+	st, err := payer.Run(ctx, cfg)
+	require.NoError(t, err)
+	require.Zero(t, st.Failed)
+	undelivered := st.UndeliveredOrderIDs
+	require.Len(t, undelivered, 5)
+
+	var all []string
+	for _, o := range listOrders(t, s) {
+		all = append(all, o.OrderID)
+	}
+	require.Len(t, all, 12)
+	s.requireSettledOnce(t, all...)
+	var completed, late int
+	for _, id := range undelivered {
+		require.Zero(t, storedEvents(t, admin, id), "%s: no webhook of it was ever stored", id)
+		v, _ := getOrder(t, s.ing, id)
+		if v.Status == domain.StatusCompleted {
+			completed++
+		}
+		late += len(v.LatePayments)
+	}
+	require.Positive(t, completed, "seed 12 completes undelivered orders, so reconciliation plans splits")
+	require.Positive(t, late, "and credits late payments")
+	require.GreaterOrEqual(t, metricValue(t, w, "paystream_reconcile_orders_repaired_total"), float64(len(undelivered)))
+	require.Positive(t, metricValue(t, w, "paystream_reconcile_orders_checked_total"))
+	require.Less(t, metricValue(t, w, "paystream_reconcile_point_age_seconds"), 30.0)
+
+	// Cobo's webhooks of the repaired orders arrive after all (an operator
+	// resent them from Cobo's portal): nothing changes.
+	before := map[string]string{}
+	for _, id := range undelivered {
+		before[id] = viewOf(t, s, id)
+	}
+	items := len(s.sim.Items())
+	cfg.Undelivered, cfg.Duplicates = 0, 0
+	st, err = payer.Run(ctx, cfg)
+	require.NoError(t, err)
+	require.Zero(t, st.Failed)
+	for _, id := range undelivered {
+		require.Positive(t, storedEvents(t, admin, id), "%s's webhooks are stored now", id)
+	}
+	waitDrained(t, admin)
+	// Give batchers and the sweep time to (wrongly) send anything.
+	time.Sleep(time.Second)
+	require.Len(t, s.sim.Items(), items, "no second allocation")
+	for _, id := range undelivered {
+		require.JSONEq(t, before[id], viewOf(t, s, id), "%s: the webhooks changed nothing", id)
+	}
+	s.requireSettledOnce(t, all...)
+}
+
+// waitAllocated waits until the order has n allocations, all completed.
+func waitAllocated(t *testing.T, s *allocStack, orderID string, n int) {
+	t.Helper()
+	waitFor(t, 30*time.Second, orderID+" allocated", func() bool {
+		v, ok := getOrder(t, s.ing, orderID)
+		if !ok || len(v.Allocations) != n {
 			return false
 		}
 		for _, a := range v.Allocations {
-			if !a.Final() {
+			if a.Status != domain.AllocCompleted {
 				return false
 			}
 		}
 		return true
 	})
-	v, _ := getOrder(t, s.ing, "O-30001")
-	for _, a := range v.Allocations {
-		require.Equal(t, domain.AllocFailed, a.Status, a.ID)
-		require.Contains(t, a.Reason, "30001", a.ID)
-		require.Contains(t, a.Reason, cobosim.PricingPlanMessage, a.ID)
-	}
-	require.Empty(t, s.sim.Batches())
-	require.Positive(t, metricValue(t, w, `paystream_cobo_api_seconds_count{endpoint="list_batch_allocations"}`), "the batches were looked up before failing")
-	sent := s.sim.State().FaultsApplied
-	// A batch of n items becomes at most 2n-1 batches: each split halves
-	// one. (A batch resent under its own request_id could add a send.)
-	require.LessOrEqual(t, sent, 2*(2*3-1))
-	time.Sleep(2 * time.Second) // many recovery rounds
-	require.Equal(t, sent, s.sim.State().FaultsApplied, "nothing is sent again")
 }
 
-// TestSelfTransferFailsAlone puts a transfer from M9000 to itself in one
-// batch with other orders' valid items. Cobo rejects the batch with a 400;
-// the halves are sent under new request_ids until the self-transfer is
-// alone: it ends failed with Cobo's error and every other item completes,
-// exactly once.
-func TestSelfTransferFailsAlone(t *testing.T) {
-	s := startAllocStack(t, cobosim.Config{})
-	// The first worker creates the stream, buckets and consumers; the
-	// intents are then published while no batcher runs, so the next
-	// worker's batcher pulls them all into one batch.
-	s.startWorker(t, nil).Kill()
-	js := s.jetStream(t)
-	good := s.plantPlannedOrder(t, js, "O-good")
-	self := plantOrder(t, js, "O-M9000", "M9000",
-		domain.AllocationItem{ID: "O-M9000:split:%2A:M9000", Destination: "M9000", Amount: decimal.RequireFromString("5"), Description: "referral O-M9000"},
-		domain.AllocationItem{ID: "O-M9000:split:M9000:developer", Destination: "developer", Amount: decimal.RequireFromString("10"), Description: "platform commission O-M9000"})
-	outbox := allocation.NewOutbox(js)
-	for _, o := range []*domain.Order{good, self} {
-		_, err := outbox.Publish(context.Background(), o)
+// viewOf is the order's public view as JSON.
+func viewOf(t *testing.T, s *allocStack, orderID string) string {
+	t.Helper()
+	v, ok := getOrder(t, s.ing, orderID)
+	require.True(t, ok, orderID)
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return string(b)
+}
+
+// listOrders reads Cobo's whole order list with the stack's API key.
+func listOrders(t *testing.T, s *allocStack) []cobo.OrderData {
+	t.Helper()
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, MaxAttempts: 1})
+	require.NoError(t, err)
+	var out []cobo.OrderData
+	req := cobo.ListOrdersRequest{Limit: cobo.MaxListLimit}
+	for {
+		l, err := c.ListOrders(context.Background(), req)
 		require.NoError(t, err)
+		out = append(out, l.Orders...)
+		if req.After = l.Next(req.Limit); req.After == "" {
+			return out
+		}
 	}
-	w := s.startWorker(t, nil)
+}
 
-	s.requireNoneFailed(t, 30*time.Second, "O-good")
-	waitFor(t, 20*time.Second, "O-M9000's items final", func() bool {
-		v, _ := getOrder(t, s.ing, "O-M9000")
-		return v.Allocations[0].Final() && v.Allocations[1].Final()
+// TestConcurrentReconciliationAllocatesOnce has two workers reconcile the
+// same undelivered orders at the same moment, several times: every order
+// is repaired by exactly one of them and allocated once.
+func TestConcurrentReconciliationAllocatesOnce(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.reconcile = reconcile.Config{Off: true, PageSize: 3}
+	ws := []*testutil.RunningWorker{s.startWorker(t, nil), s.startWorker(t, nil)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := payer.Run(ctx, payer.Config{
+		WebhookURL: "http://" + s.ing.PublicAddr() + ingest.WebhookPath, WebhookKey: s.signer.Key,
+		Orders: 8, Undelivered: 8, Seed: 5, LateRatio: 0.5, Sim: s.sim, Start: time.Now(), Logger: zerolog.Nop(),
 	})
-	v, _ := getOrder(t, s.ing, "O-M9000")
-	selfItem, commission := v.Allocations[0], v.Allocations[1]
-	require.Equal(t, domain.AllocFailed, selfItem.Status)
-	require.Contains(t, selfItem.Reason, "error_code 2006")
-	require.Contains(t, selfItem.Reason, "source_account and destination_account are the same")
-	require.Equal(t, domain.AllocCompleted, commission.Status)
-	require.NotEqual(t, selfItem.RequestID, commission.RequestID, "the self-transfer was split from the others")
+	require.NoError(t, err)
+	require.Zero(t, st.Sent, "nothing was delivered")
 
-	// Every other item of the batch is at Cobo exactly once.
-	want := expectedItems("O-good")
-	want["platform commission O-M9000"] = "10"
-	got := map[string]int{}
-	for _, it := range s.sim.Items() {
-		require.NotEqual(t, it.SourceAccount, it.DestinationAccount, "no self-transfer at Cobo")
-		amount, ok := want[it.Description]
-		require.True(t, ok, "unexpected item %+v", it)
-		require.True(t, decimal.RequireFromString(amount).Equal(decimal.RequireFromString(it.Amount)), it.Description)
-		got[it.Description]++
+	for round := range 3 {
+		var wg sync.WaitGroup
+		gate := make(chan struct{})
+		for _, w := range ws {
+			wg.Go(func() {
+				<-gate
+				// A past Since, so that every round goes over every order.
+				if _, err := w.W.Reconciler().Pass(ctx, reconcile.PassOptions{Since: time.Now().Add(-6 * time.Hour)}); err != nil {
+					t.Errorf("round %d: %v", round, err)
+				}
+			})
+		}
+		close(gate)
+		wg.Wait()
 	}
-	for desc := range want {
-		require.Equal(t, 1, got[desc], "item %q must exist exactly once at Cobo", desc)
+	s.requireSettledOnce(t, st.UndeliveredOrderIDs...)
+	repaired := 0.0
+	for _, w := range ws {
+		repaired += metricValue(t, w, "paystream_reconcile_orders_repaired_total")
 	}
-	require.Positive(t, metricValue(t, w, "paystream_allocation_batch_splits_total"))
-	require.Equal(t, float64(1), metricValue(t, w, `paystream_allocation_items_refused_total{backend="cobo"}`))
+	require.Equal(t, float64(len(st.UndeliveredOrderIDs)), repaired, "each order repaired by exactly one pass of one worker")
 }
 
-// plantOrder writes a completed order of merchant with the given planned
-// Cobo items (source merchant, ETH_USDT), as a worker's commit would.
-func plantOrder(t *testing.T, js jetstream.JetStream, orderID, merchant string, items ...domain.AllocationItem) *domain.Order {
-	t.Helper()
-	o := &domain.Order{OrderID: orderID, Status: domain.StatusCompleted, SplitsPlanned: true,
-		Snapshot: &domain.Snapshot{Status: domain.StatusCompleted, MerchantID: merchant, PayableCurrency: "ETH_USDT", UpdatedTimestamp: 200}}
-	for _, it := range items {
-		it.Kind, it.OrderID, it.Backend, it.TokenID, it.Source, it.Status = domain.KindSplit, orderID, domain.BackendCobo, "ETH_USDT", merchant, domain.AllocPlanned
-		o.Allocations = append(o.Allocations, it)
-	}
+// TestLatePaymentReconciledAndDeliveredIsCreditedOnce: Cobo's order API
+// names transactions by tx ids that differ from the webhooks'
+// transaction_id (whether they are equal is not documented), with the
+// same on-chain hashes. An order reconciled first and then delivered by
+// webhook, and one delivered first and then reconciled, each get their
+// late payment credited once.
+func TestLatePaymentReconciledAndDeliveredIsCreditedOnce(t *testing.T) {
+	s := startAllocStack(t, cobosim.Config{})
+	s.reconcile = reconcile.Config{Off: true}
+	w := s.startWorker(t, nil)
+	admin := adminJS(t, s)
 	ctx := context.Background()
-	kv, err := js.KeyValue(ctx, events.OrdersBucket)
-	require.NoError(t, err)
-	_, err = events.NewOrderStore(kv).Put(ctx, o, 0)
-	require.NoError(t, err)
-	return o
-}
+	notLate, late := false, true
+	for _, id := range []string{"O-rec-first", "O-hook-first"} {
+		o := testutil.CoboOrder(id, "M1001", "Completed", time.Now().Unix(), "102.000001",
+			testutil.CoboTx("cobo-dep-"+id, "0xdep-"+id, "102.000001", &notLate),
+			testutil.CoboTx("cobo-late-"+id, "0xlate-"+id, "5.123456", &late))
+		o.CreatedTimestamp = cobo.Int64(time.Now().Add(-time.Hour).Unix())
+		s.sim.PutOrder(o)
+	}
+	webhooks := func(id string) [][]byte {
+		return [][]byte{
+			testutil.OrderEvent(id+"-pending", id, "M1001", "Pending", 100, "0"),
+			testutil.TransactionEventWithHash(id+"-txc", "completed", id, "wh-dep-"+id, "0xdep-"+id, "102.000001"),
+			testutil.OrderEvent(id+"-completed", id, "M1001", "Completed", 200, "102.000001"),
+			testutil.TransactionEventWithHash(id+"-late", "late", id, "wh-late-"+id, "0xlate-"+id, "5.123456"),
+			testutil.LateNoticeEvent(id+"-notice", id, "M1001", "Completed", 300, "102", "wh-late-"+id, "0xlate-"+id, "5.12"),
+		}
+	}
+	// The webhooks of one order arrive and are credited first.
+	for _, ev := range webhooks("O-hook-first") {
+		postUntilStored(t, s.signer, s.ing, ev)
+	}
+	waitDrained(t, admin)
+	waitAllocated(t, s, "O-hook-first", 3)
 
-// requireNoneFailed fails as soon as an item of the orders reads failed,
-// and returns once every item of each reads completed.
-func (s *allocStack) requireNoneFailed(t *testing.T, timeout time.Duration, orderIDs ...string) {
-	t.Helper()
-	for _, id := range orderIDs {
-		waitFor(t, timeout, "allocations of "+id, func() bool {
-			v, ok := getOrder(t, s.ing, id)
-			if !ok || len(v.Allocations) == 0 {
-				return false
+	// Reconciliation: the other order is missing, the first is not (its
+	// transactions match Cobo's by hash).
+	var found []reconcile.Finding
+	sum, err := w.W.Reconciler().Pass(ctx, reconcile.PassOptions{Report: func(f reconcile.Finding) error {
+		found = append(found, f)
+		return nil
+	}})
+	require.NoError(t, err)
+	require.Equal(t, 1, sum.Missing, "%+v", found)
+	require.Equal(t, "O-rec-first", found[0].OrderID)
+	require.Equal(t, reconcile.ResultRepaired, found[0].Result)
+	require.Equal(t, []string{"cobo-late-O-rec-first"}, found[0].LateRecorded)
+	waitAllocated(t, s, "O-rec-first", 3)
+
+	// Then its webhooks arrive, under their own transaction ids.
+	for _, ev := range webhooks("O-rec-first") {
+		postUntilStored(t, s.signer, s.ing, ev)
+	}
+	waitDrained(t, admin)
+	sum, err = w.W.Reconciler().Pass(ctx, reconcile.PassOptions{})
+	require.NoError(t, err)
+	require.Zero(t, sum.Missing)
+	time.Sleep(500 * time.Millisecond)
+
+	for _, id := range []string{"O-rec-first", "O-hook-first"} {
+		v, _ := getOrder(t, s.ing, id)
+		require.Len(t, v.LatePayments, 1, id)
+		require.Len(t, v.Deposits, 1, id)
+		require.Empty(t, v.Unclassified, id)
+		items := s.sim.ItemsNaming(id)
+		require.Len(t, items, 3, "%s: commission, referral and one late credit", id)
+		credits := 0
+		for _, it := range items {
+			if strings.HasPrefix(it.Description, "late payment ") {
+				credits++
+				require.Equal(t, "5.123456", it.Amount, id)
 			}
-			done := true
-			for _, a := range v.Allocations {
-				require.NotEqual(t, domain.AllocFailed, a.Status, "%s: %s", a.ID, a.Reason)
-				done = done && a.Status == domain.AllocCompleted
-			}
-			return done
-		})
+		}
+		require.Equal(t, 1, credits, id)
 	}
 }

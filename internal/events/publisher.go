@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/paystream/paystream/internal/cobo"
@@ -29,26 +30,33 @@ const errCodeDuplicateInProcess = 10158
 // Store publishes d and returns once JetStream has acknowledged it as
 // stored. duplicate is true when the stream already held d's event_id.
 //
-// Cobo may deliver one event twice at once. While the first copy is being
-// replicated, a replicated stream refuses the second with 10158, which is
-// not a store failure: Store waits for the first (retrying until ctx ends)
-// and then reports the duplicate.
+// Cobo may deliver one event twice at once; PublishDeduplicated waits for
+// the copy being stored and reports the duplicate, rather than failing.
 func (p *Publisher) Store(ctx context.Context, d cobo.Delivery) (duplicate bool, err error) {
-	msg := NewMsg(d)
+	ack, err := PublishDeduplicated(ctx, p.js, NewMsg(d), StreamName)
+	if err != nil {
+		return false, fmt.Errorf("publish event %s: %w", d.EventID, err)
+	}
+	return ack.Duplicate, nil
+}
+
+// PublishDeduplicated publishes msg, which carries a Nats-Msg-Id, to
+// stream and returns the acknowledgement. While another publish of the
+// same message id is being stored, a replicated stream refuses this one
+// with 10158 ("duplicate message id is in process"), which is no failure:
+// PublishDeduplicated waits for that copy, retrying until ctx ends, and
+// then returns the duplicate's acknowledgement.
+func PublishDeduplicated(ctx context.Context, js jetstream.Publisher, msg *nats.Msg, stream string) (*jetstream.PubAck, error) {
 	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
-		ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName))
+		ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(stream))
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeDuplicateInProcess {
-			select {
-			case <-ctx.Done():
-				return false, fmt.Errorf("publish event %s: another copy is still being stored: %w", d.EventID, err)
-			case <-time.After(wait):
-				continue
-			}
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeDuplicateInProcess {
+			return ack, err
 		}
-		if err != nil {
-			return false, fmt.Errorf("publish event %s: %w", d.EventID, err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("another copy is still being stored: %w", err)
+		case <-time.After(wait):
 		}
-		return ack.Duplicate, nil
 	}
 }

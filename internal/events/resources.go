@@ -57,7 +57,10 @@ func EnsureBucket(ctx context.Context, js bucketCreator, want jetstream.KeyValue
 	if err != nil {
 		return nil, nil, fmt.Errorf("ensure bucket %s: %w", want.Bucket, err)
 	}
-	st, err := retryUnanswered(ctx, kv.Status)
+	// A replicated bucket just created by another process may not be
+	// known yet to the server answering the status read: "stream not
+	// found" then is the same kind of moment as no answer.
+	st, err := retryWhile(ctx, kv.Status, func(err error) bool { return transient(err) || errors.Is(err, jetstream.ErrStreamNotFound) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("ensure bucket %s: status: %w", want.Bucket, err)
 	}
@@ -97,11 +100,17 @@ func lookupOrCreate[T any](ctx context.Context, get, create func(context.Context
 // together), and a cluster without a meta leader answers "JetStream system
 // temporarily unavailable" for a moment.
 func retryUnanswered[T any](ctx context.Context, attempt func(context.Context) (T, error)) (T, error) {
+	return retryWhile(ctx, attempt, transient)
+}
+
+// retryWhile is retryUnanswered with retryable deciding what is "try
+// again".
+func retryWhile[T any](ctx context.Context, attempt func(context.Context) (T, error), retryable func(error) bool) (T, error) {
 	for n := 1; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
 		v, err := attempt(actx)
 		cancel()
-		if err == nil || n == ensureAttempts || ctx.Err() != nil || !transient(err) {
+		if err == nil || n == ensureAttempts || ctx.Err() != nil || !retryable(err) {
 			return v, err
 		}
 		select {

@@ -118,6 +118,10 @@ type Outcome struct {
 	Planned []domain.AllocationItem
 	// StatusTo is the status the commit moved the order to, or "".
 	StatusTo domain.OrderStatus
+	// Unclassified lists transactions this commit recorded as
+	// unclassified: not credited, for an operator to decide. Each appears
+	// in exactly one Outcome.
+	Unclassified []domain.UnclassifiedTx
 }
 
 // DefaultMaxCASAttempts bounds compare-and-set retries for one event.
@@ -219,7 +223,7 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		case !amount.Valid || !amount.Decimal.IsPositive():
 			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
-		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, Precise: true, EventID: d.EventID}
+		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, TxHash: data.TxHash, Precise: true, EventID: d.EventID}
 		var confirmed *domain.Snapshot
 		if h.planner != nil && h.planner.NeedsMerchantForLate() {
 			var err error
@@ -247,7 +251,7 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		case !amount.Valid || !amount.Decimal.IsPositive():
 			return Outcome{}, fmt.Errorf("event %s: %w: data.destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
-		dep := domain.Deposit{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID}
+		dep := domain.Deposit{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, TxHash: data.TxHash}
 		return h.update(ctx, data.OrderID, func(o *domain.Order, fx *effects) {
 			recordDeposit(o, dep, fx)
 			// Cobo no longer sends Processing events; a credited deposit
@@ -289,6 +293,7 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 			ConflictingFinal: fx.conflictingFinal,
 			Planned:          fx.planned,
 			StatusTo:         fx.statusTo,
+			Unclassified:     fx.unclassified,
 		}, nil
 	}
 	return Outcome{}, fmt.Errorf("update order %s: %d attempts lost the race: %w", orderID, h.maxAttempts, domain.ErrConflict)
@@ -454,6 +459,7 @@ func lateFromUpdate(eventID string, d cobo.OrderUpdateData) ([]domain.LatePaymen
 			TransactionID: tx.TransactionID,
 			Amount:        tx.Amount.Amount.Decimal,
 			TokenID:       tx.Amount.TokenID,
+			TxHash:        tx.TxHash,
 			EventID:       eventID,
 		})
 	}

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/shopspring/decimal"
+
 	"github.com/paystream/paystream/internal/domain"
 )
 
@@ -23,6 +25,8 @@ type effects struct {
 	// confirmed is the order as the provider's API answered for this
 	// change; allocations are planned from it alone.
 	confirmed *domain.Snapshot
+	// unclassified: transactions this change recorded as unclassified.
+	unclassified []domain.UnclassifiedTx
 }
 
 // confirm merges the provider's answer about the order, when there is one,
@@ -102,32 +106,95 @@ func mergeSnapshot(slot **domain.Snapshot, s *domain.Snapshot, fx *effects) {
 	}
 }
 
-// recordLate records a late payment once per transaction id. A precise
-// amount (from payment.transaction.late) replaces a truncated one from a
-// payment.order.updated notice, and is reported once as recorded.
+// recordLate records a late payment once per transaction, whose id or
+// on-chain hash identifies it (domain.SameTransaction). A precise amount
+// (payment.transaction.late, or Cobo's order API) replaces a truncated one
+// from a payment.order.updated notice, and is reported once as recorded.
+// A hash the stored entry lacks is filled in, so that later sources naming
+// the transaction by hash alone find it.
+//
+// Webhooks name a transaction by transaction_id and Cobo's order API by
+// tx_id, and whether they are equal is not documented: across the two
+// sources only a hash proves two entries apart or alike. A precise late
+// payment from one source that matches nothing while the order has
+// entries from the other source, one of the two lacking a hash, may be one
+// already credited, so it is not credited: it is recorded unclassified for
+// an operator (never guess with money).
 func recordLate(o *domain.Order, lp domain.LatePayment, fx *effects) {
-	i := slices.IndexFunc(o.LatePayments, func(x domain.LatePayment) bool { return x.TransactionID == lp.TransactionID })
+	i := slices.IndexFunc(o.LatePayments, func(x domain.LatePayment) bool {
+		return domain.SameTransaction(x.TransactionID, x.TxHash, lp.TransactionID, lp.TxHash)
+	})
 	switch {
+	case i < 0 && lp.Precise && ambiguousLate(o, lp):
+		recordUnclassified(o, domain.UnclassifiedTx{TransactionID: lp.TransactionID, TxHash: lp.TxHash,
+			Amount: decimal.NewNullDecimal(lp.Amount), TokenID: lp.TokenID, Reason: domain.UnclassifiedAmbiguous, EventID: lp.EventID}, fx)
+		return
 	case i < 0:
 		o.LatePayments = append(o.LatePayments, lp)
 		slices.SortFunc(o.LatePayments, func(a, b domain.LatePayment) int { return strings.Compare(a.TransactionID, b.TransactionID) })
 	case lp.Precise && !o.LatePayments[i].Precise:
+		if lp.TxHash == "" {
+			lp.TxHash = o.LatePayments[i].TxHash
+		}
 		o.LatePayments[i] = lp
+		slices.SortFunc(o.LatePayments, func(a, b domain.LatePayment) int { return strings.Compare(a.TransactionID, b.TransactionID) })
+	case o.LatePayments[i].TxHash == "" && lp.TxHash != "" && o.LatePayments[i].TransactionID == lp.TransactionID:
+		// Same transaction, now with its hash: remembered, nothing credited.
+		o.LatePayments[i].TxHash = lp.TxHash
+		fx.changed = true
+		return
 	default:
 		return
 	}
 	fx.changed = true
 	if lp.Precise {
 		fx.lateRecorded = append(fx.lateRecorded, lp)
+		// A credited late payment answers an earlier doubt about it.
+		o.Unclassified = slices.DeleteFunc(o.Unclassified, func(u domain.UnclassifiedTx) bool {
+			return u.Reason != domain.UnclassifiedAmbiguous && domain.SameTransaction(u.TransactionID, u.TxHash, lp.TransactionID, lp.TxHash)
+		})
 	}
 }
 
-// recordDeposit records a completed deposit once per transaction id.
+// ambiguousLate reports whether lp, which matches no recorded late
+// payment, could still be one of them: recorded by the other source
+// (webhook or reconciliation, whose ids may differ) with a hash missing
+// on either side.
+func ambiguousLate(o *domain.Order, lp domain.LatePayment) bool {
+	return slices.ContainsFunc(o.LatePayments, func(x domain.LatePayment) bool {
+		return x.Reconciled != lp.Reconciled && (x.TxHash == "" || lp.TxHash == "")
+	})
+}
+
+// recordDeposit records a completed deposit once per transaction (id or
+// hash), filling in a hash the stored entry lacks.
 func recordDeposit(o *domain.Order, d domain.Deposit, fx *effects) {
-	if slices.ContainsFunc(o.Deposits, func(x domain.Deposit) bool { return x.TransactionID == d.TransactionID }) {
+	i := slices.IndexFunc(o.Deposits, func(x domain.Deposit) bool {
+		return domain.SameTransaction(x.TransactionID, x.TxHash, d.TransactionID, d.TxHash)
+	})
+	switch {
+	case i < 0:
+		o.Deposits = append(o.Deposits, d)
+		slices.SortFunc(o.Deposits, func(a, b domain.Deposit) int { return strings.Compare(a.TransactionID, b.TransactionID) })
+	case o.Deposits[i].TxHash == "" && d.TxHash != "" && o.Deposits[i].TransactionID == d.TransactionID:
+		o.Deposits[i].TxHash = d.TxHash
+	default:
 		return
 	}
-	o.Deposits = append(o.Deposits, d)
-	slices.SortFunc(o.Deposits, func(a, b domain.Deposit) int { return strings.Compare(a.TransactionID, b.TransactionID) })
 	fx.changed = true
+}
+
+// recordUnclassified records, once per transaction (id or hash), a
+// transaction nothing credited because its kind is unknown, and reports
+// it once.
+func recordUnclassified(o *domain.Order, u domain.UnclassifiedTx, fx *effects) {
+	if slices.ContainsFunc(o.Unclassified, func(x domain.UnclassifiedTx) bool {
+		return domain.SameTransaction(x.TransactionID, x.TxHash, u.TransactionID, u.TxHash)
+	}) {
+		return
+	}
+	o.Unclassified = append(o.Unclassified, u)
+	slices.SortFunc(o.Unclassified, func(a, b domain.UnclassifiedTx) int { return strings.Compare(a.TransactionID, b.TransactionID) })
+	fx.changed = true
+	fx.unclassified = append(fx.unclassified, u)
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -129,4 +130,48 @@ func OrderUpdatedEvent(eventID, orderID, merchant, status string, updated int64,
 func TransactionEvent(eventID, kind, orderID, txID, amount string) []byte {
 	return fmt.Appendf(nil, `{"event_id":%q,"created_timestamp":1700000500000,"type":"payment.transaction.%s","data":{"data_type":"PaymentTransaction","transaction_id":%q,"wallet_id":"w1","status":"Completed","chain_id":"ETH","token_id":"ETH_USDT","source":{"source_type":"DepositFromAddress","addresses":["0xpayer"]},"destination":{"destination_type":"DepositToAddress","address":"0xabc","amount":%q},"initiator_type":"External","acquiring_type":"Order","order_id":%q,"created_timestamp":1700000500000,"updated_timestamp":1700000500000}}`,
 		eventID, kind, txID, amount, orderID)
+}
+
+// TransactionEventWithHash is TransactionEvent with the deposit's on-chain
+// hash as transaction_hash.
+func TransactionEventWithHash(eventID, kind, orderID, txID, hash, amount string) []byte {
+	return fmt.Appendf(nil, `{"event_id":%q,"created_timestamp":1700000500000,"type":"payment.transaction.%s","data":{"data_type":"PaymentTransaction","transaction_id":%q,"transaction_hash":%q,"wallet_id":"w1","status":"Completed","chain_id":"ETH","token_id":"ETH_USDT","source":{"source_type":"DepositFromAddress","addresses":["0xpayer"]},"destination":{"destination_type":"DepositToAddress","address":"0xabc","amount":%q},"initiator_type":"External","acquiring_type":"Order","order_id":%q,"created_timestamp":1700000500000,"updated_timestamp":1700000500000}}`,
+		eventID, kind, txID, hash, amount, orderID)
+}
+
+// LateNoticeEvent is a payment.order.updated LatePaymentReceived notice
+// listing one late transaction with its hash (OrderUpdatedEvent's is
+// always 0xfeed).
+func LateNoticeEvent(eventID, orderID, merchant, status string, updated int64, credited, lateTx, lateHash, lateAmount string) []byte {
+	txs := fmt.Sprintf(`[{"transaction_id":%q,"tx_hash":%q,"amount":{"amount":%q,"token_id":"ETH_USDT","chain_id":"ETH"},"source_address":"0xpayer","is_late":true,"status":"Completed"}]`, lateTx, lateHash, lateAmount)
+	return fmt.Appendf(nil, `{"event_id":%q,"created_timestamp":%d,"type":"payment.order.updated","data":{"data_type":"PaymentOrderUpdate","order_id":%q,"psp_order_code":"P-%s","merchant_id":%q,"status":%q,"notice_type":%q,"requested_amount":{"amount":"102","token_id":"ETH_USDT","chain_id":"ETH"},"credited_amount":{"amount":%q,"token_id":"ETH_USDT","chain_id":"ETH"},"outstanding_amount":null,"transactions":%s,"created_timestamp":1700000000,"updated_timestamp":%d}}`,
+		eventID, updated*1000, orderID, orderID, merchant, status, cobo.NoticeLatePaymentReceived, credited, txs, updated)
+}
+
+// CoboOrder is Cobo's order API answer (GET /payments/orders/{id}, or an
+// item of GET /payments/orders) for the order OrderEvent describes with
+// the same arguments, listing txs.
+func CoboOrder(orderID, merchant, status string, updated int64, received string, txs ...cobo.OrderTransaction) cobo.OrderData {
+	env, err := cobo.ParseEnvelope(OrderEvent("api", orderID, merchant, status, updated, received))
+	if err != nil {
+		panic(err)
+	}
+	var o cobo.OrderData
+	if err := json.Unmarshal(env.Data, &o); err != nil {
+		panic(err)
+	}
+	o.DataType = ""
+	o.Transactions = txs
+	return o
+}
+
+// CoboTx is an item of a Cobo order's transactions, Completed, with
+// is_late as given (nil: not said).
+func CoboTx(txID, hash, amount string, isLate *bool) cobo.OrderTransaction {
+	var a cobo.Amount
+	if err := a.UnmarshalJSON([]byte(strconv.Quote(amount))); err != nil {
+		panic(err)
+	}
+	return cobo.OrderTransaction{TxID: txID, TxHash: hash, TokenID: "ETH_USDT", Amount: a, Status: cobo.TxStatusCompleted,
+		CreatedTimestamp: 1700000400000, UpdatedTimestamp: 1700000400000, IsLate: isLate}
 }

@@ -120,6 +120,9 @@ func newProcessor(verifier *cobo.Verifier, orders *events.OrderStore, js jetstre
 // published by then.
 func (p *Processor) Process(ctx context.Context, ev events.Event) (handlers.Outcome, error) {
 	m := p.metrics
+	if p.verifier == nil {
+		return handlers.Outcome{}, fmt.Errorf("event %s: this processor only reconciles: it has no keys to verify events with", ev.EventID)
+	}
 	// Being on the stream proves nothing: anyone who could publish there
 	// (a leaked credential, an operator's redrive) could have put it there.
 	// Only Cobo's signature over the stored bytes lets it change state.
@@ -151,9 +154,20 @@ func (p *Processor) Process(ctx context.Context, ev events.Event) (handlers.Outc
 	}
 	if m != nil {
 		m.handled.WithLabelValues(typeLabel(ev.Type), string(out.Result)).Inc()
-		if out.StatusTo != "" {
-			m.transitions.WithLabelValues(string(out.StatusTo)).Inc()
-		}
+	}
+	p.report(log, out)
+	if p.observer != nil {
+		return out, p.observer(ctx, ev, out)
+	}
+	return out, nil
+}
+
+// report counts and logs what a committed outcome did, whether an event
+// or reconciliation caused it.
+func (p *Processor) report(log zerolog.Logger, out handlers.Outcome) {
+	m := p.metrics
+	if m != nil && out.StatusTo != "" {
+		m.transitions.WithLabelValues(string(out.StatusTo)).Inc()
 	}
 	if out.FirstCompleted {
 		if m != nil {
@@ -175,8 +189,13 @@ func (p *Processor) Process(ctx context.Context, ev events.Event) (handlers.Outc
 		}
 		log.Warn().Str("stored", string(out.Order.Status)).Str("reported", string(out.ConflictingFinal)).Msg("conflicting final status ignored")
 	}
-	if p.observer != nil {
-		return out, p.observer(ctx, ev, out)
+	for _, u := range out.Unclassified {
+		if m != nil {
+			m.unclassified.WithLabelValues(u.Reason).Inc()
+		}
+		// Error level: money may be owed, and only an operator can say.
+		log.Error().Str("transaction_id", u.TransactionID).Str("tx_hash", u.TxHash).Str("amount", u.Amount.Decimal.String()).
+			Str("token_id", u.TokenID).Str("reason", u.Reason).
+			Msg("transaction not credited: paystream cannot tell whether it is a late payment owed to the merchant; an operator decides (README, Reconciliation)")
 	}
-	return out, nil
 }

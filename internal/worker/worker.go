@@ -21,10 +21,12 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
 	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
+	"github.com/paystream/paystream/internal/reconcile"
 )
 
 // Defaults for Config.
@@ -95,6 +97,10 @@ type AllocationConfig struct {
 	// Sweeper tunes the sweep that publishes again the intents of items
 	// left planned (OrphanAfter, allocation.DefaultOrphanAfter when zero).
 	Sweeper allocation.SweeperConfig
+	// Reconcile tunes reconciliation with Cobo's order list, which every
+	// worker with Cobo API credentials runs (reconcile.DefaultEvery when
+	// Every is zero; Off turns the periodic passes off).
+	Reconcile reconcile.Config
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -129,6 +135,11 @@ func (c Config) validate() error {
 	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
 		return errors.New("Allocation needs Rules and Cobo.Signer")
 	}
+	if a := c.Allocation; a != nil {
+		if err := a.Reconcile.WithDefaults().Validate(); err != nil {
+			return fmt.Errorf("Allocation.Reconcile.%w", err)
+		}
+	}
 	if a := c.Allocation; a != nil && a.BitGo == nil && a.Rules.UsesBitGo() {
 		return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
 	}
@@ -148,6 +159,7 @@ type Metrics struct {
 	completed      prometheus.Counter
 	lateRecorded   prometheus.Counter
 	conflictFinals prometheus.Counter
+	unclassified   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -167,8 +179,17 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		conflictFinals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "paystream_order_conflicting_finals_total", Help: "Final statuses that contradicted an order's stored final status (kept).",
 		}),
+		unclassified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paystream_reconcile_unclassified_transactions_total",
+			Help: "Transactions recorded on an order without being credited because whether they are late payments is unknown (reason lateness_unknown, ambiguous or no_amount); an operator decides.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.handled, m.transitions, m.completed, m.lateRecorded, m.conflictFinals)
+	reg.MustRegister(m.handled, m.transitions, m.completed, m.lateRecorded, m.conflictFinals, m.unclassified)
+	// Every series exists from the start at 0, so an alert on its increase
+	// fires on the first one.
+	for _, r := range []string{domain.UnclassifiedLatenessUnknown, domain.UnclassifiedAmbiguous, domain.UnclassifiedNoAmount} {
+		m.unclassified.WithLabelValues(r)
+	}
 	return m
 }
 
@@ -188,6 +209,7 @@ type Worker struct {
 	batcher   *allocation.Batcher
 	bitgo     *allocation.BitGoSender
 	sweeper   *allocation.Sweeper
+	reconcile *reconcile.Reconciler
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	consumer  *events.Consumer
@@ -252,6 +274,8 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	var am *allocation.Metrics
 	var rules *allocation.Rules
 	var orderAPI allocation.OrderGetter
+	var client *cobo.Client
+	var points jetstream.KeyValue
 	if a := cfg.Allocation; a != nil {
 		am = allocation.NewMetrics(reg)
 		ackWait := a.IntentAckWait
@@ -261,10 +285,14 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		if err = allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
 			return nil, err
 		}
+		// Created even with periodic passes off, so that `worker
+		// reconcile` finds it.
+		if points, err = reconcile.EnsureBucket(ctx, w.js, stream); err != nil {
+			return nil, err
+		}
 		ccfg := a.Cobo
 		ccfg.Observe = am.ObserveCobo
-		client, err := cobo.NewClient(ccfg)
-		if err != nil {
+		if client, err = cobo.NewClient(ccfg); err != nil {
 			return nil, err
 		}
 		rules, orderAPI = a.Rules, client
@@ -302,6 +330,14 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	// -apply`, so that re-applying an event is exactly what a redelivery is.
 	p := newProcessor(cfg.Verifier, w.orders, w.js, rules, orderAPI, cfg.Logger)
 	p.metrics, p.alloc, p.observer = m, am, cfg.Observer
+	if a := cfg.Allocation; a != nil {
+		rcfg := a.Reconcile
+		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
+		rcfg.Metrics = reconcile.NewMetrics(reg)
+		if w.reconcile, err = reconcile.New(points, client, w.orders, p, rcfg); err != nil {
+			return nil, err
+		}
+	}
 	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
 		_, err := p.Process(ctx, ev)
 		return err
@@ -349,6 +385,10 @@ func (w *Worker) ready(ctx context.Context) error {
 	return err
 }
 
+// Reconciler returns the worker's reconciler, nil without Cobo API
+// credentials. Its Pass runs a pass at once, whatever its schedule.
+func (w *Worker) Reconciler() *reconcile.Reconciler { return w.reconcile }
+
 // Orders returns the worker's view of the orders bucket.
 func (w *Worker) Orders() *events.OrderStore { return w.orders }
 
@@ -388,7 +428,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	} else {
 		sweeperDone <- nil
 	}
-	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone, <-sweeperDone)
+	reconcileDone := make(chan error, 1)
+	switch {
+	case w.reconcile == nil:
+		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off: this worker has no Cobo API credentials (-rules and -cobo-api-secret-file)")
+		reconcileDone <- nil
+	case w.reconcile.Config().Off:
+		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off (-reconcile-every 0); worker reconcile runs a pass by hand")
+		reconcileDone <- nil
+	default:
+		w.cfg.Logger.Info().Dur("every", w.reconcile.Config().Every).Dur("overlap", w.reconcile.Config().Overlap).Msg("reconciliation with Cobo is on")
+		go func() { reconcileDone <- w.reconcile.Run(ctx) }()
+	}
+	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone, <-sweeperDone, <-reconcileDone)
 	w.cfg.Logger.Info().Msg("worker stopping")
 	stopLag()
 	<-lagDone

@@ -164,6 +164,7 @@ func New(cfg Config) *Sim {
 	s.api.HandleFunc("GET /v2/payments/allocation_items", s.listItems)
 	s.api.HandleFunc("POST /v2/payments/orders", s.createOrder)
 	s.api.HandleFunc("GET /v2/payments/orders/{order_id}", s.getOrder)
+	s.api.HandleFunc("GET /v2/payments/orders", s.listOrders)
 	s.ops.HandleFunc("POST /sandbox/faults", s.postFault)
 	s.ops.HandleFunc("DELETE /sandbox/faults", s.deleteFaults)
 	s.ops.HandleFunc("GET /sandbox/state", s.getState)

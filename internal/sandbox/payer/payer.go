@@ -66,6 +66,14 @@ type Config struct {
 	// and leaves every other behaviour as it was; our orders are the same
 	// whatever ForeignOrders is.
 	ForeignOrders int
+	// Undelivered is how many of our Orders never have any webhook
+	// delivered, as when Cobo gave up on them after its 10 attempts during
+	// a long outage: spread evenly over the run, they are played and
+	// registered with Sim like any other order (its API and order list
+	// know them), but nothing is POSTed for them. Only reconciliation with
+	// Cobo's order list can complete them. Zero delivers every order; the
+	// orders themselves are the same whatever Undelivered is.
+	Undelivered int
 	// Merchants are the merchant ids orders belong to; DefaultMerchants
 	// when empty.
 	Merchants []string
@@ -147,6 +155,8 @@ func (c Config) validate() error {
 		return errors.New("WebhookKey must be an Ed25519 private key")
 	case c.Orders < 0 || c.ForeignOrders < 0:
 		return fmt.Errorf("Orders and ForeignOrders must not be negative, got %d and %d", c.Orders, c.ForeignOrders)
+	case c.Undelivered < 0 || c.Undelivered > c.Orders:
+		return fmt.Errorf("Undelivered must be from 0 to Orders (%d), got %d", c.Orders, c.Undelivered)
 	case !(c.Duplicates >= 0 && c.Duplicates <= 1) || !(c.LateRatio >= 0 && c.LateRatio <= 1):
 		return fmt.Errorf("Duplicates and LateRatio must be from 0 to 1, got %v and %v", c.Duplicates, c.LateRatio)
 	case c.Concurrency < 1 || c.MaxAttempts < 1:
@@ -174,7 +184,12 @@ type Stats struct {
 	// ForeignOrderIDs are their order ids, sorted. They are left out of
 	// JSON to keep logged stats short; Sim.ForeignOrderIDs has them too.
 	ForeignOrderIDs []string `json:"-"`
-	// Events is how many distinct events those orders produced.
+	// Undelivered is how many of Orders had no webhook delivered at all
+	// (Config.Undelivered); UndeliveredOrderIDs are their ids, sorted.
+	Undelivered         int      `json:"undelivered"`
+	UndeliveredOrderIDs []string `json:"-"`
+	// Events is how many distinct events those orders produced, the
+	// undelivered orders' left out.
 	Events int `json:"events"`
 	// Sent counts HTTP attempts, retries included.
 	Sent int `json:"sent"`
@@ -203,7 +218,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		return Stats{}, fmt.Errorf("payer config: %w", err)
 	}
 	p := &player{cfg: cfg, run: runNumber(cfg.Seed), client: httpClient(cfg), stats: Stats{ByStatus: map[string]int{}}}
-	cfg.Logger.Info().Int("orders", cfg.Orders).Int("foreign_orders", cfg.ForeignOrders).Uint64("seed", cfg.Seed).Int("run", p.run).Str("url", cfg.WebhookURL).
+	cfg.Logger.Info().Int("orders", cfg.Orders).Int("foreign_orders", cfg.ForeignOrders).Int("undelivered", cfg.Undelivered).Uint64("seed", cfg.Seed).Int("run", p.run).Str("url", cfg.WebhookURL).
 		Float64("duplicates", cfg.Duplicates).Bool("shuffle", cfg.Shuffle).Float64("late_ratio", cfg.LateRatio).Msg("payer starting")
 
 	jobs := make(chan job)
@@ -243,7 +258,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	}
 	wg.Wait()
 	st := p.snapshot()
-	log := cfg.Logger.Info().Int("orders", st.Orders).Int("foreign_orders", st.ForeignOrders).Int("events", st.Events).Int("sent", st.Sent).Int("accepted", st.Accepted).
+	log := cfg.Logger.Info().Int("orders", st.Orders).Int("foreign_orders", st.ForeignOrders).Int("undelivered", st.Undelivered).Int("events", st.Events).Int("sent", st.Sent).Int("accepted", st.Accepted).
 		Int("duplicates", st.Duplicates).Int("retried", st.Retried).Int("failed", st.Failed).Int("late", st.Late).
 		Interface("by_status", st.ByStatus)
 	log.Msg("payer finished")
@@ -302,6 +317,7 @@ func (p *player) snapshot() Stats {
 	st := p.stats
 	st.ByStatus = maps.Clone(p.stats.ByStatus)
 	st.ForeignOrderIDs = slices.Sorted(slices.Values(p.stats.ForeignOrderIDs))
+	st.UndeliveredOrderIDs = slices.Sorted(slices.Values(p.stats.UndeliveredOrderIDs))
 	return st
 }
 
@@ -329,12 +345,18 @@ func (p *player) playOrder(ctx context.Context, j job) error {
 			p.cfg.Sim.RecordForeignOrder(o.orderID)
 		}
 	} else if p.cfg.Sim != nil {
-		// The story is in the past, so the API already shows the final state.
-		data, err := o.final.orderData()
+		// The story is in the past, so the API already shows the final
+		// state, late deposit included.
+		data, err := o.apiOrder()
 		if err != nil {
 			return err
 		}
 		p.cfg.Sim.PutOrder(data)
+	}
+	undelivered := !j.foreign && undelivered(j.index, p.cfg.Orders, p.cfg.Undelivered)
+	if undelivered {
+		// Cobo gave up on every webhook of this order.
+		o.deliveries = nil
 	}
 	for _, d := range o.deliveries {
 		if ctx.Err() != nil {
@@ -350,7 +372,12 @@ func (p *player) playOrder(ctx context.Context, j job) error {
 	}
 	var done int
 	p.count(func(s *Stats) {
-		s.Events += o.events
+		if undelivered {
+			s.Undelivered++
+			s.UndeliveredOrderIDs = append(s.UndeliveredOrderIDs, o.orderID)
+		} else {
+			s.Events += o.events
+		}
 		if o.foreign {
 			s.ForeignOrders++
 			s.ForeignOrderIDs = append(s.ForeignOrderIDs, o.orderID)
@@ -372,6 +399,12 @@ func (p *player) playOrder(ctx context.Context, j job) error {
 			Int("retried", st.Retried).Int("failed", st.Failed).Msg("payer progress")
 	}
 	return nil
+}
+
+// undelivered reports whether our order index is one of the undelivered
+// of orders: spread evenly, exactly undelivered of them.
+func undelivered(index, orders, undelivered int) bool {
+	return (index+1)*undelivered/orders > index*undelivered/orders
 }
 
 // deliver POSTs d until a 2xx answer, at most MaxAttempts times, pausing

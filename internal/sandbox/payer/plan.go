@@ -47,6 +47,7 @@ type plannedOrder struct {
 	final      orderWire // the order after its final status, for the Sim
 	events     int       // distinct events
 	late       bool
+	lateTx     *orderTx // the late deposit as Cobo's order API lists it
 	deliveries []delivery
 }
 
@@ -108,6 +109,10 @@ type orderTx struct {
 	Status           string `json:"status"`
 	CreatedTimestamp int64  `json:"created_timestamp"`
 	UpdatedTimestamp int64  `json:"updated_timestamp"`
+	// IsLate is set only in the order API's copy (apiOrder): whether Cobo's
+	// order API says is_late is not documented, and the webhooks' orders
+	// are sent as before.
+	IsLate *bool `json:"is_late,omitempty"`
 }
 
 // txWire is the data of payment.transaction.* (data_type
@@ -503,7 +508,37 @@ func plan(cfg Config, r *rand.Rand, run int, start time.Time, index int, foreign
 		out[i].underscore = r.IntN(100) < underscoreShare
 	}
 
-	return plannedOrder{orderID: orderID, foreign: foreign, status: status, final: final, events: len(events), late: late != nil, deliveries: out}, nil
+	po := plannedOrder{orderID: orderID, foreign: foreign, status: status, final: final, events: len(events), late: late != nil, deliveries: out}
+	if late != nil {
+		po.lateTx = &orderTx{TxID: late.txID, TxHash: late.hash, TokenID: tok.id, FromAddress: late.from, ToAddress: receive,
+			Amount: micros(late.micros).String(), Status: "Completed", CreatedTimestamp: late.at*1000 - 60_000, UpdatedTimestamp: late.at * 1000}
+	}
+	return po, nil
+}
+
+// apiOrder is the order as Cobo's order API answers it once its story is
+// over: the final order, each deposit marked is_late false, and the late
+// deposit, if any, listed too, marked is_late true, with the order's
+// updated_timestamp at the late notice's (as payment.order.updated
+// reports it).
+func (o plannedOrder) apiOrder() (cobo.OrderData, error) {
+	api := o.final
+	no, yes := false, true
+	api.Transactions = nil
+	for _, tx := range o.final.Transactions {
+		tx.IsLate = &no
+		api.Transactions = append(api.Transactions, tx)
+	}
+	if o.lateTx != nil {
+		tx := *o.lateTx
+		tx.IsLate = &yes
+		api.Transactions = append(api.Transactions, tx)
+		api.UpdatedTimestamp = tx.UpdatedTimestamp / 1000
+	}
+	if api.Transactions == nil {
+		api.Transactions = []orderTx{}
+	}
+	return api.orderData()
 }
 
 // orderData converts the wire order to the API's cobo.OrderData for the
