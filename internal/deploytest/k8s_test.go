@@ -615,7 +615,8 @@ func TestKubernetesScaling(t *testing.T) {
 				require.Equal(t, "PAYSTREAM", tr.Metadata["account"], "%s: %s: the account of deploy/nats/accounts.conf", r.Overlay, so)
 				require.Equal(t, events.StreamName, tr.Metadata["stream"], "%s: %s", r.Overlay, so)
 				require.Equal(t, events.ConsumerName, tr.Metadata["consumer"], "%s: %s: the workers' durable consumer", r.Overlay, so)
-				require.Contains(t, tr.Metadata["natsServerMonitoringEndpoint"], ":8222", "%s: %s: NATS monitoring port", r.Overlay, so)
+				require.Equal(t, "nats."+so.Metadata.Namespace+".svc.cluster.local:8222", tr.Metadata["natsServerMonitoringEndpoint"],
+					"%s: %s: the monitoring port of the NATS Service in the overlay's namespace", r.Overlay, so)
 			}
 		}
 		hpa := map[string]bool{}
