@@ -47,3 +47,11 @@ bench: build ## Go benchmarks, then loadgen and workers against the real binarie
 .PHONY: clean
 clean: ## remove build output and demo data
 	rm -rf $(BIN) data .run .bench
+
+# The container image (Dockerfile); deploy/k8s and deploy/compose use this name.
+IMAGE     ?= ghcr.io/paystream/paystream
+IMAGE_TAG ?= dev
+
+.PHONY: image
+image: ## build the container image from the Dockerfile (IMAGE, IMAGE_TAG; needs Docker)
+	docker build -t $(IMAGE):$(IMAGE_TAG) .
