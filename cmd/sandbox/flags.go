@@ -17,9 +17,9 @@ type moreFlags struct {
 
 func usage(u, env string) string { return u + " (env " + env + ")" }
 
-// Float defines a float64 flag defaulting to env, then def. It is for
+// float defines a float64 flag defaulting to env, then def. It is for
 // ratios and rates only, never money.
-func (f *moreFlags) Float(name, env string, def float64, u string) *float64 {
+func (f *moreFlags) float(name, env string, def float64, u string) *float64 {
 	if v := f.getenv(env); v != "" {
 		x, err := strconv.ParseFloat(v, 64)
 		if err != nil {
@@ -30,8 +30,8 @@ func (f *moreFlags) Float(name, env string, def float64, u string) *float64 {
 	return f.FlagSet.Float64(name, def, usage(u, env))
 }
 
-// Parse reports bad environment values first, then parses args.
-func (f *moreFlags) Parse(args []string) error {
+// parse reports bad environment values first, then parses args.
+func (f *moreFlags) parse(args []string) error {
 	if len(f.errs) > 0 {
 		return f.errs[0]
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,19 +12,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/rs/zerolog"
-	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 
-	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/sandbox"
+	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 )
 
@@ -54,7 +50,7 @@ func (b *syncBuffer) String() string {
 func TestPrintWebhookPubKey(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, run(context.Background(), []string{"-print-webhook-pubkey"}, env(nil), &out))
-	want := hex.EncodeToString(WebhookKeyFromSeed(DefaultWebhookSeed).Public().(ed25519.PublicKey))
+	want := sandbox.WebhookPubKeyHex(sandbox.DefaultWebhookSeed)
 	require.Equal(t, want+"\n", out.String())
 
 	out.Reset()
@@ -63,34 +59,78 @@ func TestPrintWebhookPubKey(t *testing.T) {
 	require.Len(t, strings.TrimSpace(out.String()), 64)
 }
 
+// TestBadOptions: every bad flag or environment value fails before
+// anything is served, with an error naming the flag (or variable).
 func TestBadOptions(t *testing.T) {
+	t.Parallel()
 	for name, tc := range map[string]struct {
 		args []string
 		env  map[string]string
+		want string
 	}{
-		"duplicates above 1":   {args: []string{"-duplicates", "1.5"}},
-		"negative late ratio":  {args: []string{"-late-ratio", "-0.1"}},
-		"negative orders":      {args: []string{"-orders", "-1"}},
-		"negative foreign":     {args: []string{"-foreign-orders", "-1"}},
-		"bad env foreign":      {env: map[string]string{"PAYSTREAM_SANDBOX_FOREIGN_ORDERS": "some"}},
-		"bad api key":          {args: []string{"-api-pubkey", "abcd"}},
-		"missing secret file":  {args: []string{"-api-secret-file", "/nonexistent/secret"}},
-		"bad faults":           {args: []string{"-faults", "500:x"}},
-		"bad cobo shape":       {args: []string{"-cobo-shape", "old"}},
-		"bad seed":             {args: []string{"-seed", "minus-one"}},
-		"bad env bool":         {env: map[string]string{"PAYSTREAM_SANDBOX_SHUFFLE": "maybe"}},
-		"bad env float":        {env: map[string]string{"PAYSTREAM_SANDBOX_DUPLICATES": "lots"}},
-		"stray argument":       {args: []string{"extra"}},
-		"unknown log level":    {args: []string{"-log-level", "loud", "-orders", "0"}},
-		"listen address taken": {args: []string{"-listen", busyAddr(t), "-orders", "0"}},
+		"duplicates above 1":   {args: []string{"-duplicates", "1.5"}, want: "-duplicates must be from 0 to 1"},
+		"negative late ratio":  {args: []string{"-late-ratio", "-0.1"}, want: "-late-ratio must be from 0 to 1"},
+		"negative orders":      {args: []string{"-orders", "-1"}, want: "-orders must not be negative"},
+		"negative foreign":     {args: []string{"-foreign-orders", "-1"}, want: "-foreign-orders must not be negative"},
+		"too many undelivered": {args: []string{"-orders", "3", "-undelivered-orders", "4"}, want: "-undelivered-orders must be from 0 to -orders (3)"},
+		"negative rate":        {args: []string{"-rate", "-1"}, want: "-rate must not be negative"},
+		"no concurrency":       {args: []string{"-concurrency", "-1"}, want: "-concurrency must be positive"},
+		"no attempts":          {args: []string{"-max-attempts", "-2"}, want: "-max-attempts must be positive"},
+		"webhook url":          {args: []string{"-webhook-url", "ftp://x"}, want: "-webhook-url must be an http(s) URL"},
+		"empty webhook seed":   {args: []string{"-webhook-seed", ""}, want: "-webhook-seed must not be empty"},
+		"bad env foreign":      {env: map[string]string{"PAYSTREAM_SANDBOX_FOREIGN_ORDERS": "some"}, want: "PAYSTREAM_SANDBOX_FOREIGN_ORDERS"},
+		"bad api key":          {args: []string{"-api-pubkey", "abcd"}, want: "-api-pubkey"},
+		"missing secret file":  {args: []string{"-api-secret-file", "/nonexistent/secret"}, want: "-api-secret-file"},
+		"missing bitgo token":  {args: []string{"-bitgo-token-file", "/nonexistent/token"}, want: "-bitgo-token-file"},
+		"missing bitgo key":    {args: []string{"-bitgo-signing-key-file", "/nonexistent/key"}, want: "-bitgo-signing-key-file"},
+		"bad faults":           {args: []string{"-faults", "500:x"}, want: "-faults"},
+		"bad bitgo faults":     {args: []string{"-bitgo-faults", "teleport"}, want: `-bitgo-faults: fault "teleport": unknown fault kind`},
+		"bad cobo shape":       {args: []string{"-cobo-shape", "old"}, want: "-cobo-shape"},
+		"bad seed":             {args: []string{"-seed", "minus-one"}, want: "-seed"},
+		"bad env bool":         {env: map[string]string{"PAYSTREAM_SANDBOX_SHUFFLE": "maybe"}, want: "PAYSTREAM_SANDBOX_SHUFFLE"},
+		"bad env float":        {env: map[string]string{"PAYSTREAM_SANDBOX_DUPLICATES": "lots"}, want: "PAYSTREAM_SANDBOX_DUPLICATES"},
+		"bad env bitgo nonce":  {env: map[string]string{"PAYSTREAM_SANDBOX_BITGO_NONCE_ONCE": "sometimes"}, want: "PAYSTREAM_SANDBOX_BITGO_NONCE_ONCE"},
+		"stray argument":       {args: []string{"extra"}, want: "unexpected arguments"},
+		"unknown log level":    {args: []string{"-log-level", "loud", "-orders", "0"}, want: "log level"},
+		"listen address taken": {args: []string{"-listen", busyAddr(t), "-orders", "0"}, want: "-listen 127.0.0.1:"},
 	} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			// Every case fails before serving, so run returns on its own.
-			require.Error(t, run(ctx, tc.args, env(tc.env), io.Discard))
+			require.ErrorContains(t, run(ctx, tc.args, env(tc.env), io.Discard), tc.want)
 		})
 	}
+}
+
+// TestFlagsIntoConfig: flags and their environment variables land in the
+// sandbox's Config, faults parsed by the simulators' own parsers.
+func TestFlagsIntoConfig(t *testing.T) {
+	t.Parallel()
+	p, err := parseFlags([]string{"-bitgo-faults", "drop:2,lose", "-faults", "500:2", "-seed", "7", "-orders", "9", "-undelivered-orders", "3"}, env(nil), io.Discard)
+	require.NoError(t, err)
+	require.False(t, p.cfg.BitGoNonceOnce, "nonces are reusable unless asked")
+	require.False(t, p.cfg.BitGoReplayConflict)
+	require.Equal(t, []bitgosim.Fault{{Kind: bitgosim.FaultDrop, Count: 2}, {Kind: bitgosim.FaultLoseResponse, Count: 1}}, p.cfg.BitGoFaults)
+	require.Equal(t, []cobosim.Fault{{Method: http.MethodPost, PathPrefix: "/v2/payments/batch_allocations", Kind: cobosim.FaultError500, Count: 2}}, p.cfg.Faults)
+	require.Equal(t, uint64(7), *p.cfg.Seed)
+	require.Equal(t, 9, p.cfg.Orders)
+	require.Equal(t, 3, p.cfg.UndeliveredOrders)
+	require.True(t, p.cfg.Shuffle)
+	require.True(t, p.cfg.KeepServing)
+	require.Equal(t, sandbox.DefaultDuplicates, p.cfg.Duplicates)
+
+	p, err = parseFlags([]string{"-bitgo-nonce-once", "-bitgo-replay-conflict"}, env(nil), io.Discard)
+	require.NoError(t, err)
+	require.True(t, p.cfg.BitGoNonceOnce)
+	require.True(t, p.cfg.BitGoReplayConflict)
+	require.Nil(t, p.cfg.Seed, "no -seed: one from the clock")
+
+	p, err = parseFlags(nil, env(map[string]string{"PAYSTREAM_SANDBOX_BITGO_NONCE_ONCE": "true", "PAYSTREAM_SANDBOX_UNDELIVERED_ORDERS": "5"}), io.Discard)
+	require.NoError(t, err)
+	require.True(t, p.cfg.BitGoNonceOnce)
+	require.Equal(t, 5, p.cfg.UndeliveredOrders)
 }
 
 // busyAddr returns a loopback address held by a listener for the test.
@@ -117,8 +157,7 @@ func writeSecret(t *testing.T) (path string, signer *cobo.APISigner) {
 // TestPlaysOrdersAndStops plays a few orders into a verifying endpoint and
 // returns once they are played (-keep-serving=false).
 func TestPlaysOrdersAndStops(t *testing.T) {
-	pub := hex.EncodeToString(WebhookKeyFromSeed(DefaultWebhookSeed).Public().(ed25519.PublicKey))
-	verifier, err := cobo.NewVerifier(pub)
+	verifier, err := cobo.NewVerifier(sandbox.WebhookPubKeyHex(sandbox.DefaultWebhookSeed))
 	require.NoError(t, err)
 	var ok, bad atomic.Int64
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -162,250 +201,30 @@ func TestPlaysOrdersAndStops(t *testing.T) {
 	require.Equal(t, 6, stats.Stats.Orders, out.String())
 	require.Equal(t, int(ok.Load()), stats.Stats.Accepted)
 	require.Zero(t, stats.Stats.Failed)
-	require.NotContains(t, out.String(), hex.EncodeToString(WebhookKeyFromSeed(DefaultWebhookSeed).Seed()))
+	require.NotContains(t, out.String(), hex.EncodeToString(sandbox.WebhookKeyFromSeed(sandbox.DefaultWebhookSeed).Seed()))
+	require.NotContains(t, out.String(), "was 401", "ingest trusts the key: no hint")
 }
 
-// TestServesCoboAPI starts the sandbox with no orders and uses its API as
-// the worker would: signed, with the faults given on the command line.
-func TestServesCoboAPI(t *testing.T) {
-	secretFile, signer := writeSecret(t)
-	o, err := parseOptions([]string{"-listen", "127.0.0.1:0", "-orders", "0", "-api-secret-file", secretFile, "-faults", "500:1", "-duplicate-code", "30001"}, env(nil), io.Discard)
-	require.NoError(t, err)
-	sb, err := start(o, zerolog.Nop())
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- sb.serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-served)
-	})
-	base := "http://" + sb.addr()
-
-	post := func(body string) (int, cobo.APIError) {
-		t.Helper()
-		path := "/v2/payments/batch_allocations"
-		nonce := strconv.FormatInt(time.Now().UnixMilli(), 10)
-		req, err := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
-		require.NoError(t, err)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(cobo.HeaderAPIKey, signer.APIKey())
-		req.Header.Set(cobo.HeaderAPINonce, nonce)
-		req.Header.Set(cobo.HeaderAPISignature, signer.Sign(http.MethodPost, path, nonce, "", []byte(body)))
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		var e cobo.APIError
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return resp.StatusCode, e
-	}
-	body := `{"request_id":"late-O1","allocation_params":[{"token_id":"ETH_USDT","amount":"1.5","source_account":"developer","destination_account":"M1001","description":"late payment"}]}`
-	status, e := post(body)
-	require.Equal(t, http.StatusInternalServerError, status, "the -faults 500 comes first")
-	require.Equal(t, cobosim.CodeInternal, e.Code)
-	status, _ = post(body)
-	require.Equal(t, http.StatusCreated, status)
-	status, e = post(body)
-	require.Equal(t, http.StatusBadRequest, status)
-	require.Equal(t, 30001, e.Code)
-
-	resp, err := http.Get(base + "/sandbox/state")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var st cobosim.State
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
-	require.Equal(t, 1, st.Batches)
-	require.Equal(t, 1, st.DuplicateRequests)
-}
-
-// TestSeedShapeAndScriptedRefusals starts the sandbox with -cobo-shape
-// seed and -faults unauthorized:1,30001:1, as `make run DEMO_ARGS=...`
-// passes them: the first POST is refused 401 code 2023, the second 30001
-// with no batch behind it, the third creates a batch answered without any
-// status field.
-func TestSeedShapeAndScriptedRefusals(t *testing.T) {
-	secretFile, signer := writeSecret(t)
-	o, err := parseOptions([]string{"-listen", "127.0.0.1:0", "-orders", "0", "-api-secret-file", secretFile,
-		"-faults", "unauthorized:1,30001:1", "-cobo-shape", "seed"}, env(nil), io.Discard)
-	require.NoError(t, err)
-	sb, err := start(o, zerolog.Nop())
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- sb.serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-served)
-	})
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: "http://" + sb.addr() + "/v2", Signer: signer, MaxAttempts: 1})
-	require.NoError(t, err)
-	body := `{"request_id":"r-seed","allocation_params":[{"token_id":"ETH_USDT","amount":"1.5","source_account":"developer","destination_account":"M1001","description":"late payment"}]}`
-	post := func() (int, []byte) {
-		t.Helper()
-		path, nonce := "/v2/payments/batch_allocations", strconv.FormatInt(time.Now().UnixMilli(), 10)
-		req, err := http.NewRequest(http.MethodPost, "http://"+sb.addr()+path, strings.NewReader(body))
-		require.NoError(t, err)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(cobo.HeaderAPIKey, signer.APIKey())
-		req.Header.Set(cobo.HeaderAPINonce, nonce)
-		req.Header.Set(cobo.HeaderAPISignature, signer.Sign(http.MethodPost, path, nonce, "", []byte(body)))
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return resp.StatusCode, b
-	}
-	var e cobo.APIError
-	status, raw := post()
-	require.Equal(t, http.StatusUnauthorized, status)
-	require.NoError(t, json.Unmarshal(raw, &e))
-	require.Equal(t, cobosim.CodeBadSignature, e.Code)
-	status, raw = post()
-	require.Equal(t, http.StatusBadRequest, status)
-	require.NoError(t, json.Unmarshal(raw, &e))
-	require.Equal(t, cobosim.CodePricingPlan, e.Code)
-	_, err = client.FindBatchAllocation(context.Background(), "r-seed")
-	require.ErrorIs(t, err, cobo.ErrBatchNotFound, "no batch behind the 30001")
-	status, raw = post()
-	require.Equal(t, http.StatusCreated, status)
-	require.NotContains(t, string(raw), `"status"`, "seed shape: no status on the batch")
-	var b cobo.BatchAllocation
-	require.NoError(t, json.Unmarshal(raw, &b))
-	detail, err := client.GetBatchAllocation(context.Background(), b.BatchAllocationID)
-	require.NoError(t, err)
-	require.Len(t, detail.AllocationItems, 1)
-	require.Empty(t, detail.Status)
-	require.Empty(t, detail.AllocationItems[0].Status, "seed shape: no status on the items")
-	require.Equal(t, 2, sb.state().FaultsApplied)
-}
-
-// TestPlaysForeignOrders plays our orders and a foreign customer's into a
-// verifying endpoint: all verify with the sandbox's webhook key, and the
-// order API answers ours 200 and theirs 404, as GET /sandbox/state lists.
-func TestPlaysForeignOrders(t *testing.T) {
-	verifier, err := cobo.NewVerifier(hex.EncodeToString(WebhookKeyFromSeed(DefaultWebhookSeed).Public().(ed25519.PublicKey)))
-	require.NoError(t, err)
-	var mu sync.Mutex
-	seen := map[string]bool{}
-	var bad int
+// TestHintsAtTheTrustedKey plays into an endpoint that answers every
+// webhook 401, as ingest does when it does not trust the sandbox's key:
+// the sandbox's log tells the operator which key to trust, and how.
+func TestHintsAtTheTrustedKey(t *testing.T) {
+	t.Parallel()
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		ts, sig := r.Header.Get(cobo.HeaderTimestamp), r.Header.Get(cobo.HeaderSignature)
-		if ts == "" {
-			ts, sig = r.Header.Get(cobo.HeaderTimestampAlt), r.Header.Get(cobo.HeaderSignatureAlt)
-		}
-		env, perr := cobo.ParseEnvelope(body)
-		mu.Lock()
-		defer mu.Unlock()
-		if verifier.Verify(body, ts, sig) != nil || perr != nil {
-			bad++
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		seen[env.OrderID] = true
-		w.WriteHeader(http.StatusOK)
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	t.Cleanup(hook.Close)
-	secretFile, signer := writeSecret(t)
-	// Two random hex secrets: the BitGo token and signing key.
-	tokenFile, _ := writeSecret(t)
-	keyFile, _ := writeSecret(t)
-	o, err := parseOptions([]string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "6", "-seed", "5", "-rate", "0",
-		"-api-secret-file", secretFile, "-bitgo-token-file", tokenFile, "-bitgo-signing-key-file", keyFile},
-		env(map[string]string{"PAYSTREAM_SANDBOX_FOREIGN_ORDERS": "4"}), io.Discard)
-	require.NoError(t, err)
-	require.Equal(t, 4, o.foreign)
-	sb, err := start(o, zerolog.Nop())
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- sb.serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-served)
-	})
-	base := "http://" + sb.addr()
+	var out syncBuffer
+	err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "2", "-rate", "0",
+		"-max-attempts", "1", "-keep-serving=false"}, env(nil), &out)
+	require.NoError(t, err, out.String())
+	require.Contains(t, out.String(), "every answer was 401: ingest does not trust the sandbox's webhook key; start ingest with -cobo-pubkey $(bin/sandbox -print-webhook-pubkey)")
 
-	getState := func() State {
-		t.Helper()
-		resp, err := http.Get(base + "/sandbox/state")
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode)
-		var st State
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
-		return st
-	}
-	// Every order is registered or recorded before its first webhook, so
-	// once all ten were seen the state is complete.
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen) == 10
-	}, 20*time.Second, 20*time.Millisecond)
-	st := getState()
-	require.Equal(t, 6, st.Orders)
-	require.Equal(t, 4, st.ForeignOrders)
-	require.Len(t, st.ForeignOrderIDs, 4)
-	require.Zero(t, st.ForeignOrderItems)
-	require.Zero(t, st.BitGoAllocations)
-	require.Zero(t, st.ForeignOrderBitGoAllocations)
-
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: base + "/v2", Signer: signer, MaxAttempts: 1})
-	require.NoError(t, err)
-	foreign := map[string]bool{}
-	for _, id := range st.ForeignOrderIDs {
-		foreign[id] = true
-	}
-	mu.Lock()
-	ids := make([]string, 0, len(seen))
-	for id := range seen {
-		ids = append(ids, id)
-	}
-	require.Zero(t, bad, "every webhook, foreign ones included, verifies")
-	mu.Unlock()
-	for _, id := range ids {
-		got, err := client.GetOrder(context.Background(), id)
-		if !foreign[id] {
-			require.NoError(t, err, "our order %s", id)
-			require.Equal(t, id, got.OrderID)
-			continue
-		}
-		var apiErr *cobo.APIError
-		require.ErrorAs(t, err, &apiErr, "foreign order %s", id)
-		require.Equal(t, http.StatusNotFound, apiErr.HTTPStatus)
-		require.Equal(t, cobosim.CodeNotFound, apiErr.Code)
-	}
-	require.Equal(t, 4, getState().ForeignOrderLookups)
-
-	// A PSP that allocates for a foreign order anyway shows in the state,
-	// at Cobo and at BitGo.
-	theirs := st.ForeignOrderIDs[0]
-	_, err = client.CreateBatchAllocation(context.Background(), cobo.CreateBatchAllocationRequest{RequestID: "r-foreign",
-		AllocationParams: []cobo.AllocationParam{
-			{TokenID: "ETH_USDT", Amount: "1", SourceAccount: "M1001", DestinationAccount: "M9000", Description: "referral " + theirs},
-			{TokenID: "ETH_USDT", Amount: "1", SourceAccount: "M1001", DestinationAccount: "M9000", Description: "referral O-ours"},
-		}})
-	require.NoError(t, err)
-	token, err := os.ReadFile(tokenFile)
-	require.NoError(t, err)
-	rawKey, err := os.ReadFile(keyFile)
-	require.NoError(t, err)
-	key, err := bitgo.ParseSigningKey(string(rawKey))
-	require.NoError(t, err)
-	bg, err := bitgo.New(bitgo.Config{BaseURL: base, EnterpriseID: DefaultBitGoEnterprise, AccessToken: strings.TrimSpace(string(token)),
-		SigningKey: key, Currencies: bitgo.DefaultCurrencies(), MaxAttempts: 1})
-	require.NoError(t, err)
-	for i, notes := range []string{"settlement " + theirs, "settlement O-ours"} {
-		req, err := bg.Prepare("conn-1", "ext-"+strconv.Itoa(i), "ETH_USDT", decimal.RequireFromString("2"), notes)
-		require.NoError(t, err)
-		_, err = bg.Send(context.Background(), req)
-		require.NoError(t, err)
-	}
-	st = getState()
-	require.Equal(t, 2, st.Items)
-	require.Equal(t, 1, st.ForeignOrderItems)
-	require.Equal(t, 2, st.BitGoAllocations)
-	require.Equal(t, 1, st.ForeignOrderBitGoAllocations)
+	// Another seed's key is not what bin/sandbox prints: the hint names it.
+	out = syncBuffer{}
+	err = run(context.Background(), []string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "1", "-rate", "0",
+		"-max-attempts", "1", "-keep-serving=false", "-webhook-seed", "other"}, env(nil), &out)
+	require.NoError(t, err, out.String())
+	require.Contains(t, out.String(), "start ingest with -cobo-pubkey "+sandbox.WebhookPubKeyHex("other"))
 }

@@ -1,6 +1,12 @@
 package bitgosim
 
-import "time"
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // FaultKind names a failure the simulator injects into a POST allocation.
 type FaultKind string
@@ -50,4 +56,58 @@ type Fault struct {
 	Count int
 	// Delay is used by FaultSlow.
 	Delay time.Duration
+}
+
+// faultKinds lists every FaultKind, in the order error messages name them.
+var faultKinds = []FaultKind{FaultError500, FaultDrop, FaultLoseResponse, FaultSlow, FaultReserveRetriable, FaultReserved, FaultRelease}
+
+// ParseFaultKind accepts a kind's name (error500, drop, lose, slow,
+// reserve_retriable, reserved or release), ignoring case and surrounding
+// space.
+func ParseFaultKind(s string) (FaultKind, error) {
+	name := FaultKind(strings.ToLower(strings.TrimSpace(s)))
+	if slices.Contains(faultKinds, name) {
+		return name, nil
+	}
+	names := make([]string, len(faultKinds))
+	for i, k := range faultKinds {
+		names[i] = string(k)
+	}
+	return "", fmt.Errorf("unknown fault kind %q: want one of %s", s, strings.Join(names, ", "))
+}
+
+// ParseFaultList parses a comma-separated list of kind[:count[:delay]],
+// such as "error500:2,lose,slow:1:2s", into faults in the order given: the
+// syntax of the sandbox command's -bitgo-faults flag. Count defaults to 1
+// and must be a positive integer; delay, used by FaultSlow, must be a
+// positive duration. Empty entries are skipped, so "" is no fault.
+func ParseFaultList(s string) ([]Fault, error) {
+	var out []Fault
+	for _, entry := range strings.Split(s, ",") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		parts := strings.Split(entry, ":")
+		if len(parts) > 3 {
+			return nil, fmt.Errorf("fault %q: want kind[:count[:delay]]", entry)
+		}
+		kind, err := ParseFaultKind(parts[0])
+		if err != nil {
+			return nil, fmt.Errorf("fault %q: %w", entry, err)
+		}
+		f := Fault{Kind: kind, Count: 1}
+		if len(parts) > 1 {
+			if f.Count, err = strconv.Atoi(parts[1]); err != nil || f.Count < 1 {
+				return nil, fmt.Errorf("fault %q: count must be a positive integer", entry)
+			}
+		}
+		if len(parts) > 2 {
+			if f.Delay, err = time.ParseDuration(parts[2]); err != nil || f.Delay <= 0 {
+				return nil, fmt.Errorf("fault %q: delay must be a positive duration such as 2s", entry)
+			}
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }

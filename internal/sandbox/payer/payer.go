@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -119,6 +120,12 @@ type Config struct {
 	// BackoffBase and BackoffMax bound the pause between attempts;
 	// DefaultBackoffBase and DefaultBackoffMax when zero.
 	BackoffBase, BackoffMax time.Duration
+	// TrustHint tells the operator what to do when every answer is 401,
+	// which means the receiver does not trust WebhookKey. It is logged at
+	// warn level once when the first delivery is abandoned with every
+	// answer so far 401, and again when the run ends so. When empty, a
+	// hint naming WebhookKey's public key in hex is used.
+	TrustHint string
 }
 
 func (c Config) withDefaults() Config {
@@ -142,6 +149,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Start.IsZero() {
 		c.Start = time.Now()
+	}
+	if c.TrustHint == "" && len(c.WebhookKey) == ed25519.PrivateKeySize {
+		c.TrustHint = "the receiver does not trust the webhook key; trust public key " + hex.EncodeToString(c.WebhookKey.Public().(ed25519.PublicKey)) + " (ingest -cobo-pubkey)"
 	}
 	return c
 }
@@ -193,6 +203,8 @@ type Stats struct {
 	Events int `json:"events"`
 	// Sent counts HTTP attempts, retries included.
 	Sent int `json:"sent"`
+	// Unauthorized counts attempts answered 401.
+	Unauthorized int `json:"unauthorized"`
 	// Accepted counts deliveries that ended with a 2xx answer.
 	Accepted int `json:"accepted"`
 	// Duplicates counts deliberate resends of an already delivered event.
@@ -205,6 +217,12 @@ type Stats struct {
 	Late int `json:"late"`
 	// ByStatus counts the orders played by final status.
 	ByStatus map[string]int `json:"by_status"`
+}
+
+// EveryAnswerUnauthorized reports whether attempts were made and every
+// one was answered 401: the receiver does not trust the webhook key.
+func (s Stats) EveryAnswerUnauthorized() bool {
+	return s.Sent > 0 && s.Unauthorized == s.Sent
 }
 
 // Run plays cfg.Orders orders and delivers their webhooks, then returns.
@@ -262,6 +280,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		Int("duplicates", st.Duplicates).Int("retried", st.Retried).Int("failed", st.Failed).Int("late", st.Late).
 		Interface("by_status", st.ByStatus)
 	log.Msg("payer finished")
+	if st.EveryAnswerUnauthorized() {
+		cfg.Logger.Warn().Int("sent", st.Sent).Msg("every answer was 401: " + cfg.TrustHint)
+	}
 	if planErr != nil {
 		return st, planErr
 	}
@@ -309,6 +330,8 @@ type player struct {
 	mu     sync.Mutex
 	stats  Stats
 	played int // orders of both kinds played to the end, for progress
+	// hinted is set once TrustHint was logged during the run.
+	hinted bool
 }
 
 func (p *player) snapshot() Stats {
@@ -419,7 +442,12 @@ func (p *player) deliver(ctx context.Context, d delivery) {
 			}
 		}
 		status, err := p.post(ctx, d)
-		p.count(func(s *Stats) { s.Sent++ })
+		p.count(func(s *Stats) {
+			s.Sent++
+			if err == nil && status == http.StatusUnauthorized {
+				s.Unauthorized++
+			}
+		})
 		if err == nil && status >= 200 && status < 300 {
 			p.count(func(s *Stats) { s.Accepted++ })
 			return
@@ -433,9 +461,17 @@ func (p *player) deliver(ctx context.Context, d delivery) {
 		}
 		p.cfg.Logger.Debug().Str("event_id", d.eventID).Str("order_id", d.orderID).Int("attempt", attempt).Str("result", last).Msg("delivery attempt failed")
 	}
-	p.count(func(s *Stats) { s.Failed++ })
+	var hint bool
+	p.count(func(s *Stats) {
+		s.Failed++
+		hint = !p.hinted && s.EveryAnswerUnauthorized()
+		p.hinted = p.hinted || hint
+	})
 	p.cfg.Logger.Warn().Str("event_id", d.eventID).Str("order_id", d.orderID).Str("type", d.eventType).
 		Int("attempts", p.cfg.MaxAttempts).Str("last_result", last).Msg("delivery abandoned")
+	if hint {
+		p.cfg.Logger.Warn().Msg("every answer so far was 401: " + p.cfg.TrustHint)
+	}
 }
 
 // post makes one signed attempt and returns the HTTP status.
