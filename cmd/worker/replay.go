@@ -123,9 +123,11 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 		case *rulesFile != "":
 			// Batching flags do not matter here: the workers' batchers
 			// deliver what -apply plans.
-			if cfg.Allocation, err = allocationConfig(*rulesFile, *coboSecretFile, *coboURL, allocation.DefaultBatchMax, allocation.DefaultBatchWait); err != nil {
+			alloc, err := allocationConfig(*rulesFile, *coboSecretFile, *coboURL, allocation.DefaultBatchMax, allocation.DefaultBatchWait)
+			if err != nil {
 				return err
 			}
+			cfg.Allocation = alloc.Plan()
 		}
 	}
 	// -apply verifies as the workers do, so it needs the keys too.

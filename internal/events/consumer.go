@@ -23,12 +23,6 @@ type Processor interface {
 	Process(ctx context.Context, ev Event) error
 }
 
-// ProcessorFunc adapts a function to Processor.
-type ProcessorFunc func(ctx context.Context, ev Event) error
-
-// Process implements Processor.
-func (f ProcessorFunc) Process(ctx context.Context, ev Event) error { return f(ctx, ev) }
-
 // Defaults for ConsumerConfig.
 const (
 	DefaultConcurrency   = 16

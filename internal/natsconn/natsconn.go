@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
@@ -21,8 +20,10 @@ type Options struct {
 	// URL is the server list, e.g. nats://a:4222,nats://b:4222. Ignored
 	// when InProcess is set.
 	URL string
-	// InProcess connects to an embedded server without a socket.
-	InProcess *server.Server
+	// InProcess connects to an embedded server without a socket (a
+	// *server.Server of nats-server). It is an interface so that only the
+	// process that embeds a server links nats-server.
+	InProcess nats.InProcessConnProvider
 	// Name identifies the client in server monitoring.
 	Name string
 	// Logger receives connection changes.

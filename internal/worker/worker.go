@@ -19,11 +19,10 @@ import (
 
 	"github.com/paystream/paystream/internal/admin"
 	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/apply"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
-	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
-	"github.com/paystream/paystream/internal/handlers"
 	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/reconcile"
@@ -66,7 +65,7 @@ type Config struct {
 	// Logger receives the worker's logs.
 	Logger zerolog.Logger
 	// Observer, when set, sees every committed outcome (tests).
-	Observer func(ctx context.Context, ev events.Event, out handlers.Outcome) error
+	Observer apply.Observer
 	// LagInterval is how often consumer lag is polled for the metrics.
 	LagInterval time.Duration
 	// Pprof serves /debug/pprof/ on MetricsListen.
@@ -126,22 +125,21 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.Verifier == nil {
-		return errors.New("Verifier is required: events are re-verified before they change anything")
+	// The checks of what the apply core needs are its own, and the field
+	// names they report are the same here.
+	if err := c.applyConfig().Validate(); err != nil {
+		return err
 	}
 	if c.Pprof && c.MetricsToken == "" && c.MetricsListen != "-" && !httpapi.IsLoopback(c.MetricsListen) {
 		return fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)
-	}
-	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
-		return errors.New("Allocation needs Rules and Cobo.Signer")
 	}
 	if a := c.Allocation; a != nil {
 		if err := a.Reconcile.WithDefaults().Validate(); err != nil {
 			return fmt.Errorf("Allocation.Reconcile.%w", err)
 		}
-	}
-	if a := c.Allocation; a != nil && a.BitGo == nil && a.Rules.UsesBitGo() {
-		return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
+		if a.BitGo == nil && a.Rules.UsesBitGo() {
+			return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
+		}
 	}
 	if err := c.Stream.Validate(); err != nil {
 		return fmt.Errorf("Stream.%w", err)
@@ -152,55 +150,20 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Metrics are the worker's business metrics.
-type Metrics struct {
-	handled        *prometheus.CounterVec
-	transitions    *prometheus.CounterVec
-	completed      prometheus.Counter
-	lateRecorded   prometheus.Counter
-	conflictFinals prometheus.Counter
-	unclassified   *prometheus.CounterVec
+// applyConfig is the apply core's part of the configuration, without the
+// metrics Start adds.
+func (c Config) applyConfig() apply.Config {
+	return apply.Config{Verifier: c.Verifier, Allocation: c.Allocation.Plan(), Logger: c.Logger, Observer: c.Observer}
 }
 
-func newMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_worker_events_total", Help: "Events handled, by type and result.",
-		}, []string{"type", "result"}),
-		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_order_transitions_total", Help: "Order status changes committed, by new status; summed over workers, final statuses count orders.",
-		}, []string{"status"}),
-		completed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_orders_completed_total", Help: "Orders seen reaching Completed for the first time.",
-		}),
-		lateRecorded: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_late_payments_total", Help: "Late payments recorded at full precision.",
-		}),
-		conflictFinals: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_order_conflicting_finals_total", Help: "Final statuses that contradicted an order's stored final status (kept).",
-		}),
-		unclassified: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_reconcile_unclassified_transactions_total",
-			Help: "Transactions recorded on an order without being credited because whether they are late payments is unknown (reason lateness_unknown, ambiguous or no_amount); an operator decides.",
-		}, []string{"reason"}),
+// Plan is what the apply core plans allocations with: the rules and the
+// Cobo API client config, as `worker replay -apply` must be given them
+// (replay.Config.Allocation). It is nil when a is.
+func (a *AllocationConfig) Plan() *apply.Allocation {
+	if a == nil {
+		return nil
 	}
-	reg.MustRegister(m.handled, m.transitions, m.completed, m.lateRecorded, m.conflictFinals, m.unclassified)
-	// Every series exists from the start at 0, so an alert on its increase
-	// fires on the first one.
-	for _, r := range []string{domain.UnclassifiedLatenessUnknown, domain.UnclassifiedAmbiguous, domain.UnclassifiedNoAmount} {
-		m.unclassified.WithLabelValues(r)
-	}
-	return m
-}
-
-// typeLabel bounds metric cardinality: unknown types share one label.
-func typeLabel(t string) string {
-	switch t {
-	case cobo.EventOrderStatusUpdated, cobo.EventLegacyStatusUpdated, cobo.EventOrderUpdated,
-		cobo.EventTransactionLate, cobo.EventTransactionCompleted:
-		return t
-	}
-	return "other"
+	return &apply.Allocation{Rules: a.Rules, Cobo: a.Cobo}
 }
 
 // Worker is a running worker.
@@ -269,11 +232,8 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	ccfg := cfg.Consumer
 	ccfg.Logger = cfg.Logger
 	ccfg.Metrics = events.NewConsumerMetrics(reg)
-	m := newMetrics(reg)
 	w.lag, w.lagConsumers = events.NewLagCollector(reg), []jetstream.Consumer{cons}
 	var am *allocation.Metrics
-	var rules *allocation.Rules
-	var orderAPI allocation.OrderGetter
 	var client *cobo.Client
 	var points jetstream.KeyValue
 	if a := cfg.Allocation; a != nil {
@@ -295,7 +255,6 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		if client, err = cobo.NewClient(ccfg); err != nil {
 			return nil, err
 		}
-		rules, orderAPI = a.Rules, client
 		bcfg := a.Batcher
 		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
 		bcfg.Metrics = am
@@ -326,22 +285,27 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			}
 		}
 	}
-	// The per-event path is the Processor, shared with `worker replay
+	// The per-event path is the apply core, shared with `worker replay
 	// -apply`, so that re-applying an event is exactly what a redelivery is.
-	p := newProcessor(cfg.Verifier, w.orders, w.js, rules, orderAPI, cfg.Logger)
-	p.metrics, p.alloc, p.observer = m, am, cfg.Observer
+	acfg := cfg.applyConfig()
+	acfg.Metrics, acfg.AllocMetrics = apply.NewMetrics(reg), am
+	if acfg.Allocation != nil {
+		// The core reads orders with a client of its own, observed by the
+		// same metrics.
+		acfg.Allocation.Cobo.Observe = am.ObserveCobo
+	}
+	proc, err := apply.New(w.js, w.orders, acfg)
+	if err != nil {
+		return nil, err
+	}
 	if a := cfg.Allocation; a != nil {
 		rcfg := a.Reconcile
 		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
 		rcfg.Metrics = reconcile.NewMetrics(reg)
-		if w.reconcile, err = reconcile.New(points, client, w.orders, p, rcfg); err != nil {
+		if w.reconcile, err = reconcile.New(points, client, w.orders, proc, rcfg); err != nil {
 			return nil, err
 		}
 	}
-	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
-		_, err := p.Process(ctx, ev)
-		return err
-	})
 	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
 		return nil, err
 	}
