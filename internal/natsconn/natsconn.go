@@ -121,3 +121,26 @@ func redact(servers string) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// DefaultDrainWait is how long Drain waits for a drain to finish.
+const DefaultDrainWait = 2 * time.Second
+
+// Drain stops nc softly, then hard: it drains the connection (its
+// subscriptions stop taking messages and finish the ones they hold, and
+// pending publishes are flushed), waits up to wait for that to close the
+// connection, and then closes it whatever is left. It returns once nc is
+// closed; a nil or closed connection is left as it is.
+func Drain(nc *nats.Conn, wait time.Duration) {
+	if nc == nil || nc.IsClosed() {
+		return
+	}
+	if err := nc.Drain(); err == nil {
+		deadline := time.Now().Add(wait)
+		// Polled rather than waited for with a ClosedHandler, which would
+		// replace one the caller may have set.
+		for !nc.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	nc.Close()
+}

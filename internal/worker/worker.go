@@ -425,13 +425,7 @@ func (w *Worker) close() {
 	if w.metrics != nil {
 		_ = w.metrics.Close()
 	}
-	if w.nc != nil && !w.nc.IsClosed() {
-		_ = w.nc.Drain()
-		for i := 0; i < 100 && !w.nc.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
-		w.nc.Close()
-	}
+	natsconn.Drain(w.nc, natsconn.DefaultDrainWait)
 }
 
 // Run starts a worker and processes until ctx is done.
