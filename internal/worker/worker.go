@@ -26,14 +26,19 @@ import (
 	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/reconcile"
+	"github.com/paystream/paystream/internal/supervise"
 )
 
 // Defaults for Config.
 const (
 	DefaultNATSURL       = "nats://127.0.0.1:4222"
 	DefaultMetricsListen = "127.0.0.1:9091"
-	// DefaultLagInterval is how often consumer lag is polled.
+	// DefaultLagInterval is how often consumer lag is polled, and the
+	// durable consumers' existence checked.
 	DefaultLagInterval = 5 * time.Second
+	// DefaultStopTimeout bounds the soft stop: the consumer's StopGrace
+	// and one HandleTimeout, with room to spare.
+	DefaultStopTimeout = 30 * time.Second
 )
 
 // Config configures a worker.
@@ -66,8 +71,12 @@ type Config struct {
 	Logger zerolog.Logger
 	// Observer, when set, sees every committed outcome (tests).
 	Observer apply.Observer
-	// LagInterval is how often consumer lag is polled for the metrics.
+	// LagInterval is how often consumer lag is polled for the metrics; the
+	// same polls find a durable consumer that was deleted.
 	LagInterval time.Duration
+	// StopTimeout bounds the soft stop of the components; past it the
+	// connection is closed under them.
+	StopTimeout time.Duration
 	// Pprof serves /debug/pprof/ on MetricsListen.
 	Pprof bool
 	// Allocation, when set, plans allocations by its rules and delivers
@@ -119,6 +128,9 @@ func (c Config) WithDefaults() Config {
 	if c.LagInterval == 0 {
 		c.LagInterval = DefaultLagInterval
 	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
 	c.Stream = c.Stream.WithDefaults()
 	c.Consumer = c.Consumer.WithDefaults()
 	return c
@@ -140,6 +152,9 @@ func (c Config) validate() error {
 		if a.BitGo == nil && a.Rules.UsesBitGo() {
 			return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
 		}
+	}
+	if c.LagInterval <= 0 || c.StopTimeout <= 0 {
+		return fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)
 	}
 	if err := c.Stream.Validate(); err != nil {
 		return fmt.Errorf("Stream.%w", err)
@@ -166,7 +181,10 @@ func (a *AllocationConfig) Plan() *apply.Allocation {
 	return &apply.Allocation{Rules: a.Rules, Cobo: a.Cobo}
 }
 
-// Worker is a running worker.
+// Worker is a running worker. Its components (the event consumer, and
+// with rules the batcher, the BitGo sender, the orphan sweeper and the
+// reconciler, and always the lag poller) run under one supervision group:
+// see Run.
 type Worker struct {
 	cfg       Config
 	batcher   *allocation.Batcher
@@ -180,8 +198,10 @@ type Worker struct {
 	metricsLn net.Listener
 	metrics   *http.Server
 	// lag polls how far behind the shared consumers are.
-	lag          *events.LagCollector
-	lagConsumers []jetstream.Consumer
+	lag        *events.LagCollector
+	lagTargets []events.LagTarget
+	// group supervises the components; /readyz asks it.
+	group *supervise.Group
 }
 
 // Start connects, waits for the event stream, ensures the dead-letter
@@ -192,7 +212,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	w := &Worker{cfg: cfg}
+	w := &Worker{cfg: cfg, group: supervise.New(cfg.Logger)}
 	defer func() {
 		if err != nil {
 			w.close()
@@ -232,7 +252,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	ccfg := cfg.Consumer
 	ccfg.Logger = cfg.Logger
 	ccfg.Metrics = events.NewConsumerMetrics(reg)
-	w.lag, w.lagConsumers = events.NewLagCollector(reg), []jetstream.Consumer{cons}
+	w.lag, w.lagTargets = events.NewLagCollector(reg), []events.LagTarget{{Consumer: cons, Pulled: true}}
 	var am *allocation.Metrics
 	var client *cobo.Client
 	var points jetstream.KeyValue
@@ -269,7 +289,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		}
 		for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
 			if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
-				w.lagConsumers = append(w.lagConsumers, c)
+				w.lagTargets = append(w.lagTargets, events.LagTarget{Consumer: c, Pulled: name == allocation.BatcherConsumer || a.BitGo != nil})
 			}
 		}
 		if a.BitGo != nil {
@@ -309,8 +329,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
 		return nil, err
 	}
+	w.supervise()
 	if w.metricsLn != nil {
-		w.metrics = httpapi.NewServer(admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg, Pprof: cfg.Pprof, Token: cfg.MetricsToken}))
+		w.metrics = httpapi.NewServer(admin.NewRouter(admin.Config{Ready: w.Ready, Gatherer: reg, Pprof: cfg.Pprof, Token: cfg.MetricsToken}))
 		go func() { _ = w.metrics.Serve(w.metricsLn) }()
 	}
 	return w, nil
@@ -341,12 +362,45 @@ func (w *Worker) waitForStream(ctx context.Context) error {
 	}
 }
 
-func (w *Worker) ready(ctx context.Context) error {
+// Ready is what /readyz answers: nil while every component runs, NATS is
+// connected and the event stream answers. Before Run has started the
+// components its error wraps supervise.ErrNotStarted, and once one has
+// ended supervise.ErrNotRunning.
+func (w *Worker) Ready(ctx context.Context) error {
+	if err := w.group.Alive(); err != nil {
+		return err
+	}
 	if w.nc.Status() != nats.CONNECTED {
 		return fmt.Errorf("nats is %s", w.nc.Status())
 	}
 	_, err := w.js.Stream(ctx, events.StreamName)
 	return err
+}
+
+// supervise adds the worker's components to its group.
+func (w *Worker) supervise() {
+	log := w.cfg.Logger
+	w.group.Add("consumer", w.consumer.Run)
+	w.group.Add("lag poller", func(ctx context.Context) error {
+		return w.lag.Poll(ctx, w.cfg.LagInterval, log, w.lagTargets...)
+	})
+	if w.batcher != nil {
+		w.group.Add("batcher", w.batcher.Run)
+		w.group.Add("orphan sweeper", w.sweeper.Run)
+	}
+	if w.bitgo != nil {
+		w.group.Add("bitgo sender", w.bitgo.Run)
+	}
+	switch {
+	case w.reconcile == nil:
+		log.Info().Msg("reconciliation with Cobo is off: this worker has no Cobo API credentials (-rules and -cobo-api-secret-file)")
+	case w.reconcile.Config().Off:
+		// Not a component: its Run would return at once.
+		log.Info().Msg("reconciliation with Cobo is off (-reconcile-every 0); worker reconcile runs a pass by hand")
+	default:
+		log.Info().Dur("every", w.reconcile.Config().Every).Dur("overlap", w.reconcile.Config().Overlap).Msg("reconciliation with Cobo is on")
+		w.group.Add("reconciler", w.reconcile.Run)
+	}
 }
 
 // Reconciler returns the worker's reconciler, nil without Cobo API
@@ -364,50 +418,27 @@ func (w *Worker) MetricsAddr() string {
 	return w.metricsLn.Addr().String()
 }
 
-// Run processes events until ctx is done, then finishes or hands back
-// in-flight events and drains the connection.
+// Run runs the worker's components until ctx is done, then stops softly:
+// the consumer finishes or hands back in-flight events, the others stop
+// where they can resume, and the connection is drained. A component that
+// has not stopped after StopTimeout is stopped hard, by closing the
+// connection under it.
+//
+// A component that ends while ctx is not done (the durable consumer was
+// deleted, a component failed for good) stops the others the same way,
+// and Run returns an error wrapping supervise.ErrEnded that names it: the
+// process exits non-zero, and its supervisor restarts it, which recreates
+// what was missing. From the moment any component has ended, /readyz
+// answers 503.
 func (w *Worker) Run(ctx context.Context) error {
-	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).Msg("worker started")
-	lagCtx, stopLag := context.WithCancel(ctx)
-	lagDone := make(chan struct{})
-	go func() {
-		defer close(lagDone)
-		w.lag.Poll(lagCtx, w.cfg.LagInterval, w.cfg.Logger, w.lagConsumers...)
-	}()
-	batcherDone := make(chan error, 1)
-	if w.batcher != nil {
-		go func() { batcherDone <- w.batcher.Run(ctx) }()
+	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).
+		Strs("components", w.group.Names()).Msg("worker started")
+	err := w.group.Run(ctx, w.cfg.StopTimeout)
+	if err != nil {
+		w.cfg.Logger.Error().Err(err).Msg("worker stopping")
 	} else {
-		batcherDone <- nil
+		w.cfg.Logger.Info().Msg("worker stopping")
 	}
-	bitgoDone := make(chan error, 1)
-	if w.bitgo != nil {
-		go func() { bitgoDone <- w.bitgo.Run(ctx) }()
-	} else {
-		bitgoDone <- nil
-	}
-	sweeperDone := make(chan error, 1)
-	if w.sweeper != nil {
-		go func() { sweeperDone <- w.sweeper.Run(ctx) }()
-	} else {
-		sweeperDone <- nil
-	}
-	reconcileDone := make(chan error, 1)
-	switch {
-	case w.reconcile == nil:
-		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off: this worker has no Cobo API credentials (-rules and -cobo-api-secret-file)")
-		reconcileDone <- nil
-	case w.reconcile.Config().Off:
-		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off (-reconcile-every 0); worker reconcile runs a pass by hand")
-		reconcileDone <- nil
-	default:
-		w.cfg.Logger.Info().Dur("every", w.reconcile.Config().Every).Dur("overlap", w.reconcile.Config().Overlap).Msg("reconciliation with Cobo is on")
-		go func() { reconcileDone <- w.reconcile.Run(ctx) }()
-	}
-	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone, <-sweeperDone, <-reconcileDone)
-	w.cfg.Logger.Info().Msg("worker stopping")
-	stopLag()
-	<-lagDone
 	w.close()
 	return err
 }
