@@ -72,16 +72,30 @@ type Config struct {
 	Observer Observer
 }
 
-// Validate reports the first invalid field by name. New calls it; a
-// process may call it before it connects anywhere, to fail early.
+// ConfigError is a Config that Validate or New refused (New's error wraps
+// it). Its message names the field at fault; Field is that field (e.g.
+// "Verifier", "Allocation.Cobo"), for a command to name the flag that set
+// it.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Validate reports the first invalid field as a *ConfigError. New calls
+// it; a process may call it before it connects anywhere, to fail early.
 func (c Config) Validate() error {
 	switch {
 	case c.Verifier == nil && !c.ReconcileOnly:
-		return errors.New("Verifier is required: events are re-verified before they change anything")
+		return &ConfigError{"Verifier", errors.New("Verifier is required: events are re-verified before they change anything")}
 	case c.Verifier != nil && c.ReconcileOnly:
-		return errors.New("Verifier and ReconcileOnly exclude each other")
+		return &ConfigError{"Verifier", errors.New("Verifier and ReconcileOnly exclude each other")}
 	case c.Allocation != nil && c.Allocation.Rules == nil:
-		return errors.New("Allocation.Rules is required")
+		return &ConfigError{"Allocation.Rules", errors.New("Allocation.Rules is required")}
 	}
 	return nil
 }
@@ -118,7 +132,7 @@ func New(js jetstream.JetStream, orders *events.OrderStore, cfg Config) (*Proces
 		}
 		client, err := cobo.NewClient(a.Cobo)
 		if err != nil {
-			return nil, fmt.Errorf("apply config: Allocation.Cobo: %w", err)
+			return nil, fmt.Errorf("apply config: %w", &ConfigError{"Allocation.Cobo", fmt.Errorf("Allocation.Cobo: %w", err)})
 		}
 		opts = append(opts, handlers.WithPlanner(a.Rules), handlers.WithFetcher(coboOrders{api: client}))
 		p.outbox = allocation.NewOutbox(js)

@@ -27,15 +27,14 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 	t.Parallel()
 	v := tu.NewSigner(t).Verifier(t)
 	cases := []struct {
-		name string
-		cfg  apply.Config
-		want string
+		name, field, want string
+		cfg               apply.Config
 	}{
-		{"no verifier", apply.Config{}, "Verifier is required"},
-		{"verifier and reconcile only", apply.Config{Verifier: v, ReconcileOnly: true}, "Verifier and ReconcileOnly exclude each other"},
-		{"allocation without rules", apply.Config{Verifier: v, Allocation: &apply.Allocation{}}, "Allocation.Rules is required"},
-		{"state only", apply.Config{Verifier: v}, ""},
-		{"reconcile only", apply.Config{ReconcileOnly: true}, ""},
+		{"no verifier", "Verifier", "Verifier is required", apply.Config{}},
+		{"verifier and reconcile only", "Verifier", "Verifier and ReconcileOnly exclude each other", apply.Config{Verifier: v, ReconcileOnly: true}},
+		{"allocation without rules", "Allocation.Rules", "Allocation.Rules is required", apply.Config{Verifier: v, Allocation: &apply.Allocation{}}},
+		{"state only", "", "", apply.Config{Verifier: v}},
+		{"reconcile only", "", "", apply.Config{ReconcileOnly: true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -46,6 +45,9 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 				return
 			}
 			require.ErrorContains(t, err, c.want)
+			var ce *apply.ConfigError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, c.field, ce.Field)
 		})
 	}
 }
@@ -135,6 +137,17 @@ func counted(t *testing.T, reg *prometheus.Registry, name string, labels ...stri
 		}
 	}
 	return 0
+}
+
+func TestNewNamesTheCoboConfig(t *testing.T) {
+	c := newCore(t)
+	rules, err := allocation.ParseRules([]byte(`{"splits":[],"late_payments":"hold"}`))
+	require.NoError(t, err)
+	_, err = apply.New(c.js, c.orders, apply.Config{Verifier: c.signer.Verifier(t), Allocation: &apply.Allocation{Rules: rules}})
+	var ce *apply.ConfigError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "Allocation.Cobo", ce.Field)
+	require.ErrorContains(t, err, "apply config: Allocation.Cobo: cobo client config: Signer is required")
 }
 
 func TestReconcileOnlyRefusesEvents(t *testing.T) {

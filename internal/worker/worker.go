@@ -136,31 +136,63 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// ConfigError is a Config that Start refused before connecting anywhere.
+// Its message names the field at fault; Field is the part of Config it is
+// in (e.g. "Consumer", "Allocation.Batcher"), for a command to name the
+// flags that set it.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// validate checks c with the checks of each part's own package, so that a
+// bad part is refused before Start connects anywhere.
 func (c Config) validate() error {
-	// The checks of what the apply core needs are its own, and the field
-	// names they report are the same here.
+	// What the apply core needs is its own to check; its errors name the
+	// same fields as Config has.
 	if err := c.applyConfig().Validate(); err != nil {
+		var ae *apply.ConfigError
+		if errors.As(err, &ae) {
+			return &ConfigError{ae.Field, ae.Err}
+		}
 		return err
 	}
 	if c.Pprof && c.MetricsToken == "" && c.MetricsListen != "-" && !httpapi.IsLoopback(c.MetricsListen) {
-		return fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)
-	}
-	if a := c.Allocation; a != nil {
-		if err := a.Reconcile.WithDefaults().Validate(); err != nil {
-			return fmt.Errorf("Allocation.Reconcile.%w", err)
-		}
-		if a.BitGo == nil && a.Rules.UsesBitGo() {
-			return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
-		}
+		return &ConfigError{"Pprof", fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)}
 	}
 	if c.LagInterval <= 0 || c.StopTimeout <= 0 {
-		return fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)
+		return &ConfigError{"LagInterval", fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)}
 	}
 	if err := c.Stream.Validate(); err != nil {
-		return fmt.Errorf("Stream.%w", err)
+		return &ConfigError{"Stream", fmt.Errorf("Stream.%w", err)}
 	}
 	if err := c.Consumer.Validate(); err != nil {
-		return fmt.Errorf("Consumer.%w", err)
+		return &ConfigError{"Consumer", fmt.Errorf("Consumer.%w", err)}
+	}
+	a := c.Allocation
+	if a == nil {
+		return nil
+	}
+	if a.BitGo == nil && a.Rules.UsesBitGo() {
+		return &ConfigError{"Allocation.BitGo", errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")}
+	}
+	for _, part := range []struct {
+		field string
+		err   error
+	}{
+		{"Allocation.Batcher", a.Batcher.WithDefaults().Validate()},
+		{"Allocation.BitGoSender", a.BitGoSender.WithDefaults().Validate()},
+		{"Allocation.Sweeper", a.Sweeper.WithDefaults().Validate()},
+		{"Allocation.Reconcile", a.Reconcile.WithDefaults().Validate()},
+	} {
+		if part.err != nil {
+			return &ConfigError{part.field, fmt.Errorf("%s.%w", part.field, part.err)}
+		}
 	}
 	return nil
 }
@@ -204,15 +236,40 @@ type Worker struct {
 	group *supervise.Group
 }
 
-// Start connects, waits for the event stream, ensures the dead-letter
-// stream, the orders bucket and the consumer, and binds the metrics
-// listener. Call Run to process.
+// Start checks cfg and builds the API clients, then binds the metrics
+// listener, connects, waits for the event stream, and ensures the
+// dead-letter stream, the orders bucket, the consumers and, with rules,
+// the allocation resources. Call Run to process. A config it refuses
+// before connecting anywhere comes back as a *ConfigError.
 func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
 	w := &Worker{cfg: cfg, group: supervise.New(cfg.Logger)}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	acfg := cfg.applyConfig()
+	acfg.Metrics = apply.NewMetrics(reg)
+	// The clients are built before anything connects, so that a bad URL or
+	// credential is refused at once rather than after the connect wait.
+	var client *cobo.Client
+	var bg *bitgo.Client
+	if a := cfg.Allocation; a != nil {
+		acfg.AllocMetrics = allocation.NewMetrics(reg)
+		// The apply core reads orders with a client of its own, observed
+		// by the same metrics.
+		acfg.Allocation.Cobo.Observe = acfg.AllocMetrics.ObserveCobo
+		if client, err = cobo.NewClient(acfg.Allocation.Cobo); err != nil {
+			return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.Cobo", fmt.Errorf("Allocation.Cobo: %w", err)})
+		}
+		if a.BitGo != nil {
+			if bg, err = bitgo.New(*a.BitGo); err != nil {
+				return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.BitGo", fmt.Errorf("Allocation.BitGo: %w", err)})
+			}
+		}
+	}
+
 	defer func() {
 		if err != nil {
 			w.close()
@@ -246,79 +303,25 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ccfg := cfg.Consumer
-	ccfg.Logger = cfg.Logger
-	ccfg.Metrics = events.NewConsumerMetrics(reg)
 	w.lag, w.lagTargets = events.NewLagCollector(reg), []events.LagTarget{{Consumer: cons, Pulled: true}}
-	var am *allocation.Metrics
-	var client *cobo.Client
-	var points jetstream.KeyValue
 	if a := cfg.Allocation; a != nil {
-		am = allocation.NewMetrics(reg)
-		ackWait := a.IntentAckWait
-		if ackWait == 0 {
-			ackWait = allocation.DefaultIntentAck
-		}
-		if err = allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
+		if err = w.startAllocation(ctx, a, client, bg, acfg.AllocMetrics); err != nil {
 			return nil, err
-		}
-		// Created even with periodic passes off, so that `worker
-		// reconcile` finds it.
-		if points, err = reconcile.EnsureBucket(ctx, w.js, stream); err != nil {
-			return nil, err
-		}
-		ccfg := a.Cobo
-		ccfg.Observe = am.ObserveCobo
-		if client, err = cobo.NewClient(ccfg); err != nil {
-			return nil, err
-		}
-		bcfg := a.Batcher
-		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
-		bcfg.Metrics = am
-		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
-			return nil, err
-		}
-		swcfg := a.Sweeper
-		swcfg.Logger = cfg.Logger.With().Str("component", "sweeper").Logger()
-		swcfg.Metrics = am
-		if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
-			return nil, err
-		}
-		for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
-			if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
-				w.lagTargets = append(w.lagTargets, events.LagTarget{Consumer: c, Pulled: name == allocation.BatcherConsumer || a.BitGo != nil})
-			}
-		}
-		if a.BitGo != nil {
-			bg, err := bitgo.New(*a.BitGo)
-			if err != nil {
-				return nil, err
-			}
-			scfg := a.BitGoSender
-			scfg.Logger = cfg.Logger.With().Str("component", "bitgo").Logger()
-			scfg.Metrics = am
-			if w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg); err != nil {
-				return nil, err
-			}
 		}
 	}
 	// The per-event path is the apply core, shared with `worker replay
 	// -apply`, so that re-applying an event is exactly what a redelivery is.
-	acfg := cfg.applyConfig()
-	acfg.Metrics, acfg.AllocMetrics = apply.NewMetrics(reg), am
-	if acfg.Allocation != nil {
-		// The core reads orders with a client of its own, observed by the
-		// same metrics.
-		acfg.Allocation.Cobo.Observe = am.ObserveCobo
-	}
 	proc, err := apply.New(w.js, w.orders, acfg)
 	if err != nil {
 		return nil, err
 	}
 	if a := cfg.Allocation; a != nil {
+		// Created even with periodic passes off, so that `worker
+		// reconcile` finds it.
+		points, err := reconcile.EnsureBucket(ctx, w.js, stream)
+		if err != nil {
+			return nil, err
+		}
 		rcfg := a.Reconcile
 		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
 		rcfg.Metrics = reconcile.NewMetrics(reg)
@@ -326,6 +329,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			return nil, err
 		}
 	}
+	ccfg := cfg.Consumer
+	ccfg.Logger = cfg.Logger
+	ccfg.Metrics = events.NewConsumerMetrics(reg)
 	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
 		return nil, err
 	}
@@ -335,6 +341,49 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		go func() { _ = w.metrics.Serve(w.metricsLn) }()
 	}
 	return w, nil
+}
+
+// startAllocation ensures the allocation resources and builds the
+// batcher, the orphan sweeper and, with BitGo, the BitGo sender.
+func (w *Worker) startAllocation(ctx context.Context, a *AllocationConfig, client *cobo.Client, bg *bitgo.Client, am *allocation.Metrics) error {
+	log := w.cfg.Logger
+	stream := w.cfg.Stream
+	stream.Logger = log
+	ackWait := a.IntentAckWait
+	if ackWait == 0 {
+		ackWait = allocation.DefaultIntentAck
+	}
+	if err := allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
+		return err
+	}
+	var err error
+	bcfg := a.Batcher
+	bcfg.Logger = log.With().Str("component", "batcher").Logger()
+	bcfg.Metrics = am
+	if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
+		return err
+	}
+	swcfg := a.Sweeper
+	swcfg.Logger = log.With().Str("component", "sweeper").Logger()
+	swcfg.Metrics = am
+	if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
+		return err
+	}
+	for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
+		if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
+			// Every worker with rules exports the lag of both; only what
+			// it pulls from ends it when gone.
+			w.lagTargets = append(w.lagTargets, events.LagTarget{Consumer: c, Pulled: name == allocation.BatcherConsumer || bg != nil})
+		}
+	}
+	if bg == nil {
+		return nil
+	}
+	scfg := a.BitGoSender
+	scfg.Logger = log.With().Str("component", "bitgo").Logger()
+	scfg.Metrics = am
+	w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg)
+	return err
 }
 
 func (w *Worker) waitForStream(ctx context.Context) error {
