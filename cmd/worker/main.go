@@ -1,198 +1,154 @@
 // Command worker consumes stored webhooks and keeps every pay-in order's
 // state. Run any number of replicas against the same NATS.
 //
-// Its operator subcommands read and repair the stored events:
+// Its operator commands read and repair the stored events:
 //
 //	worker replay [-order ID] [-type T] [-since T] [-until T] [-from-seq N] [-verify] [-apply] ...
 //	worker dlq list [-order ID] [-type T] ...
 //	worker dlq redrive -seq N | -all ...
 //	worker reconcile [-since T] [-dry-run] -rules F -cobo-api-secret-file F ...
+//	worker help [command]
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
-	"time"
 
-	"github.com/paystream/paystream/internal/allocation"
-	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cli"
-	"github.com/paystream/paystream/internal/cobo"
-	"github.com/paystream/paystream/internal/events"
-	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/worker"
 )
 
 func main() {
 	ctx, stop := cli.SignalContext()
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(1)
-	}
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitStatus(err, os.Stderr))
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	// A subcommand is the first argument; flags start with "-", so plain
-	// `worker [flags]` is unaffected.
-	if len(args) > 0 {
-		switch args[0] {
-		case "replay":
-			return runReplay(ctx, args[1:], getenv, stdout)
-		case "dlq":
-			return runDLQ(ctx, args[1:], getenv, stdout)
-		case "reconcile":
-			return runReconcile(ctx, args[1:], getenv, stdout)
+// errUsage means the command line is wrong as a whole (an unknown command,
+// an argument where none belongs): exit status 2, as for a flag that does
+// not parse (cli.ErrBadFlag).
+var errUsage = errors.New("invalid command line")
+
+// exitStatus reports err on stderr and returns the exit status: 0 on
+// success and after help asked for with -h, 2 for a wrong command line,
+// 1 for anything else.
+func exitStatus(err error, stderr io.Writer) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, cli.ErrBadFlag):
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+	fmt.Fprintln(stderr, "worker:", err)
+	return 1
+}
+
+// commands are the operator commands; the worker itself runs without one.
+var commands = []struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+}{
+	{"replay", "print stored events as JSON lines; -verify re-checks their signatures, -apply re-applies them", runReplay},
+	{"dlq", "list dead letters, or send them back to the event stream (worker dlq list|redrive)", runDLQ},
+	{"reconcile", "run one reconciliation pass with Cobo's order list by hand", runReconcile},
+}
+
+// run is the whole command line: a command when the first argument names
+// one, else the worker. Logs and JSON lines go to stdout; help, flag
+// errors and notes for the operator to stderr.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || len(args[0]) > 0 && args[0][0] == '-' {
+		return runWorker(ctx, args, getenv, stdout, stderr)
+	}
+	name, rest := args[0], args[1:]
+	if name == "help" {
+		return help(ctx, rest, getenv, stdout)
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(ctx, rest, getenv, stdout, stderr)
 		}
 	}
-	fs := cli.NewFlags("worker", getenv, stdout)
-	natsURL := fs.String("nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list")
-	metricsListen := fs.String("metrics-listen", "PAYSTREAM_METRICS_LISTEN", worker.DefaultMetricsListen, "serves /metrics, /healthz and /readyz; - disables")
-	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for the DLQ stream and orders bucket")
-	concurrency := fs.Int("concurrency", "PAYSTREAM_CONCURRENCY", events.DefaultConcurrency, "events processed at once by this worker")
-	maxDeliver := fs.Int("max-deliver", "PAYSTREAM_MAX_DELIVER", events.DefaultMaxDeliver, "deliveries before an event is dead-lettered")
-	ackWait := fs.Duration("ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
-	pprof := fs.Bool("pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the metrics listener")
-	metricsTokenFile := fs.String("metrics-token-file", "PAYSTREAM_METRICS_TOKEN_FILE", "", "file holding the Bearer token the metrics listener requires (not of /healthz and /readyz); empty: none")
-	logLevel := fs.String("log-level", "PAYSTREAM_LOG_LEVEL", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "PAYSTREAM_LOG_FORMAT", "json", "json or console")
-	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
-	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "file holding the Cobo API secret (hex Ed25519 seed)")
-	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "allocation rules file (JSON); empty keeps order state only")
-	batchMax := fs.Int("batch-max", "PAYSTREAM_BATCH_MAX", allocation.DefaultBatchMax, "items per Cobo batch allocation at most")
-	batchWait := fs.Duration("batch-wait", "PAYSTREAM_BATCH_WAIT", allocation.DefaultBatchWait, "how long a batch waits to fill")
-	orphanAfter := fs.Duration("orphan-after", "PAYSTREAM_ORPHAN_AFTER", allocation.DefaultOrphanAfter, "publish again the intents of allocation items planned longer than this with no sender holding them")
-	stuckAfter := fs.Duration("alloc-stuck-after", "PAYSTREAM_ALLOC_STUCK_AFTER", allocation.DefaultStuckAfter, "how long a Cobo allocation item may stay planned or pending in a batch before it is marked stuck, logged and counted")
-	reconcileEvery := fs.Duration("reconcile-every", "PAYSTREAM_RECONCILE_EVERY", reconcile.DefaultEvery, "with -rules: reconcile with Cobo's order list this often (fleet-wide); 0 turns it off")
-	reconcileOverlap := fs.Duration("reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point each pass looks again")
-	bg := bitgoFlags{
-		url:        fs.String("bitgo-url", "PAYSTREAM_BITGO_URL", bitgo.TestBaseURL, "BitGo API base URL, without a path"),
-		enterprise: fs.String("bitgo-enterprise-id", "PAYSTREAM_BITGO_ENTERPRISE_ID", "", "BitGo enterprise owning the partner connections"),
-		tokenFile:  fs.String("bitgo-token-file", "PAYSTREAM_BITGO_TOKEN_FILE", "", "file holding the BitGo access token"),
-		keyFile:    fs.String("bitgo-signing-key-file", "PAYSTREAM_BITGO_SIGNING_KEY_FILE", "", "file holding the Go Account key signing allocation payloads (xprv or 32-byte hex)"),
-		currencies: fs.String("bitgo-currencies", "PAYSTREAM_BITGO_CURRENCIES", "", "Cobo token id to BitGo currency and decimals, TOKEN=NAME:DECIMALS comma-separated; empty uses the built-in mainnet table"),
+	return fmt.Errorf("%w: unknown command %q (worker -h lists the commands)", errUsage, name)
+}
+
+// runWorker is the worker itself: its flags into a config, then the
+// worker until ctx ends.
+func runWorker(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var c workerConfig
+	if err := parseArgs(newWorkerFlags(&c, getenv, stderr), args); err != nil {
+		return err
 	}
-	natsFlags := cli.NATSAuthFlags(fs)
-	trust := cli.CoboTrustFlags(fs)
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	log, err := cli.NewLogger(stdout, c.logLevel, c.logFormat, "worker")
+	if err != nil {
+		return fmt.Errorf("%w: -log-level, -log-format: %w", errUsage, err)
+	}
+	cfg, err := c.config(ctx, log)
+	if err != nil {
+		return err
+	}
+	return c.nats.Refused(nameFlags(worker.Run(ctx, cfg)))
+}
+
+// parseArgs parses a command's flags; the commands take no other
+// arguments.
+func parseArgs(fs *cli.Flags, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	verifier, err := trust.Verifier()
-	if err != nil {
-		return err
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: %s: unexpected argument %q", errUsage, fs.Name(), fs.Arg(0))
 	}
-	var metricsToken string
-	if *metricsTokenFile != "" {
-		if metricsToken, err = cli.ReadSecretFile(*metricsTokenFile); err != nil {
-			return fmt.Errorf("-metrics-token-file: %w", err)
-		}
+	return nil
+}
+
+// help is `worker help [command]`: the usage asked for, on stdout.
+func help(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	switch {
+	case len(args) == 0:
+		newWorkerFlags(&workerConfig{}, getenv, stdout).Usage()
+		return nil
+	case len(args) > 1:
+		return fmt.Errorf("%w: worker help takes one command, got %q", errUsage, args)
 	}
-	log, err := cli.NewLogger(stdout, *logLevel, *logFormat, "worker")
-	if err != nil {
-		return err
-	}
-	natsOpts, err := natsFlags.Options(ctx, log)
-	if err != nil {
-		return err
-	}
-	alloc, err := allocationConfig(*rulesFile, *coboSecretFile, *coboURL, *batchMax, *batchWait)
-	if err != nil {
-		return err
-	}
-	rcfg, err := reconcileConfig(*reconcileEvery, *reconcileOverlap)
-	if err != nil {
-		return err
-	}
-	if alloc != nil {
-		alloc.Sweeper = allocation.SweeperConfig{OrphanAfter: *orphanAfter}
-		alloc.Batcher.StuckAfter = *stuckAfter
-		alloc.Reconcile = rcfg
-	}
-	if alloc != nil && (alloc.Rules.UsesBitGo() || *bg.tokenFile != "") {
-		if alloc.BitGo, err = bg.config(); err != nil {
+	for _, c := range commands {
+		if c.name == args[0] {
+			err := c.run(ctx, []string{"-h"}, getenv, stdout, stdout)
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
 			return err
 		}
 	}
-	return natsFlags.Refused(worker.Run(ctx, worker.Config{
-		Verifier:      verifier,
-		Allocation:    alloc,
-		NATSURL:       *natsURL,
-		NATSOptions:   natsOpts,
-		ConnectWait:   natsFlags.ConnectWait(),
-		MetricsListen: *metricsListen,
-		MetricsToken:  metricsToken,
-		Pprof:         *pprof,
-		Stream:        events.StreamConfig{Replicas: *replicas},
-		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
-		Logger:        log,
-	}))
+	return fmt.Errorf("%w: unknown command %q (worker -h lists the commands)", errUsage, args[0])
 }
 
-// bitgoFlags are the BitGo client's flags.
-type bitgoFlags struct {
-	url, enterprise, tokenFile, keyFile, currencies *string
-}
+// usage prints the worker's usage: its commands, then its flags.
+func usage(fs *cli.Flags) {
+	out := fs.Output()
+	fmt.Fprint(out, `Usage:
+  worker [flags]              consume stored webhooks and keep every pay-in order's state
+  worker <command> [flags]    an operator's command
 
-// config builds and checks the BitGo client configuration.
-func (f bitgoFlags) config() (*bitgo.Config, error) {
-	if *f.enterprise == "" || *f.tokenFile == "" || *f.keyFile == "" {
-		return nil, fmt.Errorf("the rules route items to bitgo: destinations; set -bitgo-enterprise-id, -bitgo-token-file and -bitgo-signing-key-file")
+Commands:
+`)
+	for _, c := range commands {
+		fmt.Fprintf(out, "  %-10s  %s\n", c.name, c.summary)
 	}
-	token, err := cli.ReadSecretFile(*f.tokenFile)
-	if err != nil {
-		return nil, fmt.Errorf("-bitgo-token-file: %w", err)
-	}
-	raw, err := cli.ReadSecretFile(*f.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("-bitgo-signing-key-file: %w", err)
-	}
-	key, err := bitgo.ParseSigningKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("-bitgo-signing-key-file: %w", err)
-	}
-	cur := bitgo.DefaultCurrencies()
-	if *f.currencies != "" {
-		if cur, err = bitgo.ParseCurrencies(*f.currencies); err != nil {
-			return nil, fmt.Errorf("-bitgo-currencies: %w", err)
-		}
-	}
-	cfg := &bitgo.Config{BaseURL: *f.url, EnterpriseID: *f.enterprise, AccessToken: token, SigningKey: key, Currencies: cur}
-	if _, err := bitgo.New(*cfg); err != nil {
-		return nil, fmt.Errorf("-bitgo-*: %w", err)
-	}
-	return cfg, nil
-}
+	fmt.Fprint(out, `  help        this help; worker help <command> shows a command's
 
-// allocationConfig loads the rules and the Cobo client; without -rules the
-// worker keeps order state only.
-func allocationConfig(rulesFile, secretFile, apiURL string, batchMax int, batchWait time.Duration) (*worker.AllocationConfig, error) {
-	if rulesFile == "" {
-		return nil, nil
-	}
-	rules, err := allocation.LoadRules(rulesFile)
-	if err != nil {
-		return nil, fmt.Errorf("-rules: %w", err)
-	}
-	if secretFile == "" {
-		return nil, fmt.Errorf("-rules needs -cobo-api-secret-file")
-	}
-	secret, err := cli.ReadSecretFile(secretFile)
-	if err != nil {
-		return nil, fmt.Errorf("-cobo-api-secret-file: %w", err)
-	}
-	signer, err := cobo.NewAPISigner(secret)
-	if err != nil {
-		return nil, fmt.Errorf("-cobo-api-secret-file: %w", err)
-	}
-	ccfg := cobo.ClientConfig{BaseURL: apiURL, Signer: signer}
-	if _, err := cobo.NewClient(ccfg); err != nil {
-		return nil, fmt.Errorf("-cobo-api-url: %w", err)
-	}
-	return &worker.AllocationConfig{
-		Rules:   rules,
-		Cobo:    ccfg,
-		Batcher: allocation.BatcherConfig{BatchMax: batchMax, BatchWait: batchWait},
-	}, nil
+Run worker <command> -h for a command's flags.
+
+Flags of the worker:
+`)
+	fs.PrintDefaults()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ func TestSubcommandFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"dlq"}, "usage: worker dlq"},
+		{[]string{"dlq"}, "worker dlq needs list or redrive"},
 		{[]string{"dlq", "purge"}, `unknown dlq command "purge"`},
 		{[]string{"dlq", "redrive"}, "give -seq N or -all"},
 		{[]string{"dlq", "redrive", "-seq", "3", "-all"}, "exclude each other"},
@@ -61,7 +62,7 @@ func TestSubcommandFlagErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		var out bytes.Buffer
-		err := run(context.Background(), c.args, noEnv, &out)
+		err := run(context.Background(), c.args, noEnv, &out, io.Discard)
 		require.ErrorContains(t, err, c.want, "%v", c.args)
 	}
 
@@ -69,10 +70,10 @@ func TestSubcommandFlagErrors(t *testing.T) {
 	rules := filepath.Join(t.TempDir(), "rules.json")
 	require.NoError(t, os.WriteFile(rules, []byte(`{"splits":[],"late_payments":"hold"}`), 0o600))
 	var out bytes.Buffer
-	require.ErrorContains(t, run(context.Background(), []string{"reconcile", "-rules", rules}, noEnv, &out), "-rules needs -cobo-api-secret-file")
+	require.ErrorContains(t, run(context.Background(), []string{"reconcile", "-rules", rules}, noEnv, &out, io.Discard), "-rules needs -cobo-api-secret-file")
 	// A bad environment value names the variable.
 	env := map[string]string{"PAYSTREAM_RECONCILE_EVERY": "often"}
-	require.ErrorContains(t, run(context.Background(), []string{"-cobo-env", "dev"}, func(k string) string { return env[k] }, &out), "PAYSTREAM_RECONCILE_EVERY")
+	require.ErrorContains(t, run(context.Background(), []string{"-cobo-env", "dev"}, func(k string) string { return env[k] }, &out, io.Discard), "PAYSTREAM_RECONCILE_EVERY")
 }
 
 func TestReplayAndDLQCommands(t *testing.T) {
@@ -98,7 +99,7 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	url := srv.ClientURL()
 
 	var out bytes.Buffer
-	require.NoError(t, run(ctx, []string{"replay", "-nats-url", url, "-order", "O-cmd", "-verify", "-cobo-pubkey", signer.PubHex}, noEnv, &out))
+	require.NoError(t, run(ctx, []string{"replay", "-nats-url", url, "-order", "O-cmd", "-verify", "-cobo-pubkey", signer.PubHex}, noEnv, &out, io.Discard))
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	require.Len(t, lines, 2)
 	for i, l := range lines {
@@ -111,16 +112,25 @@ func TestReplayAndDLQCommands(t *testing.T) {
 	// The environment stands in for flags, as for the worker itself.
 	env := map[string]string{"PAYSTREAM_NATS_URL": url}
 	out.Reset()
-	err = run(ctx, []string{"replay", "-type", cobo.EventOrderStatusUpdated, "-verify", "-cobo-env", "prod"}, func(k string) string { return env[k] }, &out)
+	err = run(ctx, []string{"replay", "-type", cobo.EventOrderStatusUpdated, "-verify", "-cobo-env", "prod"}, func(k string) string { return env[k] }, &out, io.Discard)
 	require.ErrorIs(t, err, replay.ErrVerifyFailed)
 	require.Equal(t, 2, strings.Count(out.String(), `"verified":false`))
 
+	// An empty result says so on stderr; stdout stays JSON lines only.
+	var notes bytes.Buffer
 	out.Reset()
-	require.NoError(t, run(ctx, []string{"dlq", "list", "-nats-url", url}, noEnv, &out))
+	require.NoError(t, run(ctx, []string{"replay", "-nats-url", url, "-order", "O-none"}, noEnv, &out, &notes))
 	require.Empty(t, out.String())
-	require.ErrorContains(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-seq", "1"}, noEnv, &out), "redriven already")
-	require.NoError(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-all"}, noEnv, &out))
+	require.Equal(t, "worker replay: no stored event matches the selection\n", notes.String())
+	notes.Reset()
+	require.NoError(t, run(ctx, []string{"dlq", "list", "-nats-url", url}, noEnv, &out, &notes))
 	require.Empty(t, out.String())
+	require.Equal(t, "worker dlq list: no dead letter matches the selection\n", notes.String())
+	require.ErrorContains(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-seq", "1"}, noEnv, &out, io.Discard), "redriven already")
+	notes.Reset()
+	require.NoError(t, run(ctx, []string{"dlq", "redrive", "-nats-url", url, "-all"}, noEnv, &out, &notes))
+	require.Empty(t, out.String())
+	require.Contains(t, notes.String(), "worker dlq redrive: no dead letter matches the selection")
 }
 
 func TestRefusedWorkerNamesTheFlagsAndFile(t *testing.T) {
@@ -135,7 +145,7 @@ func TestRefusedWorkerNamesTheFlagsAndFile(t *testing.T) {
 
 	var out bytes.Buffer
 	err = run(context.Background(), []string{"-nats-url", srv.ClientURL(), "-nats-user", "worker", "-nats-password-file", wrong,
-		"-cobo-env", "dev", "-metrics-listen", "-"}, noEnv, &out)
+		"-cobo-env", "dev", "-metrics-listen", "-"}, noEnv, &out, io.Discard)
 	require.ErrorIs(t, err, nats.ErrAuthorization)
 	require.ErrorContains(t, err, `NATS refused user "worker" with the password in `+wrong+` (-nats-user, -nats-password-file)`)
 	require.ErrorContains(t, err, "credentials/<user>.password")
@@ -172,7 +182,7 @@ func TestWorkerStartsBeforeIngest(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"-nats-url", "nats://" + natsAddr, "-nats-user", "worker",
 			"-nats-password-file", natsembed.PasswordFile(dir, natsembed.UserWorker), "-cobo-pubkey", signer.PubHex,
-			"-metrics-listen", metricsAddr, "-connect-wait", "1m"}, noEnv, &logs)
+			"-metrics-listen", metricsAddr, "-connect-wait", "1m"}, noEnv, &logs, io.Discard)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -10,9 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cli"
-	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/worker"
@@ -22,71 +20,93 @@ import (
 // classify: an operator decides (README, "Reconciliation").
 var errUnresolved = errors.New("orders need an operator")
 
-// reconcileConfig turns the worker's -reconcile-* flags into the
-// reconciler's settings: an interval of 0 turns the periodic passes off.
-func reconcileConfig(every, overlap time.Duration) (reconcile.Config, error) {
-	switch {
-	case every < 0:
-		return reconcile.Config{}, fmt.Errorf("-reconcile-every must not be negative (0 turns reconciliation off), got %s", every)
-	case overlap < 0:
-		return reconcile.Config{}, fmt.Errorf("-reconcile-overlap must not be negative, got %s", overlap)
+// reconcileConfig is `worker reconcile`'s command line.
+type reconcileConfig struct {
+	conn    connFlags
+	since   string
+	dryRun  bool
+	api     apiFlags
+	overlap time.Duration
+}
+
+func newReconcileFlags(c *reconcileConfig, getenv func(string) string, out io.Writer) *cli.Flags {
+	fs := cli.NewFlags("worker reconcile", getenv, out)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: worker reconcile -rules F -cobo-api-secret-file F [flags]
+
+Runs one reconciliation pass with Cobo's order list, as the workers do,
+printing each order found missing and then a summary as JSON lines.
+
+Flags:
+`)
+		fs.PrintDefaults()
 	}
-	return reconcile.Config{Every: every, Off: every == 0, Overlap: overlap}, nil
+	c.conn.define(fs)
+	fs.FlagSet.StringVar(&c.since, "since", "", "look back to this RFC 3339 time, or this long ago (e.g. 48h), instead of the reconciled point minus the overlap")
+	fs.FlagSet.BoolVar(&c.dryRun, "dry-run", false, "print what is missing, apply nothing, keep the point")
+	c.api.define(fs, "the workers' allocation rules file (required: it comes with their Cobo API credentials)", "")
+	fs.DurationTo(&c.overlap, "reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point the pass looks again")
+	return fs
+}
+
+// validate checks the rules between flags; each error names the flags.
+func (c reconcileConfig) validate() error {
+	switch {
+	case c.api.rulesFile == "":
+		return errors.New("worker reconcile needs the workers' -rules and -cobo-api-secret-file: it reads Cobo's orders with their API key and plans what a repaired order allocates by their rules")
+	case c.overlap < 0:
+		return fmt.Errorf("-reconcile-overlap must not be negative, got %s", c.overlap)
+	}
+	return c.api.validate()
+}
+
+// passOptions reads -since and -dry-run as of now.
+func (c reconcileConfig) passOptions(now time.Time) (reconcile.PassOptions, error) {
+	opts := reconcile.PassOptions{DryRun: c.dryRun}
+	if c.since == "" {
+		return opts, nil
+	}
+	t, err := replay.ParseTime(c.since, now)
+	if err != nil {
+		return opts, fmt.Errorf("-since: %w", err)
+	}
+	if t.After(now) {
+		return opts, fmt.Errorf("-since: %s is in the future", t.Format(time.RFC3339))
+	}
+	opts.Since = t
+	return opts, nil
 }
 
 // runReconcile is `worker reconcile`: one reconciliation pass with Cobo's
 // order list, by hand, printing each order found missing and then a
 // summary as JSON lines.
-func runReconcile(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := cli.NewFlags("worker reconcile", getenv, stdout)
-	conn := newNATSFlags(fs)
-	since := fs.FlagSet.String("since", "", "look back to this RFC 3339 time, or this long ago (e.g. 48h), instead of the reconciled point minus the overlap")
-	dryRun := fs.FlagSet.Bool("dry-run", false, "print what is missing, apply nothing, keep the point")
-	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "the workers' allocation rules file (required: it comes with their Cobo API credentials)")
-	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
-	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "file holding the Cobo API secret (hex Ed25519 seed)")
-	overlap := fs.Duration("reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point the pass looks again")
-	if err := fs.Parse(args); err != nil {
+func runReconcile(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var c reconcileConfig
+	if err := parseArgs(newReconcileFlags(&c, getenv, stderr), args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("worker reconcile: unexpected argument %q", fs.Arg(0))
+	opts, err := c.passOptions(time.Now())
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	var opts reconcile.PassOptions
-	opts.DryRun = *dryRun
-	if *since != "" {
-		now := time.Now()
-		t, err := replay.ParseTime(*since, now)
-		if err != nil {
-			return fmt.Errorf("-since: %w", err)
-		}
-		if t.After(now) {
-			return fmt.Errorf("-since: %s is in the future", t.Format(time.RFC3339))
-		}
-		opts.Since = t
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	if *rulesFile == "" {
-		return errors.New("worker reconcile needs the workers' -rules and -cobo-api-secret-file: it reads Cobo's orders with their API key and plans what a repaired order allocates by their rules")
-	}
-	rcfg, err := reconcileConfig(reconcile.DefaultEvery, *overlap)
+	plan, err := c.api.plan()
 	if err != nil {
 		return err
 	}
-	// Batching flags do not matter here: the workers' batchers deliver
-	// what a repair plans.
-	alloc, err := allocationConfig(*rulesFile, *coboSecretFile, *coboURL, allocation.DefaultBatchMax, allocation.DefaultBatchWait)
-	if err != nil {
-		return err
-	}
-	alloc.Reconcile = rcfg
-	nc, js, err := conn.connect(ctx, "paystream-reconcile")
+	// The workers' batching flags do not matter here: their batchers
+	// deliver what a repair plans.
+	alloc := &worker.AllocationConfig{Rules: plan.Rules, Cobo: plan.Cobo, Reconcile: reconcile.Config{Overlap: c.overlap}}
+	nc, js, err := c.conn.connect(ctx, "paystream-reconcile", stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	r, err := worker.NewReconciler(ctx, worker.ReconcilerConfig{JetStream: js, Allocation: alloc, Logger: zerolog.Nop()})
 	if err != nil {
-		return err
+		return nameFlags(err)
 	}
 	enc := json.NewEncoder(stdout)
 	opts.Report = func(f reconcile.Finding) error { return enc.Encode(f) }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -61,7 +62,7 @@ func TestReconcileCommand(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 	reconcileOnce := func(extra ...string) ([]map[string]json.RawMessage, error) {
 		var out bytes.Buffer
-		err := run(ctx, append([]string{"reconcile", "-nats-url", srv.ClientURL()}, extra...), getenv, &out)
+		err := run(ctx, append([]string{"reconcile", "-nats-url", srv.ClientURL()}, extra...), getenv, &out, io.Discard)
 		var lines []map[string]json.RawMessage
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 			var line map[string]json.RawMessage

@@ -3,18 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cli"
-	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/replay"
@@ -23,30 +21,29 @@ import (
 
 // selectionFlags are the flags choosing stored events.
 type selectionFlags struct {
-	order, typ, since, until *string
-	fromSeq                  *uint64
+	order, typ, since, until string
+	fromSeq                  uint64
 }
 
-func newSelectionFlags(fs *cli.Flags, seqUsage string) selectionFlags {
-	return selectionFlags{
-		order:   fs.FlagSet.String("order", "", "only this order's events"),
-		typ:     fs.FlagSet.String("type", "", "only events of this type, e.g. payment.transaction.late"),
-		since:   fs.FlagSet.String("since", "", "only events stored at or after this RFC 3339 time, or this long ago (e.g. 2h)"),
-		until:   fs.FlagSet.String("until", "", "only events stored at or before this RFC 3339 time, or this long ago"),
-		fromSeq: fs.FlagSet.Uint64("from-seq", 0, seqUsage),
-	}
+func (f *selectionFlags) define(fs *cli.Flags, seqUsage string) {
+	fs.FlagSet.StringVar(&f.order, "order", "", "only this order's events")
+	fs.FlagSet.StringVar(&f.typ, "type", "", "only events of this type, e.g. payment.transaction.late")
+	fs.FlagSet.StringVar(&f.since, "since", "", "only events stored at or after this RFC 3339 time, or this long ago (e.g. 2h)")
+	fs.FlagSet.StringVar(&f.until, "until", "", "only events stored at or before this RFC 3339 time, or this long ago")
+	fs.FlagSet.Uint64Var(&f.fromSeq, "from-seq", 0, seqUsage)
 }
 
+// selection reads the flags as of now; each error names the flag.
 func (f selectionFlags) selection(now time.Time) (replay.Selection, error) {
-	s := replay.Selection{OrderID: *f.order, Type: *f.typ, FromSeq: *f.fromSeq}
+	s := replay.Selection{OrderID: f.order, Type: f.typ, FromSeq: f.fromSeq}
 	var err error
-	if *f.since != "" {
-		if s.Since, err = replay.ParseTime(*f.since, now); err != nil {
+	if f.since != "" {
+		if s.Since, err = replay.ParseTime(f.since, now); err != nil {
 			return s, fmt.Errorf("-since: %w", err)
 		}
 	}
-	if *f.until != "" {
-		if s.Until, err = replay.ParseTime(*f.until, now); err != nil {
+	if f.until != "" {
+		if s.Until, err = replay.ParseTime(f.until, now); err != nil {
 			return s, fmt.Errorf("-until: %w", err)
 		}
 	}
@@ -56,28 +53,26 @@ func (f selectionFlags) selection(now time.Time) (replay.Selection, error) {
 	return s, nil
 }
 
-// natsFlags are the connection flags every subcommand takes.
-type natsFlags struct {
-	url  *string
+// connFlags are the connection flags every operator command takes.
+type connFlags struct {
+	url  string
 	auth *cli.NATSAuth
 }
 
-func newNATSFlags(fs *cli.Flags) natsFlags {
-	return natsFlags{
-		url:  fs.String("nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list"),
-		auth: cli.NATSAuthFlags(fs),
-	}
+func (f *connFlags) define(fs *cli.Flags) {
+	fs.StringTo(&f.url, "nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list")
+	f.auth = cli.NATSAuthFlags(fs)
 }
 
-// connect opens a connection for one command; the caller closes it.
-func (f natsFlags) connect(ctx context.Context, name string) (*nats.Conn, jetstream.JetStream, error) {
-	// What it waits for goes to stderr: stdout carries the JSON lines.
-	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05"}).With().Timestamp().Logger()
+// connect opens a connection for one command; the caller closes it. What
+// it waits for goes to stderr: stdout carries the JSON lines.
+func (f connFlags) connect(ctx context.Context, name string, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05"}).With().Timestamp().Logger()
 	opts, err := f.auth.Options(ctx, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: *f.url, Name: name, Logger: log, Extra: opts, ConnectWait: f.auth.ConnectWait()})
+	nc, err := natsconn.Connect(ctx, natsconn.Options{URL: f.url, Name: name, Logger: log, Extra: opts, ConnectWait: f.auth.ConnectWait()})
 	if err != nil {
 		return nil, nil, f.auth.Refused(err)
 	}
@@ -89,112 +84,188 @@ func (f natsFlags) connect(ctx context.Context, name string) (*nats.Conn, jetstr
 	return nc, js, nil
 }
 
+// replayConfig is `worker replay`'s command line.
+type replayConfig struct {
+	conn                   connFlags
+	sel                    selectionFlags
+	verify, apply, noAlloc bool
+	trust                  *cli.CoboTrust
+	api                    apiFlags
+	replicas               int
+}
+
+func newReplayFlags(c *replayConfig, getenv func(string) string, out io.Writer) *cli.Flags {
+	fs := cli.NewFlags("worker replay", getenv, out)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: worker replay [flags]
+
+Prints the selected stored events, oldest first, as JSON lines on stdout:
+read-only unless -apply. A note on stderr says when nothing was selected.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	c.conn.define(fs)
+	c.sel.define(fs, "start at this event stream sequence")
+	fs.FlagSet.BoolVar(&c.verify, "verify", false, "re-check each event's stored signature against the trusted keys (-cobo-env or -cobo-pubkey); exit status 1 if any fails")
+	c.trust = cli.CoboTrustFlags(fs)
+	fs.FlagSet.BoolVar(&c.apply, "apply", false, "re-apply the events through the workers' own path and print what changed; needs the workers' -rules, or -no-allocations")
+	fs.FlagSet.BoolVar(&c.noAlloc, "no-allocations", false, "with -apply: the workers run without -rules, so apply order state only")
+	c.api.define(fs, "with -apply: the workers' allocation rules file", "with -apply and -rules: ")
+	fs.IntTo(&c.replicas, "stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "with -apply: replicas of the orders bucket, should it have to be created")
+	return fs
+}
+
+// validate checks the rules between flags; each error names the flags.
+func (c replayConfig) validate() error {
+	if !c.apply {
+		return nil
+	}
+	switch {
+	case c.noAlloc && c.api.rulesFile != "":
+		return errors.New("-no-allocations contradicts -rules (or PAYSTREAM_RULES): the workers either run with rules or without")
+	case !c.noAlloc && c.api.rulesFile == "":
+		return errors.New("-apply needs the workers' -rules (and Cobo API flags), or -no-allocations if they run without rules: applying without the planner could complete an order without planning its splits")
+	}
+	return c.api.validate()
+}
+
 // runReplay is `worker replay`: it prints the selected events as JSON
 // lines, read-only unless -apply.
-func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := cli.NewFlags("worker replay", getenv, stdout)
-	conn := newNATSFlags(fs)
-	sel := newSelectionFlags(fs, "start at this event stream sequence")
-	verify := fs.FlagSet.Bool("verify", false, "re-check each event's stored signature against the trusted keys (-cobo-env or -cobo-pubkey); exit status 1 if any fails")
-	trust := cli.CoboTrustFlags(fs)
-	apply := fs.FlagSet.Bool("apply", false, "re-apply the events through the workers' own path and print what changed; needs the workers' -rules, or -no-allocations")
-	noAlloc := fs.FlagSet.Bool("no-allocations", false, "with -apply: the workers run without -rules, so apply order state only")
-	rulesFile := fs.String("rules", "PAYSTREAM_RULES", "", "with -apply: the workers' allocation rules file")
-	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "with -apply and -rules: Cobo API base URL, including /v2")
-	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "with -apply and -rules: file holding the Cobo API secret (hex Ed25519 seed)")
-	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "with -apply: replicas of the orders bucket, should it have to be created")
-	if err := fs.Parse(args); err != nil {
+func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var c replayConfig
+	if err := parseArgs(newReplayFlags(&c, getenv, stderr), args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("worker replay: unexpected argument %q", fs.Arg(0))
-	}
-	s, err := sel.selection(time.Now())
+	s, err := c.sel.selection(time.Now())
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	cfg := replay.Config{Select: s, Apply: *apply, NoAllocations: *noAlloc, Stream: events.StreamConfig{Replicas: *replicas}, Out: stdout}
-	if *apply {
-		switch {
-		case *noAlloc && *rulesFile != "":
-			return errors.New("-no-allocations contradicts -rules (or PAYSTREAM_RULES): the workers either run with rules or without")
-		case !*noAlloc && *rulesFile == "":
-			return errors.New("-apply needs the workers' -rules (and Cobo API flags), or -no-allocations if they run without rules: applying without the planner could complete an order without planning its splits")
-		case *rulesFile != "":
-			// Batching flags do not matter here: the workers' batchers
-			// deliver what -apply plans.
-			if cfg.Allocation, err = allocationConfig(*rulesFile, *coboSecretFile, *coboURL, allocation.DefaultBatchMax, allocation.DefaultBatchWait); err != nil {
-				return err
-			}
-		}
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	// -apply verifies as the workers do, so it needs the keys too.
-	if *verify || *apply {
-		if cfg.Verifier, err = trust.Verifier(); err != nil {
+	cfg := replay.Config{Select: s, Apply: c.apply, NoAllocations: c.noAlloc, Stream: events.StreamConfig{Replicas: c.replicas}, Out: stdout}
+	if c.apply {
+		// The workers' batching flags do not matter here: their batchers
+		// deliver what -apply plans.
+		if cfg.Allocation, err = c.api.plan(); err != nil {
 			return err
 		}
 	}
-	nc, js, err := conn.connect(ctx, "paystream-replay")
+	// -apply verifies as the workers do, so it needs the keys too.
+	if c.verify || c.apply {
+		if cfg.Verifier, err = c.trust.Verifier(); err != nil {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+	}
+	nc, js, err := c.conn.connect(ctx, "paystream-replay", stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	cfg.JetStream = js
-	_, err = replay.Replay(ctx, cfg)
-	return err
+	sum, err := replay.Replay(ctx, cfg)
+	if sum.Events == 0 && err == nil {
+		fmt.Fprintln(stderr, "worker replay: no stored event matches the selection")
+	}
+	return nameFlags(err)
+}
+
+// dlqConfig is `worker dlq list` and `worker dlq redrive`'s command line.
+type dlqConfig struct {
+	sub  string
+	conn connFlags
+	sel  selectionFlags
+	seq  uint64
+	all  bool
+}
+
+const dlqUsage = `Usage:
+  worker dlq list [flags]                    print dead letters as JSON lines
+  worker dlq redrive -seq N | -all [flags]   send dead letters back to the event stream
+
+Run worker dlq list -h or worker dlq redrive -h for their flags.
+`
+
+func newDLQFlags(c *dlqConfig, getenv func(string) string, out io.Writer) *cli.Flags {
+	fs := cli.NewFlags("worker dlq "+c.sub, getenv, out)
+	fs.Usage = func() {
+		if c.sub == "list" {
+			fmt.Fprint(fs.Output(), "Usage: worker dlq list [flags]\n\nPrints the selected dead letters, oldest first, as JSON lines on stdout.\nA note on stderr says when there are none.\n\nFlags:\n")
+		} else {
+			fmt.Fprint(fs.Output(), "Usage: worker dlq redrive -seq N | -all [flags]\n\nSends dead letters back to the event stream, printing one JSON line each.\n\nFlags:\n")
+		}
+		fs.PrintDefaults()
+	}
+	c.conn.define(fs)
+	c.sel.define(fs, "start at this dead-letter stream sequence")
+	if c.sub == "redrive" {
+		fs.FlagSet.Uint64Var(&c.seq, "seq", 0, "send back the dead letter with this dlq_seq (see worker dlq list)")
+		fs.FlagSet.BoolVar(&c.all, "all", false, "send back every dead letter the selection flags choose")
+	}
+	return fs
+}
+
+// validate checks the rules between flags; each error names the flags.
+func (c dlqConfig) validate() error {
+	if c.sub != "redrive" {
+		return nil
+	}
+	switch {
+	case c.seq == 0 && !c.all:
+		return errors.New("worker dlq redrive: give -seq N or -all")
+	case c.seq != 0 && c.all:
+		return errors.New("worker dlq redrive: -seq and -all exclude each other")
+	case c.seq != 0 && c.sel != (selectionFlags{}):
+		return errors.New("worker dlq redrive: -order, -type, -since, -until and -from-seq go with -all")
+	}
+	return nil
 }
 
 // runDLQ is `worker dlq list` and `worker dlq redrive`.
-func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	const usage = "usage: worker dlq list [flags] | worker dlq redrive -seq N | -all [flags]"
+func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New(usage)
+		fmt.Fprint(stderr, dlqUsage)
+		return fmt.Errorf("%w: worker dlq needs list or redrive", errUsage)
 	}
-	sub := args[0]
-	if sub != "list" && sub != "redrive" {
-		return fmt.Errorf("unknown dlq command %q; %s", sub, usage)
+	c := dlqConfig{sub: args[0]}
+	switch c.sub {
+	case "list", "redrive":
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stderr, dlqUsage)
+		return flag.ErrHelp
+	default:
+		fmt.Fprint(stderr, dlqUsage)
+		return fmt.Errorf("%w: unknown dlq command %q; worker dlq list or worker dlq redrive", errUsage, c.sub)
 	}
-	fs := cli.NewFlags("worker dlq "+sub, getenv, stdout)
-	conn := newNATSFlags(fs)
-	sel := newSelectionFlags(fs, "start at this dead-letter stream sequence")
-	var seq *uint64
-	var all *bool
-	if sub == "redrive" {
-		seq = fs.FlagSet.Uint64("seq", 0, "send back the dead letter with this dlq_seq (see worker dlq list)")
-		all = fs.FlagSet.Bool("all", false, "send back every dead letter the selection flags choose")
-	}
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(newDLQFlags(&c, getenv, stderr), args[1:]); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("worker dlq %s: unexpected argument %q", sub, fs.Arg(0))
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	s, err := sel.selection(time.Now())
+	s, err := c.sel.selection(time.Now())
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	cfg := replay.DLQConfig{Select: s, Out: stdout}
-	if sub == "redrive" {
-		cfg.Seq, cfg.All = *seq, *all
-		switch {
-		case cfg.Seq == 0 && !cfg.All:
-			return errors.New("worker dlq redrive: give -seq N or -all")
-		case cfg.Seq != 0 && cfg.All:
-			return errors.New("worker dlq redrive: -seq and -all exclude each other")
-		case cfg.Seq != 0 && s != (replay.Selection{}):
-			return errors.New("worker dlq redrive: -order, -type, -since, -until and -from-seq go with -all")
-		}
-	}
-	nc, js, err := conn.connect(ctx, "paystream-dlq")
+	cfg := replay.DLQConfig{Select: s, Seq: c.seq, All: c.all, Out: stdout}
+	nc, js, err := c.conn.connect(ctx, "paystream-dlq", stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	cfg.JetStream = js
-	if sub == "list" {
-		_, err = replay.ListDeadLetters(ctx, cfg)
+	if c.sub == "list" {
+		n, err := replay.ListDeadLetters(ctx, cfg)
+		if n == 0 && err == nil {
+			fmt.Fprintln(stderr, "worker dlq list: no dead letter matches the selection")
+		}
 		return err
 	}
-	_, err = replay.Redrive(ctx, cfg)
+	n, err := replay.Redrive(ctx, cfg)
+	if n == 0 && err == nil {
+		fmt.Fprintln(stderr, "worker dlq redrive: no dead letter matches the selection; nothing sent back")
+	}
 	return err
 }

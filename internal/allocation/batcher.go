@@ -162,11 +162,30 @@ func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders
 }
 
 // Run batches until ctx is done. A batch being sent when ctx ends is left
-// persisted and is resumed by a batcher later.
+// persisted and is resumed by a batcher later. A failed lookup of the
+// shared consumer is retried every second; Run returns its error only
+// when lookups have failed for a minute.
 func (b *Batcher) Run(ctx context.Context) error {
-	cons, err := b.js.Consumer(ctx, IntentStream, BatcherConsumer)
-	if err != nil {
-		return fmt.Errorf("batcher consumer: %w", err)
+	// One failed lookup (a leader election, a reconnect) must not end
+	// batching for good while the rest of the worker runs on.
+	var cons jetstream.Consumer
+	for giveUp := time.Now().Add(time.Minute); ; {
+		var err error
+		if cons, err = b.js.Consumer(ctx, IntentStream, BatcherConsumer); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Now().After(giveUp) {
+			return fmt.Errorf("batcher consumer: %w", err)
+		}
+		b.cfg.Logger.Warn().Err(err).Msg("batcher consumer lookup failed; retrying")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(4*b.cfg.BatchMax), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {

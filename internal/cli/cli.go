@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -40,14 +41,30 @@ func usage(u, env string) string { return u + " (env " + env + ")" }
 
 // String defines a string flag defaulting to env, then def.
 func (f *Flags) String(name, env, def, u string) *string {
+	p := new(string)
+	f.StringTo(p, name, env, def, u)
+	return p
+}
+
+// StringTo defines a string flag stored in p, defaulting to env, then
+// def.
+func (f *Flags) StringTo(p *string, name, env, def, u string) {
 	if v, ok := f.env(name, env); ok {
 		def = v
 	}
-	return f.FlagSet.String(name, def, usage(u, env))
+	f.FlagSet.StringVar(p, name, def, usage(u, env))
 }
 
 // Duration defines a duration flag defaulting to env, then def.
 func (f *Flags) Duration(name, env string, def time.Duration, u string) *time.Duration {
+	p := new(time.Duration)
+	f.DurationTo(p, name, env, def, u)
+	return p
+}
+
+// DurationTo defines a duration flag stored in p, defaulting to env,
+// then def.
+func (f *Flags) DurationTo(p *time.Duration, name, env string, def time.Duration, u string) {
 	if v, ok := f.env(name, env); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -55,11 +72,18 @@ func (f *Flags) Duration(name, env string, def time.Duration, u string) *time.Du
 		}
 		def = d
 	}
-	return f.FlagSet.Duration(name, def, usage(u, env))
+	f.FlagSet.DurationVar(p, name, def, usage(u, env))
 }
 
 // Int defines an int flag defaulting to env, then def.
 func (f *Flags) Int(name, env string, def int, u string) *int {
+	p := new(int)
+	f.IntTo(p, name, env, def, u)
+	return p
+}
+
+// IntTo defines an int flag stored in p, defaulting to env, then def.
+func (f *Flags) IntTo(p *int, name, env string, def int, u string) {
 	if v, ok := f.env(name, env); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -67,11 +91,19 @@ func (f *Flags) Int(name, env string, def int, u string) *int {
 		}
 		def = n
 	}
-	return f.FlagSet.Int(name, def, usage(u, env))
+	f.FlagSet.IntVar(p, name, def, usage(u, env))
 }
 
 // Bool defines a bool flag defaulting to env (strconv.ParseBool), then def.
 func (f *Flags) Bool(name, env string, def bool, u string) *bool {
+	p := new(bool)
+	f.BoolTo(p, name, env, def, u)
+	return p
+}
+
+// BoolTo defines a bool flag stored in p, defaulting to env
+// (strconv.ParseBool), then def.
+func (f *Flags) BoolTo(p *bool, name, env string, def bool, u string) {
 	if v, ok := f.env(name, env); ok {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -79,15 +111,27 @@ func (f *Flags) Bool(name, env string, def bool, u string) *bool {
 		}
 		def = b
 	}
-	return f.FlagSet.Bool(name, def, usage(u, env))
+	f.FlagSet.BoolVar(p, name, def, usage(u, env))
 }
 
-// Parse parses args and reports bad environment values first.
+// ErrBadFlag wraps an error of Parse about the command line itself: an
+// unknown flag or a value that does not parse (the flag package has
+// printed it and the usage). Commands exit with status 2 on it, as the
+// flag package does.
+var ErrBadFlag = errors.New("invalid command line")
+
+// Parse parses args and reports bad environment values first. A request
+// for help (-h) returns flag.ErrHelp, an error about the command line one
+// wrapping ErrBadFlag.
 func (f *Flags) Parse(args []string) error {
 	if len(f.errs) > 0 {
 		return f.errs[0]
 	}
-	return f.FlagSet.Parse(args)
+	err := f.FlagSet.Parse(args)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		return fmt.Errorf("%w: %w", ErrBadFlag, err)
+	}
+	return err
 }
 
 // ReadSecretFile reads a one-line secret, such as a token, from path.

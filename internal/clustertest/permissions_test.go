@@ -291,7 +291,7 @@ func TestDeployedPermissions(t *testing.T) {
 	require.NoError(t, err)
 	sum, err := replay.Replay(context.Background(), replay.Config{
 		JetStream: ojs, Select: replay.Selection{OrderID: replayed.orderID}, Verifier: verifier,
-		Apply: true, Allocation: alloc, Stream: events.StreamConfig{Replicas: 3}, Out: &out,
+		Apply: true, Allocation: alloc.Plan(), Stream: events.StreamConfig{Replicas: 3}, Out: &out,
 	})
 	require.NoError(t, err, out.String())
 	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Applied: 5}, sum)

@@ -16,18 +16,18 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 )
 
+// ErrConsumerGone means a durable consumer this process pulls from no
+// longer exists (someone deleted it): nothing will be delivered to the
+// process any more, so it should end and be restarted, which creates the
+// consumer again.
+var ErrConsumerGone = errors.New("durable consumer gone")
+
 // Processor processes one event. It must be idempotent: an event may be
 // delivered more than once. An error wrapping domain.ErrInvalid sends the
 // event to the dead-letter stream at once; other errors are retried.
 type Processor interface {
 	Process(ctx context.Context, ev Event) error
 }
-
-// ProcessorFunc adapts a function to Processor.
-type ProcessorFunc func(ctx context.Context, ev Event) error
-
-// Process implements Processor.
-func (f ProcessorFunc) Process(ctx context.Context, ev Event) error { return f(ctx, ev) }
 
 // Defaults for ConsumerConfig.
 const (
@@ -155,7 +155,10 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor
 
 // Run processes events until ctx is done, then stops softly: it stops
 // pulling, hands buffered messages back to the server, and waits for the
-// in-flight ones to finish (each bounded by HandleTimeout).
+// in-flight ones to finish (each bounded by HandleTimeout). It returns
+// earlier, with an error, only when the pull cannot go on: the durable
+// consumer was deleted (the error wraps ErrConsumerGone) or the
+// connection was closed.
 func (c *Consumer) Run(ctx context.Context) error {
 	// Short pull expiry and heartbeats let a worker notice a lost pull
 	// request (server restart, leader change) in about two seconds instead
@@ -200,10 +203,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		}
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			switch {
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil:
 				return nil
-			}
-			if errors.Is(err, nats.ErrTimeout) {
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+				return fmt.Errorf("consume %s: %w", ConsumerName, err)
+			case errors.Is(err, jetstream.ErrConsumerDeleted):
+				// The iterator has stopped for good; pulling from a
+				// consumer recreated meanwhile would need a new one, and
+				// a restart makes it.
+				return fmt.Errorf("consume %s: %w: %w", ConsumerName, ErrConsumerGone, err)
+			case errors.Is(err, nats.ErrTimeout):
 				continue
 			}
 			// Heartbeat loss or a reconnect: the iterator recovers itself.

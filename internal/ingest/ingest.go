@@ -367,13 +367,7 @@ func (s *Service) close() {
 			_ = ln.Close()
 		}
 	}
-	if s.nc != nil {
-		_ = s.nc.Drain()
-		for i := 0; i < 100 && !s.nc.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
-		s.nc.Close()
-	}
+	natsconn.Drain(s.nc, natsconn.DefaultDrainWait)
 	if s.embedded != nil {
 		s.embedded.Shutdown()
 		s.embedded.WaitForShutdown()

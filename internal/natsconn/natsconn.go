@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
@@ -21,8 +20,10 @@ type Options struct {
 	// URL is the server list, e.g. nats://a:4222,nats://b:4222. Ignored
 	// when InProcess is set.
 	URL string
-	// InProcess connects to an embedded server without a socket.
-	InProcess *server.Server
+	// InProcess connects to an embedded server without a socket (a
+	// *server.Server of nats-server). It is an interface so that only the
+	// process that embeds a server links nats-server.
+	InProcess nats.InProcessConnProvider
 	// Name identifies the client in server monitoring.
 	Name string
 	// Logger receives connection changes.
@@ -119,4 +120,27 @@ func redact(servers string) string {
 		parts[i] = u.String()
 	}
 	return strings.Join(parts, ",")
+}
+
+// DefaultDrainWait is how long Drain waits for a drain to finish.
+const DefaultDrainWait = 2 * time.Second
+
+// Drain stops nc softly, then hard: it drains the connection (its
+// subscriptions stop taking messages and finish the ones they hold, and
+// pending publishes are flushed), waits up to wait for that to close the
+// connection, and then closes it whatever is left. It returns once nc is
+// closed; a nil or closed connection is left as it is.
+func Drain(nc *nats.Conn, wait time.Duration) {
+	if nc == nil || nc.IsClosed() {
+		return
+	}
+	if err := nc.Drain(); err == nil {
+		deadline := time.Now().Add(wait)
+		// Polled rather than waited for with a ClosedHandler, which would
+		// replace one the caller may have set.
+		for !nc.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	nc.Close()
 }

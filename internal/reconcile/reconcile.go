@@ -3,9 +3,9 @@
 // notifications alone: a Reconciler pages through Cobo's pay-in orders
 // (GET /payments/orders), newest first, back to the last reconciled point,
 // and hands every order Cobo has in a final status, or with completed
-// transactions paystream lacks, to an Applier: the worker's Processor,
-// which applies it through the same core as a webhook event
-// (handlers.Handler.Reconcile) and publishes the allocation items it
+// transactions paystream lacks, to an Applier: the apply core
+// (apply.Processor), which applies it through the same rules as a webhook
+// event (handlers.Handler.Reconcile) and publishes the allocation items it
 // planned. Concurrent passes, by one process or several, are harmless: the
 // state changes by compare-and-set and every id is deterministic.
 package reconcile
@@ -140,7 +140,7 @@ type OrderReader interface {
 }
 
 // Applier applies an order read from Cobo's API through the core every
-// webhook goes through, and publishes what it planned (worker.Processor).
+// webhook goes through, and publishes what it planned (apply.Processor).
 type Applier interface {
 	Reconcile(ctx context.Context, d cobo.OrderData) (handlers.Outcome, error)
 }

@@ -11,11 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/apply"
+	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/testutil"
-	"github.com/paystream/paystream/internal/worker"
 )
 
 func TestApplyNeedsTheAllocationDecision(t *testing.T) {
@@ -24,12 +25,12 @@ func TestApplyNeedsTheAllocationDecision(t *testing.T) {
 	require.ErrorContains(t, err, "Apply needs Allocation")
 	require.ErrorContains(t, err, "NoAllocations")
 
-	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Allocation: &worker.AllocationConfig{}, Out: io.Discard})
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Allocation: &apply.Allocation{}, Out: io.Discard})
 	require.ErrorContains(t, err, "contradict")
 
 	// Applying re-verifies every event, as the workers do.
 	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, NoAllocations: true, Out: io.Discard})
-	require.ErrorContains(t, err, "Apply needs Verifier")
+	require.ErrorContains(t, err, "Apply: Verifier is required")
 	v := testutil.NewSigner(t).Verifier(t)
 
 	// The fleet's rules need the intent stream a worker with rules made.
@@ -38,12 +39,16 @@ func TestApplyNeedsTheAllocationDecision(t *testing.T) {
 	_, err = events.EnsureEventStream(context.Background(), js, events.StreamConfig{})
 	require.NoError(t, err)
 	api := newAPISigner(t)
-	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &worker.AllocationConfig{Rules: rules}, Out: io.Discard})
-	require.ErrorContains(t, err, "Allocation.Cobo.Signer")
-	cfg := &worker.AllocationConfig{Rules: rules}
-	cfg.Cobo.Signer = api
-	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: cfg, Out: io.Discard})
-	require.ErrorContains(t, err, allocation.IntentStream)
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &apply.Allocation{}, Out: io.Discard})
+	require.ErrorContains(t, err, "Apply: Allocation.Rules is required")
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &apply.Allocation{Rules: rules}, Out: io.Discard})
+	require.ErrorContains(t, err, allocation.IntentStream, "the intent stream is looked for first")
+	err = allocation.EnsureResources(context.Background(), js, events.StreamConfig{}, allocation.DefaultIntentAck)
+	require.NoError(t, err)
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &apply.Allocation{Rules: rules}, Out: io.Discard})
+	require.ErrorContains(t, err, "Allocation.Cobo: cobo client config: Signer is required")
+	_, err = replay.Replay(context.Background(), replay.Config{JetStream: js, Apply: true, Verifier: v, Allocation: &apply.Allocation{Rules: rules, Cobo: cobo.ClientConfig{Signer: api}}, Out: io.Discard})
+	require.NoError(t, err)
 }
 
 func TestApplyChangesNothingOnCurrentOrdersAndRebuildsAFreshBucket(t *testing.T) {
@@ -119,7 +124,7 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 
 	// Re-applied with the workers' rules while they run: nothing changes,
 	// nothing is planned or published.
-	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	lines, sum, err := s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig().Plan()})
 	require.NoError(t, err)
 	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Unchanged: 5}, sum)
 	for _, l := range lines {
@@ -135,7 +140,7 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 	// second claim.
 	stop()
 	require.NoError(t, s.js.DeleteKeyValue(context.Background(), events.OrdersBucket))
-	lines, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	lines, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig().Plan()})
 	require.NoError(t, err)
 	planned := map[string]int{}
 	for _, l := range lines {
@@ -217,7 +222,7 @@ func TestApplyWithReorderedRulesPlansNothingTwice(t *testing.T) {
 	require.NoError(t, err)
 	s.alloc.rules = reordered
 	require.NoError(t, s.js.DeleteKeyValue(context.Background(), events.OrdersBucket))
-	_, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig()})
+	_, _, err = s.runReplay(t, replay.Config{Apply: true, Allocation: s.allocationConfig().Plan()})
 	require.NoError(t, err)
 	after, _, ok := s.order(t, "O-reorder")
 	require.True(t, ok)

@@ -17,11 +17,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/apply"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
-	"github.com/paystream/paystream/internal/worker"
 )
 
 // Errors Replay returns after printing every line, matched with errors.Is.
@@ -106,13 +106,14 @@ type Config struct {
 	// Verifier, when set, re-checks each event's stored signature against
 	// its trusted keys.
 	Verifier *cobo.Verifier
-	// Apply re-runs the workers' processing (worker.Processor) for each
+	// Apply re-runs the workers' processing (the apply core) for each
 	// selected event, oldest first. It needs Verifier: as in the workers,
 	// events that fail verification are not applied.
 	Apply bool
-	// Allocation must be the workers' allocation config when they run with
-	// rules; see worker.ProcessorConfig. Apply needs it, or NoAllocations.
-	Allocation *worker.AllocationConfig
+	// Allocation must be what the workers plan with when they run with
+	// rules (worker.AllocationConfig.Plan); see apply.Allocation. Apply
+	// needs it, or NoAllocations.
+	Allocation *apply.Allocation
 	// NoAllocations states that the workers run without rules, so applying
 	// state only is what they do too.
 	NoAllocations bool
@@ -149,15 +150,24 @@ func (c Config) Validate() error {
 		return errors.New("Apply needs Allocation (the workers' rules) or NoAllocations (the workers run without rules)")
 	case c.Allocation != nil && c.NoAllocations:
 		return errors.New("Allocation and NoAllocations contradict each other")
-	case c.Apply && c.Verifier == nil:
-		return errors.New("Apply needs Verifier: the workers re-verify every event before it changes anything, and so does Apply")
 	case c.HandleTimeout <= 0:
 		return fmt.Errorf("HandleTimeout must be positive, got %s", c.HandleTimeout)
+	}
+	if c.Apply {
+		// Apply runs the workers' core, whose needs (a Verifier, the
+		// rules) are its own to check.
+		if err := c.applyConfig().Validate(); err != nil {
+			return fmt.Errorf("Apply: %w", err)
+		}
 	}
 	if err := c.Select.Validate(); err != nil {
 		return fmt.Errorf("Select.%w", err)
 	}
 	return nil
+}
+
+func (c Config) applyConfig() apply.Config {
+	return apply.Config{Verifier: c.Verifier, Allocation: c.Allocation, Logger: c.Logger}
 }
 
 // Line is what Replay prints per event; the stored body follows it as
@@ -229,7 +239,7 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	var sum Summary
 	var orders *events.OrderStore
-	var proc *worker.Processor
+	var proc *apply.Processor
 	if cfg.Apply {
 		stream := cfg.Stream
 		stream.Logger = cfg.Logger
@@ -238,7 +248,7 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 			return sum, err
 		}
 		orders = events.NewOrderStore(kv)
-		if proc, err = worker.NewProcessor(ctx, worker.ProcessorConfig{Verifier: cfg.Verifier, JetStream: cfg.JetStream, Orders: orders, Allocation: cfg.Allocation, Logger: cfg.Logger}); err != nil {
+		if proc, err = apply.Open(ctx, cfg.JetStream, orders, cfg.applyConfig()); err != nil {
 			return sum, err
 		}
 	}
@@ -258,7 +268,7 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 			}
 		}
 		if proc != nil {
-			line.Applied = apply(ctx, cfg, proc, orders, events.Event{Delivery: d, Seq: m.Seq}, decodeErr, verified)
+			line.Applied = applyEvent(ctx, cfg, proc, orders, events.Event{Delivery: d, Seq: m.Seq}, decodeErr, verified)
 			switch line.Applied.Result {
 			case string(handlers.Applied):
 				sum.Applied++
@@ -303,8 +313,9 @@ func describe(m stored) (Line, cobo.Delivery, error) {
 	return line, d, err
 }
 
-// apply runs the workers' processing for one event and says what changed.
-func apply(ctx context.Context, cfg Config, proc *worker.Processor, orders *events.OrderStore, ev events.Event, decodeErr error, verified bool) *Applied {
+// applyEvent runs the workers' processing for one event and says what
+// changed.
+func applyEvent(ctx context.Context, cfg Config, proc *apply.Processor, orders *events.OrderStore, ev events.Event, decodeErr error, verified bool) *Applied {
 	switch {
 	case decodeErr != nil:
 		return &Applied{Result: "invalid", Error: decodeErr.Error()}
@@ -322,7 +333,7 @@ func apply(ctx context.Context, cfg Config, proc *worker.Processor, orders *even
 			before = o.Status
 		}
 	}
-	out, err := proc.Process(ctx, ev)
+	out, err := proc.Apply(ctx, ev)
 	if errors.Is(err, domain.ErrInvalid) {
 		return &Applied{Result: "invalid", Error: err.Error()}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/paystream/paystream/internal/supervise"
 	"github.com/paystream/paystream/internal/worker"
 )
 
@@ -68,6 +69,12 @@ func RunWorkers(t testing.TB, cfgs ...worker.Config) []*RunningWorker {
 			}
 		})
 		out[i] = r
+	}
+	// Run starts the components in its own goroutine: a test's first probe
+	// of /readyz must find them running.
+	for _, w := range started {
+		require.Eventually(t, func() bool { return !errors.Is(w.Ready(context.Background()), supervise.ErrNotStarted) },
+			10*time.Second, time.Millisecond, "the worker's components start")
 	}
 	return out
 }

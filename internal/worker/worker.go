@@ -19,22 +19,26 @@ import (
 
 	"github.com/paystream/paystream/internal/admin"
 	"github.com/paystream/paystream/internal/allocation"
+	"github.com/paystream/paystream/internal/apply"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
-	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
-	"github.com/paystream/paystream/internal/handlers"
 	"github.com/paystream/paystream/internal/httpapi"
 	"github.com/paystream/paystream/internal/natsconn"
 	"github.com/paystream/paystream/internal/reconcile"
+	"github.com/paystream/paystream/internal/supervise"
 )
 
 // Defaults for Config.
 const (
 	DefaultNATSURL       = "nats://127.0.0.1:4222"
 	DefaultMetricsListen = "127.0.0.1:9091"
-	// DefaultLagInterval is how often consumer lag is polled.
+	// DefaultLagInterval is how often consumer lag is polled, and the
+	// durable consumers' existence checked.
 	DefaultLagInterval = 5 * time.Second
+	// DefaultStopTimeout bounds the soft stop: the consumer's StopGrace
+	// and one HandleTimeout, with room to spare.
+	DefaultStopTimeout = 30 * time.Second
 )
 
 // Config configures a worker.
@@ -66,9 +70,13 @@ type Config struct {
 	// Logger receives the worker's logs.
 	Logger zerolog.Logger
 	// Observer, when set, sees every committed outcome (tests).
-	Observer func(ctx context.Context, ev events.Event, out handlers.Outcome) error
-	// LagInterval is how often consumer lag is polled for the metrics.
+	Observer apply.Observer
+	// LagInterval is how often consumer lag is polled for the metrics; the
+	// same polls find a durable consumer that was deleted.
 	LagInterval time.Duration
+	// StopTimeout bounds the soft stop of the components; past it the
+	// connection is closed under them.
+	StopTimeout time.Duration
 	// Pprof serves /debug/pprof/ on MetricsListen.
 	Pprof bool
 	// Allocation, when set, plans allocations by its rules and delivers
@@ -120,90 +128,95 @@ func (c Config) WithDefaults() Config {
 	if c.LagInterval == 0 {
 		c.LagInterval = DefaultLagInterval
 	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
 	c.Stream = c.Stream.WithDefaults()
 	c.Consumer = c.Consumer.WithDefaults()
 	return c
 }
 
+// ConfigError is a Config that Start refused before connecting anywhere.
+// Its message names the field at fault; Field is the part of Config it is
+// in (e.g. "Consumer", "Allocation.Batcher"), for a command to name the
+// flags that set it.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// validate checks c with the checks of each part's own package, so that a
+// bad part is refused before Start connects anywhere.
 func (c Config) validate() error {
-	if c.Verifier == nil {
-		return errors.New("Verifier is required: events are re-verified before they change anything")
+	// What the apply core needs is its own to check; its errors name the
+	// same fields as Config has.
+	if err := c.applyConfig().Validate(); err != nil {
+		var ae *apply.ConfigError
+		if errors.As(err, &ae) {
+			return &ConfigError{ae.Field, ae.Err}
+		}
+		return err
 	}
 	if c.Pprof && c.MetricsToken == "" && c.MetricsListen != "-" && !httpapi.IsLoopback(c.MetricsListen) {
-		return fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)
+		return &ConfigError{"Pprof", fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)}
 	}
-	if a := c.Allocation; a != nil && (a.Rules == nil || a.Cobo.Signer == nil) {
-		return errors.New("Allocation needs Rules and Cobo.Signer")
-	}
-	if a := c.Allocation; a != nil {
-		if err := a.Reconcile.WithDefaults().Validate(); err != nil {
-			return fmt.Errorf("Allocation.Reconcile.%w", err)
-		}
-	}
-	if a := c.Allocation; a != nil && a.BitGo == nil && a.Rules.UsesBitGo() {
-		return errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")
+	if c.LagInterval <= 0 || c.StopTimeout <= 0 {
+		return &ConfigError{"LagInterval", fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)}
 	}
 	if err := c.Stream.Validate(); err != nil {
-		return fmt.Errorf("Stream.%w", err)
+		return &ConfigError{"Stream", fmt.Errorf("Stream.%w", err)}
 	}
 	if err := c.Consumer.Validate(); err != nil {
-		return fmt.Errorf("Consumer.%w", err)
+		return &ConfigError{"Consumer", fmt.Errorf("Consumer.%w", err)}
+	}
+	a := c.Allocation
+	if a == nil {
+		return nil
+	}
+	if a.BitGo == nil && a.Rules.UsesBitGo() {
+		return &ConfigError{"Allocation.BitGo", errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")}
+	}
+	for _, part := range []struct {
+		field string
+		err   error
+	}{
+		{"Allocation.Batcher", a.Batcher.WithDefaults().Validate()},
+		{"Allocation.BitGoSender", a.BitGoSender.WithDefaults().Validate()},
+		{"Allocation.Sweeper", a.Sweeper.WithDefaults().Validate()},
+		{"Allocation.Reconcile", a.Reconcile.WithDefaults().Validate()},
+	} {
+		if part.err != nil {
+			return &ConfigError{part.field, fmt.Errorf("%s.%w", part.field, part.err)}
+		}
 	}
 	return nil
 }
 
-// Metrics are the worker's business metrics.
-type Metrics struct {
-	handled        *prometheus.CounterVec
-	transitions    *prometheus.CounterVec
-	completed      prometheus.Counter
-	lateRecorded   prometheus.Counter
-	conflictFinals prometheus.Counter
-	unclassified   *prometheus.CounterVec
+// applyConfig is the apply core's part of the configuration, without the
+// metrics Start adds.
+func (c Config) applyConfig() apply.Config {
+	return apply.Config{Verifier: c.Verifier, Allocation: c.Allocation.Plan(), Logger: c.Logger, Observer: c.Observer}
 }
 
-func newMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_worker_events_total", Help: "Events handled, by type and result.",
-		}, []string{"type", "result"}),
-		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_order_transitions_total", Help: "Order status changes committed, by new status; summed over workers, final statuses count orders.",
-		}, []string{"status"}),
-		completed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_orders_completed_total", Help: "Orders seen reaching Completed for the first time.",
-		}),
-		lateRecorded: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_late_payments_total", Help: "Late payments recorded at full precision.",
-		}),
-		conflictFinals: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "paystream_order_conflicting_finals_total", Help: "Final statuses that contradicted an order's stored final status (kept).",
-		}),
-		unclassified: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_reconcile_unclassified_transactions_total",
-			Help: "Transactions recorded on an order without being credited because whether they are late payments is unknown (reason lateness_unknown, ambiguous or no_amount); an operator decides.",
-		}, []string{"reason"}),
+// Plan is what the apply core plans allocations with: the rules and the
+// Cobo API client config, as `worker replay -apply` must be given them
+// (replay.Config.Allocation). It is nil when a is.
+func (a *AllocationConfig) Plan() *apply.Allocation {
+	if a == nil {
+		return nil
 	}
-	reg.MustRegister(m.handled, m.transitions, m.completed, m.lateRecorded, m.conflictFinals, m.unclassified)
-	// Every series exists from the start at 0, so an alert on its increase
-	// fires on the first one.
-	for _, r := range []string{domain.UnclassifiedLatenessUnknown, domain.UnclassifiedAmbiguous, domain.UnclassifiedNoAmount} {
-		m.unclassified.WithLabelValues(r)
-	}
-	return m
+	return &apply.Allocation{Rules: a.Rules, Cobo: a.Cobo}
 }
 
-// typeLabel bounds metric cardinality: unknown types share one label.
-func typeLabel(t string) string {
-	switch t {
-	case cobo.EventOrderStatusUpdated, cobo.EventLegacyStatusUpdated, cobo.EventOrderUpdated,
-		cobo.EventTransactionLate, cobo.EventTransactionCompleted:
-		return t
-	}
-	return "other"
-}
-
-// Worker is a running worker.
+// Worker is a running worker. Its components (the event consumer, and
+// with rules the batcher, the BitGo sender, the orphan sweeper and the
+// reconciler, and always the lag poller) run under one supervision group:
+// see Run.
 type Worker struct {
 	cfg       Config
 	batcher   *allocation.Batcher
@@ -217,19 +230,46 @@ type Worker struct {
 	metricsLn net.Listener
 	metrics   *http.Server
 	// lag polls how far behind the shared consumers are.
-	lag          *events.LagCollector
-	lagConsumers []jetstream.Consumer
+	lag        *events.LagCollector
+	lagTargets []events.LagTarget
+	// group supervises the components; /readyz asks it.
+	group *supervise.Group
 }
 
-// Start connects, waits for the event stream, ensures the dead-letter
-// stream, the orders bucket and the consumer, and binds the metrics
-// listener. Call Run to process.
+// Start checks cfg and builds the API clients, then binds the metrics
+// listener, connects, waits for the event stream, and ensures the
+// dead-letter stream, the orders bucket, the consumers and, with rules,
+// the allocation resources. Call Run to process. A config it refuses
+// before connecting anywhere comes back as a *ConfigError.
 func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	w := &Worker{cfg: cfg}
+	w := &Worker{cfg: cfg, group: supervise.New(cfg.Logger)}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	acfg := cfg.applyConfig()
+	acfg.Metrics = apply.NewMetrics(reg)
+	// The clients are built before anything connects, so that a bad URL or
+	// credential is refused at once rather than after the connect wait.
+	var client *cobo.Client
+	var bg *bitgo.Client
+	if a := cfg.Allocation; a != nil {
+		acfg.AllocMetrics = allocation.NewMetrics(reg)
+		// The apply core reads orders with a client of its own, observed
+		// by the same metrics.
+		acfg.Allocation.Cobo.Observe = acfg.AllocMetrics.ObserveCobo
+		if client, err = cobo.NewClient(acfg.Allocation.Cobo); err != nil {
+			return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.Cobo", fmt.Errorf("Allocation.Cobo: %w", err)})
+		}
+		if a.BitGo != nil {
+			if bg, err = bitgo.New(*a.BitGo); err != nil {
+				return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.BitGo", fmt.Errorf("Allocation.BitGo: %w", err)})
+			}
+		}
+	}
+
 	defer func() {
 		if err != nil {
 			w.close()
@@ -263,93 +303,87 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ccfg := cfg.Consumer
-	ccfg.Logger = cfg.Logger
-	ccfg.Metrics = events.NewConsumerMetrics(reg)
-	m := newMetrics(reg)
-	w.lag, w.lagConsumers = events.NewLagCollector(reg), []jetstream.Consumer{cons}
-	var am *allocation.Metrics
-	var rules *allocation.Rules
-	var orderAPI allocation.OrderGetter
-	var client *cobo.Client
-	var points jetstream.KeyValue
+	w.lag, w.lagTargets = events.NewLagCollector(reg), []events.LagTarget{{Consumer: cons, Pulled: true}}
 	if a := cfg.Allocation; a != nil {
-		am = allocation.NewMetrics(reg)
-		ackWait := a.IntentAckWait
-		if ackWait == 0 {
-			ackWait = allocation.DefaultIntentAck
-		}
-		if err = allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
+		if err = w.startAllocation(ctx, a, client, bg, acfg.AllocMetrics); err != nil {
 			return nil, err
-		}
-		// Created even with periodic passes off, so that `worker
-		// reconcile` finds it.
-		if points, err = reconcile.EnsureBucket(ctx, w.js, stream); err != nil {
-			return nil, err
-		}
-		ccfg := a.Cobo
-		ccfg.Observe = am.ObserveCobo
-		if client, err = cobo.NewClient(ccfg); err != nil {
-			return nil, err
-		}
-		rules, orderAPI = a.Rules, client
-		bcfg := a.Batcher
-		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
-		bcfg.Metrics = am
-		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
-			return nil, err
-		}
-		swcfg := a.Sweeper
-		swcfg.Logger = cfg.Logger.With().Str("component", "sweeper").Logger()
-		swcfg.Metrics = am
-		if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
-			return nil, err
-		}
-		for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
-			if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
-				w.lagConsumers = append(w.lagConsumers, c)
-			}
-		}
-		if a.BitGo != nil {
-			bg, err := bitgo.New(*a.BitGo)
-			if err != nil {
-				return nil, err
-			}
-			scfg := a.BitGoSender
-			scfg.Logger = cfg.Logger.With().Str("component", "bitgo").Logger()
-			scfg.Metrics = am
-			if w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg); err != nil {
-				return nil, err
-			}
 		}
 	}
-	// The per-event path is the Processor, shared with `worker replay
+	// The per-event path is the apply core, shared with `worker replay
 	// -apply`, so that re-applying an event is exactly what a redelivery is.
-	p := newProcessor(cfg.Verifier, w.orders, w.js, rules, orderAPI, cfg.Logger)
-	p.metrics, p.alloc, p.observer = m, am, cfg.Observer
+	proc, err := apply.New(w.js, w.orders, acfg)
+	if err != nil {
+		return nil, err
+	}
 	if a := cfg.Allocation; a != nil {
+		// Created even with periodic passes off, so that `worker
+		// reconcile` finds it.
+		points, err := reconcile.EnsureBucket(ctx, w.js, stream)
+		if err != nil {
+			return nil, err
+		}
 		rcfg := a.Reconcile
 		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
 		rcfg.Metrics = reconcile.NewMetrics(reg)
-		if w.reconcile, err = reconcile.New(points, client, w.orders, p, rcfg); err != nil {
+		if w.reconcile, err = reconcile.New(points, client, w.orders, proc, rcfg); err != nil {
 			return nil, err
 		}
 	}
-	proc := events.ProcessorFunc(func(ctx context.Context, ev events.Event) error {
-		_, err := p.Process(ctx, ev)
-		return err
-	})
+	ccfg := cfg.Consumer
+	ccfg.Logger = cfg.Logger
+	ccfg.Metrics = events.NewConsumerMetrics(reg)
 	if w.consumer, err = events.NewConsumer(w.js, cons, proc, ccfg); err != nil {
 		return nil, err
 	}
+	w.supervise()
 	if w.metricsLn != nil {
-		w.metrics = httpapi.NewServer(admin.NewRouter(admin.Config{Ready: w.ready, Gatherer: reg, Pprof: cfg.Pprof, Token: cfg.MetricsToken}))
+		w.metrics = httpapi.NewServer(admin.NewRouter(admin.Config{Ready: w.Ready, Gatherer: reg, Pprof: cfg.Pprof, Token: cfg.MetricsToken}))
 		go func() { _ = w.metrics.Serve(w.metricsLn) }()
 	}
 	return w, nil
+}
+
+// startAllocation ensures the allocation resources and builds the
+// batcher, the orphan sweeper and, with BitGo, the BitGo sender.
+func (w *Worker) startAllocation(ctx context.Context, a *AllocationConfig, client *cobo.Client, bg *bitgo.Client, am *allocation.Metrics) error {
+	log := w.cfg.Logger
+	stream := w.cfg.Stream
+	stream.Logger = log
+	ackWait := a.IntentAckWait
+	if ackWait == 0 {
+		ackWait = allocation.DefaultIntentAck
+	}
+	if err := allocation.EnsureResources(ctx, w.js, stream, ackWait); err != nil {
+		return err
+	}
+	var err error
+	bcfg := a.Batcher
+	bcfg.Logger = log.With().Str("component", "batcher").Logger()
+	bcfg.Metrics = am
+	if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
+		return err
+	}
+	swcfg := a.Sweeper
+	swcfg.Logger = log.With().Str("component", "sweeper").Logger()
+	swcfg.Metrics = am
+	if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
+		return err
+	}
+	for _, name := range []string{allocation.BatcherConsumer, allocation.BitGoConsumer} {
+		if c, err := w.js.Consumer(ctx, allocation.IntentStream, name); err == nil {
+			// Every worker with rules exports the lag of both; only what
+			// it pulls from ends it when gone.
+			w.lagTargets = append(w.lagTargets, events.LagTarget{Consumer: c, Pulled: name == allocation.BatcherConsumer || bg != nil})
+		}
+	}
+	if bg == nil {
+		return nil
+	}
+	scfg := a.BitGoSender
+	scfg.Logger = log.With().Str("component", "bitgo").Logger()
+	scfg.Metrics = am
+	w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg)
+	return err
 }
 
 func (w *Worker) waitForStream(ctx context.Context) error {
@@ -377,12 +411,45 @@ func (w *Worker) waitForStream(ctx context.Context) error {
 	}
 }
 
-func (w *Worker) ready(ctx context.Context) error {
+// Ready is what /readyz answers: nil while every component runs, NATS is
+// connected and the event stream answers. Before Run has started the
+// components its error wraps supervise.ErrNotStarted, and once one has
+// ended supervise.ErrNotRunning.
+func (w *Worker) Ready(ctx context.Context) error {
+	if err := w.group.Alive(); err != nil {
+		return err
+	}
 	if w.nc.Status() != nats.CONNECTED {
 		return fmt.Errorf("nats is %s", w.nc.Status())
 	}
 	_, err := w.js.Stream(ctx, events.StreamName)
 	return err
+}
+
+// supervise adds the worker's components to its group.
+func (w *Worker) supervise() {
+	log := w.cfg.Logger
+	w.group.Add("consumer", w.consumer.Run)
+	w.group.Add("lag poller", func(ctx context.Context) error {
+		return w.lag.Poll(ctx, w.cfg.LagInterval, log, w.lagTargets...)
+	})
+	if w.batcher != nil {
+		w.group.Add("batcher", w.batcher.Run)
+		w.group.Add("orphan sweeper", w.sweeper.Run)
+	}
+	if w.bitgo != nil {
+		w.group.Add("bitgo sender", w.bitgo.Run)
+	}
+	switch {
+	case w.reconcile == nil:
+		log.Info().Msg("reconciliation with Cobo is off: this worker has no Cobo API credentials (-rules and -cobo-api-secret-file)")
+	case w.reconcile.Config().Off:
+		// Not a component: its Run would return at once.
+		log.Info().Msg("reconciliation with Cobo is off (-reconcile-every 0); worker reconcile runs a pass by hand")
+	default:
+		log.Info().Dur("every", w.reconcile.Config().Every).Dur("overlap", w.reconcile.Config().Overlap).Msg("reconciliation with Cobo is on")
+		w.group.Add("reconciler", w.reconcile.Run)
+	}
 }
 
 // Reconciler returns the worker's reconciler, nil without Cobo API
@@ -400,50 +467,27 @@ func (w *Worker) MetricsAddr() string {
 	return w.metricsLn.Addr().String()
 }
 
-// Run processes events until ctx is done, then finishes or hands back
-// in-flight events and drains the connection.
+// Run runs the worker's components until ctx is done, then stops softly:
+// the consumer finishes or hands back in-flight events, the others stop
+// where they can resume, and the connection is drained. A component that
+// has not stopped after StopTimeout is stopped hard, by closing the
+// connection under it.
+//
+// A component that ends while ctx is not done (the durable consumer was
+// deleted, a component failed for good) stops the others the same way,
+// and Run returns an error wrapping supervise.ErrEnded that names it: the
+// process exits non-zero, and its supervisor restarts it, which recreates
+// what was missing. From the moment any component has ended, /readyz
+// answers 503.
 func (w *Worker) Run(ctx context.Context) error {
-	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).Msg("worker started")
-	lagCtx, stopLag := context.WithCancel(ctx)
-	lagDone := make(chan struct{})
-	go func() {
-		defer close(lagDone)
-		w.lag.Poll(lagCtx, w.cfg.LagInterval, w.cfg.Logger, w.lagConsumers...)
-	}()
-	batcherDone := make(chan error, 1)
-	if w.batcher != nil {
-		go func() { batcherDone <- w.batcher.Run(ctx) }()
+	w.cfg.Logger.Info().Str("metrics_listen", w.MetricsAddr()).Bool("allocations", w.batcher != nil).
+		Strs("components", w.group.Names()).Msg("worker started")
+	err := w.group.Run(ctx, w.cfg.StopTimeout)
+	if err != nil {
+		w.cfg.Logger.Error().Err(err).Msg("worker stopping")
 	} else {
-		batcherDone <- nil
+		w.cfg.Logger.Info().Msg("worker stopping")
 	}
-	bitgoDone := make(chan error, 1)
-	if w.bitgo != nil {
-		go func() { bitgoDone <- w.bitgo.Run(ctx) }()
-	} else {
-		bitgoDone <- nil
-	}
-	sweeperDone := make(chan error, 1)
-	if w.sweeper != nil {
-		go func() { sweeperDone <- w.sweeper.Run(ctx) }()
-	} else {
-		sweeperDone <- nil
-	}
-	reconcileDone := make(chan error, 1)
-	switch {
-	case w.reconcile == nil:
-		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off: this worker has no Cobo API credentials (-rules and -cobo-api-secret-file)")
-		reconcileDone <- nil
-	case w.reconcile.Config().Off:
-		w.cfg.Logger.Info().Msg("reconciliation with Cobo is off (-reconcile-every 0); worker reconcile runs a pass by hand")
-		reconcileDone <- nil
-	default:
-		w.cfg.Logger.Info().Dur("every", w.reconcile.Config().Every).Dur("overlap", w.reconcile.Config().Overlap).Msg("reconciliation with Cobo is on")
-		go func() { reconcileDone <- w.reconcile.Run(ctx) }()
-	}
-	err := errors.Join(w.consumer.Run(ctx), <-batcherDone, <-bitgoDone, <-sweeperDone, <-reconcileDone)
-	w.cfg.Logger.Info().Msg("worker stopping")
-	stopLag()
-	<-lagDone
 	w.close()
 	return err
 }
@@ -461,13 +505,7 @@ func (w *Worker) close() {
 	if w.metrics != nil {
 		_ = w.metrics.Close()
 	}
-	if w.nc != nil && !w.nc.IsClosed() {
-		_ = w.nc.Drain()
-		for i := 0; i < 100 && !w.nc.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
-		w.nc.Close()
-	}
+	natsconn.Drain(w.nc, natsconn.DefaultDrainWait)
 }
 
 // Run starts a worker and processes until ctx is done.

@@ -1,4 +1,4 @@
-package allocation
+package apply
 
 import (
 	"context"
@@ -11,21 +11,23 @@ import (
 	"github.com/paystream/paystream/internal/handlers"
 )
 
-// OrderGetter reads a pay-in order from Cobo.
-type OrderGetter interface {
+// orderGetter reads a pay-in order from Cobo (cobo.Client).
+type orderGetter interface {
 	GetOrder(ctx context.Context, orderID string) (cobo.OrderData, error)
 }
 
-// CoboOrders confirms orders with Cobo's order API
+// coboOrders confirms orders with Cobo's order API
 // (GET /payments/orders/{order_id}), signed with paystream's own API key.
-type CoboOrders struct {
-	API OrderGetter
+type coboOrders struct {
+	api orderGetter
 }
+
+var _ handlers.OrderFetcher = coboOrders{}
 
 // FetchOrder implements handlers.OrderFetcher: a 404 wraps
 // domain.ErrNotFound, and an answer for another order id is refused.
-func (c CoboOrders) FetchOrder(ctx context.Context, orderID string) (*handlers.ProviderOrder, error) {
-	o, err := c.API.GetOrder(ctx, orderID)
+func (c coboOrders) FetchOrder(ctx context.Context, orderID string) (*handlers.ProviderOrder, error) {
+	o, err := c.api.GetOrder(ctx, orderID)
 	var apiErr *cobo.APIError
 	if errors.As(err, &apiErr) && apiErr.HTTPStatus == http.StatusNotFound {
 		return nil, fmt.Errorf("%w: %w", domain.ErrNotFound, err)
