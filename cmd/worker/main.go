@@ -45,6 +45,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return runDLQ(ctx, args[1:], getenv, stdout)
 		case "reconcile":
 			return runReconcile(ctx, args[1:], getenv, stdout)
+		case "console":
+			return runConsole(ctx, args[1:], getenv, stdout)
 		}
 	}
 	fs := cli.NewFlags("worker", getenv, stdout)
