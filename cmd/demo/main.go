@@ -113,6 +113,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}
 	}
 	say("%d workers ready (metrics on 127.0.0.1:%d..)", *workers, workerBase)
+	if err := d.startConsole(ctx, key, say); err != nil {
+		return err
+	}
 	if err := d.start("sandbox", "-listen", sandboxAddr, "-webhook-url", "http://"+ingestAddr+"/webhooks/cobo",
 		"-api-secret-file", d.secret, "-orders", strconv.Itoa(*orders), "-rate", *rate, "-faults", *faults,
 		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", d.bitgoToken, "-bitgo-signing-key-file", d.bitgoKey,

@@ -29,7 +29,10 @@ var watchedConsumers = []struct{ stream, name string }{
 
 // webhookCounts are ingest's webhook counters, by answer.
 type webhookCounts struct {
-	Accepted, Duplicate, Rejected, Unavailable float64
+	Accepted    float64 `json:"accepted"`
+	Duplicate   float64 `json:"duplicate"`
+	Rejected    float64 `json:"rejected"`
+	Unavailable float64 `json:"unavailable"`
 }
 
 // sample is what one round of the sampler saw.
