@@ -85,6 +85,7 @@
           var data = root ? root.dataset : {};
           document.title = (data.title ? data.title + ' · ' : '') + 'paystream console';
           if (data.location) history.replaceState(null, '', data.location);
+          if (top) { window.scrollTo(0, 0); top = false; }
           markNav(fragmentPath());
           var every = Number(data.refresh || 0);
           if (every > 0) timer = setTimeout(refresh, every * 1000);
@@ -106,9 +107,14 @@
     load();
   }
 
+  // top is set by a navigation, so that the new page starts at its top; a
+  // refresh keeps the reader's place.
+  var top = false;
+
   function go(url) {
     history.pushState(null, '', url);
     flash.replaceChildren();
+    top = true;
     load();
   }
 
@@ -283,7 +289,7 @@
     go(f.getAttribute('action') + (q ? '?' + q : ''));
   });
 
-  window.addEventListener('popstate', function () { flash.replaceChildren(); load(); });
+  window.addEventListener('popstate', function () { flash.replaceChildren(); top = true; load(); });
 
   takeTokenFromURL();
   load();
