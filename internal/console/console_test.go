@@ -1,9 +1,13 @@
 package console_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -237,3 +241,34 @@ func orderIDs(p console.Page) []string {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// TestReadmeShowsTheConsole checks the README's "Console" section: every
+// screenshot it shows is committed under docs/img as a PNG of at most
+// 200 KB, and every screenshot there is shown.
+func TestReadmeShowsTheConsole(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	_, section, ok := strings.Cut(string(readme), "\n## Console\n")
+	require.True(t, ok, "the README has a Console section")
+	section, _, _ = strings.Cut(section, "\n## ")
+	shown := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\]\((docs/img/[^)]+)\)`).FindAllStringSubmatch(section, -1) {
+		shown[m[1]] = true
+	}
+	require.NotEmpty(t, shown, "the section shows a screenshot")
+	committed, err := filepath.Glob(filepath.Join("..", "..", "docs", "img", "*"))
+	require.NoError(t, err)
+	for _, path := range committed {
+		rel := "docs/img/" + filepath.Base(path)
+		require.True(t, shown[rel], "%s is committed but not shown", rel)
+		delete(shown, rel)
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.True(t, bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")), "%s is a PNG", rel)
+		require.LessOrEqual(t, len(b), 200<<10, "%s is at most 200 KB", rel)
+	}
+	require.Empty(t, shown, "screenshots shown but not committed")
+	for _, flag := range []string{"-listen", "-admin-token-file", "-ingest-admin-url", "-no-allocations", "/api/v1/dead-letters/redrive"} {
+		require.Contains(t, section, flag)
+	}
+}
