@@ -433,7 +433,7 @@ type IndexStats struct {
 	Allocations map[string]map[string]int `json:"allocations"`
 	// Stuck counts items stuck planned or pending.
 	Stuck int `json:"stuck"`
-	// Merchants are the merchants of the indexed orders, sorted.
+	// Merchants are the known merchants of the indexed orders, sorted.
 	Merchants []string `json:"merchants"`
 	// Revision is the latest bucket revision seen.
 	Revision uint64 `json:"revision"`
@@ -460,7 +460,11 @@ func (x *Index) Stats() IndexStats {
 		}
 	}
 	for m := range x.byMerchant {
-		st.Merchants = append(st.Merchants, m)
+		// Orders whose merchant is not known yet are listed, but "" is
+		// no merchant to filter by.
+		if m != "" {
+			st.Merchants = append(st.Merchants, m)
+		}
 	}
 	slices.Sort(st.Merchants)
 	return st
