@@ -129,23 +129,20 @@ func (c *Console) overview(ctx context.Context) Overview {
 		}
 		ov.OperatorErrors = append(ov.OperatorErrors, e)
 	}
-	dls, err := c.deadLetters(ctx, DeadLetterFilter{})
+	// The cached list itself, newest last: the overview copies no dead
+	// letter but the few it shows.
+	dls, err := c.dlq.list(ctx)
 	if err != nil {
 		if ov.Errors == nil {
 			ov.Errors = map[string]string{}
 		}
 		ov.Errors["dead_letters"] = err.Error()
 	}
-	ov.DeadLettersByKind = dls.ByKind
-	if ov.DeadLettersByKind == nil {
-		ov.DeadLettersByKind = map[string]int{}
-	}
 	n := 0
-	for _, d := range dls.DeadLetters {
-		if n == maxOperatorErrors {
-			break
-		}
-		if slices.Contains(operatorKinds, d.Kind()) {
+	for i := len(dls) - 1; i >= 0; i-- {
+		d := &dls[i]
+		ov.DeadLettersByKind[d.Kind()]++
+		if n < maxOperatorErrors && slices.Contains(operatorKinds, d.Kind()) {
 			ov.OperatorErrors = append(ov.OperatorErrors, OperatorError{At: d.DeadLetteredAt, Kind: d.Kind(), OrderID: d.OrderID, DLQSeq: d.DLQSeq, Type: d.Type, Reason: d.Reason})
 			n++
 		}

@@ -284,9 +284,16 @@ func (c *Console) renderOrder(w http.ResponseWriter, req *http.Request, id strin
 	c.render(w, "order", p)
 }
 
+// maxShownDeadLetters bounds the rows of the dead letters page (and so
+// its "redrive all shown"); the filters narrow a longer list.
+const maxShownDeadLetters = 500
+
 type deadLettersPage struct {
 	DeadLetterList
 	Filter DeadLetterFilter
+	// Matching is how many the filter selects; the page shows the newest
+	// maxShownDeadLetters.
+	Matching int
 }
 
 func (c *Console) uiDeadLetters(w http.ResponseWriter, req *http.Request) {
@@ -298,7 +305,9 @@ func (c *Console) uiDeadLetters(w http.ResponseWriter, req *http.Request) {
 		renderError(w, "Dead letters", fmt.Errorf("dead letters %w: %v", httpapi.ErrUnavailable, err))
 		return
 	}
-	c.render(w, "deadletters", deadLettersPage{DeadLetterList: l, Filter: f})
+	p := deadLettersPage{DeadLetterList: l, Filter: f, Matching: len(l.DeadLetters)}
+	p.DeadLetters = p.DeadLetters[:min(len(p.DeadLetters), maxShownDeadLetters)]
+	c.render(w, "deadletters", p)
 }
 
 type attentionPage struct {
