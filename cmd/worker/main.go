@@ -57,6 +57,7 @@ var commands = []struct {
 	{"replay", "print stored events as JSON lines; -verify re-checks their signatures, -apply re-applies them", runReplay},
 	{"dlq", "list dead letters, or send them back to the event stream (worker dlq list|redrive)", runDLQ},
 	{"reconcile", "run one reconciliation pass with Cobo's order list by hand", runReconcile},
+	{"console", "serve the operator console (orders, timelines, dead letters, redrive) in the browser", runConsole},
 }
 
 // run is the whole command line: a command when the first argument names

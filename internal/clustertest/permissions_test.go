@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/console"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/ingest"
@@ -267,6 +269,24 @@ func TestDeployedPermissions(t *testing.T) {
 		return st.Msgs == 1 && st.LastSeq == 2
 	})
 
+	// The operator console (worker console) runs as the operator too: its
+	// orders index watches the bucket, its overview reads the consumers'
+	// lag, its pages an order's timeline and the dead letters.
+	con, err := console.Start(context.Background(), console.Config{
+		NATSURL: c.url(), NATSOptions: []nats.Option{operatorUser.opt()}, Listen: "127.0.0.1:0", Token: "console-token",
+		Verifier: signer.Verifier(t), Allocation: alloc.Plan(), SampleEvery: 100 * time.Millisecond, Logger: logs.logger("console"),
+	})
+	require.NoError(t, err)
+	waitFor(t, 10*time.Second, "the console's index and overview", func() bool {
+		code, body := consoleGet(t, con, "/api/v1/overview")
+		return code == http.StatusOK && con.Index().Stats().Orders >= 5 && strings.Contains(body, `"paystream-batcher"`)
+	})
+	for _, path := range []string{"/api/v1/orders", "/api/v1/orders/O-perm-000/events", "/api/v1/dead-letters", "/ui/orders/O-perm-000", "/ui/dead-letters"} {
+		code, body := consoleGet(t, con, path)
+		require.Equal(t, http.StatusOK, code, "%s: %s", path, body)
+	}
+	require.NoError(t, con.Shutdown(context.Background()))
+
 	// With no worker running and the orders bucket lost (deleted by the
 	// admin), the operator re-applies one order's stored events (worker
 	// replay -verify -apply -stream-replicas 3): the bucket, order state and
@@ -344,6 +364,20 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_DLQ"`)
 	require.Contains(t, all, `"PAYSTREAM/user:worker" - Subscription Violation - Subject "_INBOX_ingest.>"`)
 	require.Contains(t, all, `"PAYSTREAM/user:ingest" - Publish Violation - Subject "$JS.API.STREAM.UPDATE.PAYSTREAM_EVENTS"`)
+}
+
+// consoleGet calls the console with its token.
+func consoleGet(t *testing.T, con *console.Console, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, con.URL()+path, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer console-token")
+	resp, err := httpClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
 }
 
 // requireRefused waits up to 5 s for the permission violation the client

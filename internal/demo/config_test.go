@@ -12,19 +12,19 @@ import (
 func TestPortPlan(t *testing.T) {
 	t.Parallel()
 	p := planPorts(0, 2)
-	require.Equal(t, ports{ingest: 8080, admin: 8081, nats: 4222, sandbox: 9000, workers: []int{9091, 9092}}, p)
-	require.Equal(t, "8080 (ingest), 8081 (admin), 4222 (NATS), 9000 (sandbox), 9091-9092 (workers)", p.String())
+	require.Equal(t, ports{ingest: 8080, admin: 8081, nats: 4222, sandbox: 9000, console: 8082, workers: []int{9091, 9092}}, p)
+	require.Equal(t, "8080 (ingest), 8081 (admin), 4222 (NATS), 9000 (sandbox), 8082 (console), 9091-9092 (workers)", p.String())
 
 	p = planPorts(18080, 3)
-	require.Equal(t, ports{ingest: 18080, admin: 18081, nats: 18082, sandbox: 18083, workers: []int{18084, 18085, 18086}}, p)
-	require.Equal(t, "18080 (ingest), 18081 (admin), 18082 (NATS), 18083 (sandbox), 18084-18086 (workers)", p.String())
-	require.Equal(t, "20000 (ingest), 20001 (admin), 20002 (NATS), 20003 (sandbox), 20004 (worker)", planPorts(20000, 1).String())
+	require.Equal(t, ports{ingest: 18080, admin: 18081, nats: 18082, sandbox: 18083, console: 18084, workers: []int{18085, 18086, 18087}}, p)
+	require.Equal(t, "18080 (ingest), 18081 (admin), 18082 (NATS), 18083 (sandbox), 18084 (console), 18085-18087 (workers)", p.String())
+	require.Equal(t, "20000 (ingest), 20001 (admin), 20002 (NATS), 20003 (sandbox), 20004 (console), 20005 (worker)", planPorts(20000, 1).String())
 
 	for _, base := range []int{0, 1024, 30000} {
 		for _, workers := range []int{1, 2, 5} {
 			p := planPorts(base, workers)
 			seen := map[int]bool{}
-			for _, port := range append([]int{p.ingest, p.admin, p.nats, p.sandbox}, p.workers...) {
+			for _, port := range append([]int{p.ingest, p.admin, p.nats, p.sandbox, p.console}, p.workers...) {
 				require.False(t, seen[port], "port %d twice with base %d and %d workers", port, base, workers)
 				seen[port] = true
 			}
@@ -37,7 +37,7 @@ func TestPortPlan(t *testing.T) {
 	require.Equal(t, 65535, p.workers[1])
 	require.NoError(t, Config{Orders: 1, BasePort: maxBasePort(2)}.WithDefaults().validate())
 	require.ErrorContains(t, Config{Orders: 1, BasePort: maxBasePort(2) + 1}.WithDefaults().validate(),
-		"-base-port must be 0 (the default ports) or from 1 to 65530, leaving room for 6 ports with -workers 2; got 65531")
+		"-base-port must be 0 (the default ports) or from 1 to 65529, leaving room for 7 ports with -workers 2; got 65530")
 }
 
 // TestConfigNamesTheFlag: WithDefaults fills the named defaults, and

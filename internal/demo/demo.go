@@ -257,6 +257,9 @@ func Run(ctx context.Context, cfg Config) error {
 		workerURLs = append(workerURLs, "http://"+addr(port)+"/metrics")
 	}
 	say("%d workers ready, metrics on %s", cfg.Workers, workerRange(pp.workers))
+	if err := startConsole(ctx, f, cfg.Dir, dataDir, key, fl, pp, say); err != nil {
+		return err
+	}
 
 	rate := strconv.FormatFloat(cfg.Rate, 'f', -1, 64)
 	if _, err := f.start("sandbox", "-listen", addr(pp.sandbox), "-webhook-url", "http://"+addr(pp.ingest)+"/webhooks/cobo",
@@ -388,4 +391,33 @@ func (st *settling) next(s, prev snapshot) []string {
 		msgs = append(msgs, "settled: "+check)
 	}
 	return msgs
+}
+
+// startConsole writes a random admin token, starts `worker console` as the
+// operator user with the workers' rules and Cobo API (so that it can
+// re-apply), and prints its URL with the token in the fragment: the page
+// takes it once into the tab's sessionStorage and removes it from the
+// address bar, and a fragment never reaches a server or a log.
+func startConsole(ctx context.Context, f *fleet, dir, dataDir, webhookKey string, fl files, pp ports, say func(string, ...any)) error {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("generate admin token: %w", err)
+	}
+	token := hex.EncodeToString(b)
+	tokenFile := filepath.Join(dir, "admin-token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	p, err := f.start("worker-console", "console", "-listen", addr(pp.console), "-admin-token-file", tokenFile,
+		"-nats-url", "nats://"+addr(pp.nats), "-nats-user", natsembed.UserOperator, "-nats-password-file", natsembed.PasswordFile(dataDir, natsembed.UserOperator),
+		"-cobo-pubkey", webhookKey, "-rules", fl.rules, "-cobo-api-url", "http://"+addr(pp.sandbox)+"/v2", "-cobo-api-secret-file", fl.coboSecret,
+		"-ingest-admin-url", "http://"+addr(pp.admin), "-refresh", "2s", "-log-level", "warn")
+	if err != nil {
+		return err
+	}
+	if err := f.waitReady(ctx, p, "http://"+addr(pp.console)+"/readyz"); err != nil {
+		return err
+	}
+	say("operator console: http://%s/#token=%s (the link logs you in; the token is in %s)", addr(pp.console), token, tokenFile)
+	return nil
 }
