@@ -93,7 +93,7 @@ func TestStreamLeaderKilledUnderLoad(t *testing.T) {
 	s := &sender{delivered: map[string]delivery{}}
 	s.send(bodies, 4, 10*time.Millisecond, func(b []byte) (delivery, error) { return deliver(signer, ing, b) })
 
-	waitFor(t, 20*time.Second, "a third of the webhooks sent", func() bool { return s.sent.Load() >= int64(len(bodies)/3) })
+	testutil.WaitFor(t, 20*time.Second, "a third of the webhooks sent", func() bool { return s.sent.Load() >= int64(len(bodies)/3) })
 	victim := c.node(t, leader)
 	c.kill(t, victim)
 	t.Logf("killed %s, the %s leader, after %d of %d webhooks", leader, events.StreamName, s.sent.Load(), len(bodies))
@@ -111,7 +111,7 @@ func TestStreamLeaderKilledUnderLoad(t *testing.T) {
 	require.EqualValues(t, len(bodies), info.State.Msgs)
 
 	for _, h := range orders {
-		waitFor(t, 30*time.Second, "order "+h.orderID, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "order "+h.orderID, func() bool {
 			v, ok := getOrder(t, ing, h.orderID)
 			return ok && h.reached(v)
 		})
@@ -133,7 +133,7 @@ func moveLeaderTo(t *testing.T, admin jetstream.JetStream, stream, node string) 
 		req := []byte(`{"placement":{"preferred":"` + node + `"}}`)
 		_, err := admin.Conn().Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
 		require.NoError(t, err)
-		waitFor(t, 10*time.Second, "a leader of "+stream, func() bool { return streamInfo(t, admin, stream).Cluster.Leader != "" })
+		testutil.WaitFor(t, 10*time.Second, "a leader of "+stream, func() bool { return streamInfo(t, admin, stream).Cluster.Leader != "" })
 	}
 	t.Fatalf("the leader of %s does not move to %s", stream, node)
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -243,22 +242,10 @@ func mustRequest(signer *testutil.Signer, url string, body []byte) *http.Request
 	return req
 }
 
-// getOrder reads an order through ingest's admin API, which reads the
-// orders bucket as the ingest user.
+// getOrder reads an order through ingest's admin API.
 func getOrder(t *testing.T, s *ingest.Service, orderID string) (domain.OrderView, bool) {
 	t.Helper()
-	resp, err := httpClient.Get("http://" + s.AdminAddr() + "/v1/orders/" + orderID)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	if resp.StatusCode == http.StatusNotFound {
-		return domain.OrderView{}, false
-	}
-	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-	var v domain.OrderView
-	require.NoError(t, json.Unmarshal(b, &v))
-	return v, true
+	return testutil.GetOrder(t, s.AdminAddr(), orderID)
 }
 
 // storedOrder reads an order straight from the bucket as the test admin,
@@ -270,18 +257,6 @@ func storedOrder(t *testing.T, js jetstream.JetStream, orderID string) *domain.O
 	o, _, err := events.NewOrderStore(kv).Get(context.Background(), orderID)
 	require.NoError(t, err)
 	return o
-}
-
-// waitFor polls cond every 50ms for at most timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // history is one order's webhooks and the state they end in.

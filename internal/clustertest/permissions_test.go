@@ -226,7 +226,7 @@ func TestDeployedPermissions(t *testing.T) {
 		}
 	}
 	for _, h := range orders {
-		waitFor(t, 20*time.Second, "order "+h.orderID, func() bool {
+		testutil.WaitFor(t, 20*time.Second, "order "+h.orderID, func() bool {
 			v, ok := getOrder(t, ing, h.orderID)
 			return ok && h.reached(v)
 		})
@@ -237,12 +237,12 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Equal(t, domain.StatusCompleted, v.Status, "the forged event changed nothing")
 	for _, h := range orders {
 		if h.final == domain.StatusCompleted {
-			waitFor(t, 20*time.Second, "allocations of "+h.orderID, func() bool { return allocated(t, ing, h.orderID) })
+			testutil.WaitFor(t, 20*time.Second, "allocations of "+h.orderID, func() bool { return allocated(t, ing, h.orderID) })
 		}
 	}
 	// The order no webhook announced is repaired by the workers'
 	// reconciliation and allocated.
-	waitFor(t, 20*time.Second, "allocations of the order found by reconciliation", func() bool { return allocated(t, ing, lost.OrderID) })
+	testutil.WaitFor(t, 20*time.Second, "allocations of the order found by reconciliation", func() bool { return allocated(t, ing, lost.OrderID) })
 	require.Len(t, csim.Items(), 8, "referral and late payment of four orders")
 	require.Len(t, bsim.Allocations(), 4)
 
@@ -250,7 +250,7 @@ func TestDeployedPermissions(t *testing.T) {
 	bad := testutil.TransactionEvent("bad-late", "late", "O-perm-bad", "tx-bad", "0")
 	_, err = deliver(signer, ing, bad)
 	require.NoError(t, err)
-	waitFor(t, 20*time.Second, "the dead letter", func() bool { return streamMsgs(t, admin, events.DLQStreamName) == 1 })
+	testutil.WaitFor(t, 20*time.Second, "the dead letter", func() bool { return streamMsgs(t, admin, events.DLQStreamName) == 1 })
 
 	// The operator lists and redrives it with the real tooling (worker dlq
 	// list|redrive): the copy is stored again, the dead letter deleted,
@@ -264,7 +264,7 @@ func TestDeployedPermissions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	require.Contains(t, out.String(), `"removed":true`)
-	waitFor(t, 20*time.Second, "the redriven event dead-lettered again", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "the redriven event dead-lettered again", func() bool {
 		st := streamInfo(t, admin, events.DLQStreamName).State
 		return st.Msgs == 1 && st.LastSeq == 2
 	})
@@ -277,7 +277,7 @@ func TestDeployedPermissions(t *testing.T) {
 		Verifier: signer.Verifier(t), Allocation: alloc.Plan(), SampleEvery: 100 * time.Millisecond, Logger: logs.logger("console"),
 	})
 	require.NoError(t, err)
-	waitFor(t, 10*time.Second, "the console's index and overview", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the console's index and overview", func() bool {
 		code, body := consoleGet(t, con, "/api/v1/overview")
 		return code == http.StatusOK && con.Index().Stats().Orders >= 5 && strings.Contains(body, `"paystream-batcher"`)
 	})
@@ -317,7 +317,7 @@ func TestDeployedPermissions(t *testing.T) {
 	require.Equal(t, replay.Summary{Events: 5, Verified: 5, Applied: 5}, sum)
 	// Order reads may be served by a replica a moment behind the leader
 	// (the bucket allows direct gets), so the replayed state is waited for.
-	waitFor(t, 5*time.Second, "the order applied by the operator before any worker saw it", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "the order applied by the operator before any worker saw it", func() bool {
 		v, ok := getOrder(t, ing, replayed.orderID)
 		return ok && replayed.reached(v)
 	})
@@ -337,13 +337,13 @@ func TestDeployedPermissions(t *testing.T) {
 	startWorker(t, c, signer, "w3", newObserved(), logs, alloc)
 	require.Equal(t, 30*24*time.Hour, streamInfo(t, admin, events.DLQStreamName).Config.MaxAge, "a worker never changes a stream")
 	require.Contains(t, strings.Join(logs.all(), "\n"), `"component":"w3","stream":"PAYSTREAM_DLQ","drift":["MaxAge: have 720h0m0s, want 2160h0m0s"]`)
-	waitFor(t, 20*time.Second, "allocations of "+replayed.orderID, func() bool { return allocated(t, ing, replayed.orderID) })
-	waitFor(t, 20*time.Second, "allocations of "+byHand.OrderID, func() bool { return allocated(t, ing, byHand.OrderID) })
+	testutil.WaitFor(t, 20*time.Second, "allocations of "+replayed.orderID, func() bool { return allocated(t, ing, replayed.orderID) })
+	testutil.WaitFor(t, 20*time.Second, "allocations of "+byHand.OrderID, func() bool { return allocated(t, ing, byHand.OrderID) })
 	require.Len(t, csim.Items(), 12, "referral and late payment of six orders")
 	require.Len(t, bsim.Allocations(), 6)
 
 	// Every item is final, so the sweep removes every outbox mark.
-	waitFor(t, 10*time.Second, "the outbox marks removed", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the outbox marks removed", func() bool {
 		kv, err := admin.KeyValue(context.Background(), allocation.OutboxBucket)
 		require.NoError(t, err)
 		keys, err := kv.ListKeys(context.Background())

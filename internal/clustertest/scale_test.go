@@ -155,7 +155,7 @@ func TestWorkersJoinAndLeaveUnderLoad(t *testing.T) {
 	s.send(bodies, 2, 30*time.Millisecond, func(b []byte) (delivery, error) { return deliver(signer, ing, b) })
 	at := func(fraction float64, what string) {
 		t.Helper()
-		waitFor(t, 30*time.Second, what, func() bool { return float64(s.sent.Load()) >= fraction*float64(len(bodies)) })
+		testutil.WaitFor(t, 30*time.Second, what, func() bool { return float64(s.sent.Load()) >= fraction*float64(len(bodies)) })
 	}
 
 	at(0.15, "15% sent")
@@ -171,7 +171,7 @@ func TestWorkersJoinAndLeaveUnderLoad(t *testing.T) {
 	require.Empty(t, s.errs, "every webhook must be stored")
 
 	for _, h := range orders {
-		waitFor(t, 30*time.Second, "order "+h.orderID, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "order "+h.orderID, func() bool {
 			v, ok := getOrder(t, ing, h.orderID)
 			return ok && h.reached(v)
 		})

@@ -30,14 +30,6 @@ import (
 	"github.com/paystream/paystream/internal/worker"
 )
 
-// testRules split M1001's orders to "developer" (Cobo keeps those items
-// pending, so they get stuck) and every order to M9000 (Cobo fails those),
-// and credit late payments to the merchant.
-const testRules = `{"splits": [
-   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
-   {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
- "late_payments": "credit_merchant"}`
-
 // stack is a real ingest with its embedded JetStream, a real worker
 // allocating against the Cobo sandbox, and the console logged in as the
 // operator user, with the permissions of deploy/nats/accounts.conf.
@@ -88,7 +80,7 @@ func startStack(t *testing.T) *stack {
 	sim.SetItemStatus("developer", cobo.ItemPending)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	rules, err := allocation.ParseRules([]byte(testRules))
+	rules, err := allocation.ParseRules([]byte(testutil.Rules))
 	require.NoError(t, err)
 
 	s := &stack{signer: testutil.NewSigner(t), sim: sim, token: "console-test-token", logs: &logBook{}}

@@ -29,11 +29,6 @@ import (
 	"github.com/paystream/paystream/internal/worker"
 )
 
-const testRules = `{"splits": [
-   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
-   {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
- "late_payments": "credit_merchant"}`
-
 // allocStack is ingest plus a Cobo sandbox that workers allocate against.
 type allocStack struct {
 	signer *testutil.Signer
@@ -63,7 +58,7 @@ func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
 	sim := cobosim.New(simCfg)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	rules, err := allocation.ParseRules([]byte(testRules))
+	rules, err := allocation.ParseRules([]byte(testutil.Rules))
 	require.NoError(t, err)
 	signer := testutil.NewSigner(t)
 	return &allocStack{signer: signer, ing: startIngest(t, signer, ingest.Config{}), sim: sim, simURL: srv.URL, api: api, rules: rules}
@@ -134,7 +129,7 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 	})
 }
 
-// expectedItems is what orderEvents histories allocate under testRules:
+// expectedItems is what orderEvents histories allocate under testutil.Rules:
 // 10% commission, 5% referral and the late payment, per order.
 func expectedItems(orderIDs ...string) map[string]string {
 	want := map[string]string{}
@@ -151,7 +146,7 @@ func expectedItems(orderIDs ...string) map[string]string {
 func (s *allocStack) requireAllocatedOnce(t *testing.T, orderIDs ...string) {
 	t.Helper()
 	for _, id := range orderIDs {
-		waitFor(t, 30*time.Second, "allocations of "+id, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "allocations of "+id, func() bool {
 			v, ok := getOrder(t, s.ing, id)
 			if !ok || len(v.Allocations) != 3 {
 				return false
@@ -286,7 +281,7 @@ func TestLatePaymentOfUnknownOrderFetchesIt(t *testing.T) {
 		PayableAmount: amount("102"), ReceivedTokenAmount: amount("0"), FeeAmount: amount("2"), UpdatedTimestamp: 500})
 	s.startWorker(t, nil)
 	postUntilStored(t, s.signer, s.ing, testutil.TransactionEvent("late-only", "late", "O-unknown", "tx-u", "7.25"))
-	waitFor(t, 20*time.Second, "late allocation", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "late allocation", func() bool {
 		v, ok := getOrder(t, s.ing, "O-unknown")
 		return ok && len(v.Allocations) == 1 && v.Allocations[0].Status == domain.AllocCompleted
 	})
@@ -307,7 +302,7 @@ func TestFailedItemsAreSurfacedNotRetried(t *testing.T) {
 	s.sim.SetItemFailure("M9000")
 	w := s.startWorker(t, nil)
 	sendHistories(t, s, "O-fail")
-	waitFor(t, 20*time.Second, "allocations recorded", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "allocations recorded", func() bool {
 		v, ok := getOrder(t, s.ing, "O-fail")
 		if !ok || len(v.Allocations) != 3 {
 			return false
@@ -366,7 +361,7 @@ func TestOrphanedPlannedItemsAreSwept(t *testing.T) {
 	require.NoError(t, ajs.DeleteStream(context.Background(), allocation.IntentStream))
 
 	sendHistories(t, s, "O-orphan")
-	waitFor(t, 30*time.Second, "the completing events dead-lettered", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "the completing events dead-lettered", func() bool {
 		n := 0
 		for _, dl := range deadLetters(t, s.ing) {
 			if dl.OrderID == "O-orphan" && strings.Contains(dl.Reason, "publish allocation item") {

@@ -14,6 +14,7 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
 // BitGo documents the nonce as unique per request and the signature as
@@ -123,7 +124,7 @@ func TestBitGoRefusedCredentialsWait(t *testing.T) {
 			bad := s.startWorker(t, nil)
 			*s.bitgo = good
 			sendHistories(t, s, "O-bg-401")
-			waitFor(t, 30*time.Second, "BitGo to refuse the worker a few times", func() bool {
+			testutil.WaitFor(t, 30*time.Second, "BitGo to refuse the worker a few times", func() bool {
 				return metricValue(t, bad, `paystream_bitgo_answers_total{result="error"}`) >= 3
 			})
 			v, ok := getOrder(t, s.ing, "O-bg-401")

@@ -15,9 +15,10 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
-// testRulesWithBitGo adds a BitGo split to testRules: 2% of each order to
+// testRulesWithBitGo adds a BitGo split to testutil.Rules: 2% of each order to
 // partner connection conn-1.
 const testRulesWithBitGo = `{"splits": [
    {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
@@ -69,7 +70,7 @@ func (s *allocStack) requireBitGoOnce(t *testing.T, want string, orderIDs ...str
 	wantExt := map[string]string{}
 	for _, id := range orderIDs {
 		var item domain.AllocationItem
-		waitFor(t, 30*time.Second, "bitgo allocation of "+id, func() bool {
+		testutil.WaitFor(t, 30*time.Second, "bitgo allocation of "+id, func() bool {
 			v, ok := getOrder(t, s.ing, id)
 			if !ok {
 				return false

@@ -169,7 +169,7 @@ func TestPipelineWithDuplicatesAndShuffles(t *testing.T) {
 
 	for i := range orders {
 		id := orderID("O-dup", i)
-		waitFor(t, 20*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
+		testutil.WaitFor(t, 20*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
 		requireFinalOrder(t, s, id)
 		fc, late := obs.counts(id)
 		require.Equal(t, 1, fc, id)
@@ -225,7 +225,7 @@ func TestThreeWorkersRaceOnTheSameOrders(t *testing.T) {
 	sendConcurrently(t, signer, s, all, 12)
 	for i := range orders {
 		id := orderID("O-race", i)
-		waitFor(t, 20*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
+		testutil.WaitFor(t, 20*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
 		requireFinalOrder(t, s, id)
 		fc, late := obs.counts(id)
 		require.Equal(t, 1, fc, id)

@@ -46,13 +46,13 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 		all = append(all, orderEvents(orderID("O-kill", i))...)
 	}
 	sendConcurrently(t, signer, s, all, 4)
-	waitFor(t, 10*time.Second, "the victim to hang", func() bool { return seen.Load() > 8 })
+	testutil.WaitFor(t, 10*time.Second, "the victim to hang", func() bool { return seen.Load() > 8 })
 	victim.W.Kill()
 
 	startWorker(t, asWorker(s), signer, obs.observe)
 	for i := range orders {
 		id := orderID("O-kill", i)
-		waitFor(t, 30*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
+		testutil.WaitFor(t, 30*time.Second, "order "+id, func() bool { return orderComplete(t, s, id) })
 		requireFinalOrder(t, s, id)
 		fc, late := obs.counts(id)
 		require.Equal(t, 1, fc, id)
@@ -90,7 +90,7 @@ func TestStoreDownAnswers503AndLosesNothing(t *testing.T) {
 	for _, ev := range evs[1:] {
 		postUntilStored(t, signer, s, ev)
 	}
-	waitFor(t, 30*time.Second, "order O-down", func() bool { return orderComplete(t, s, "O-down") })
+	testutil.WaitFor(t, 30*time.Second, "order O-down", func() bool { return orderComplete(t, s, "O-down") })
 	requireFinalOrder(t, s, "O-down")
 	fc, late := obs.counts("O-down")
 	require.Equal(t, 1, fc)
@@ -108,7 +108,7 @@ func TestIngestRestartKeepsStreamAndState(t *testing.T) {
 	for _, ev := range evs {
 		require.Equal(t, "accepted", postUntilStored(t, signer, s, ev))
 	}
-	waitFor(t, 20*time.Second, "order O-restart", func() bool { return orderComplete(t, s, "O-restart") })
+	testutil.WaitFor(t, 20*time.Second, "order O-restart", func() bool { return orderComplete(t, s, "O-restart") })
 	w.Stop(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -125,7 +125,7 @@ func TestIngestRestartKeepsStreamAndState(t *testing.T) {
 	startWorker(t, asWorker(s2), signer, obs.observe)
 	extra := testutil.TransactionEvent("O-restart-late2", "late", "O-restart", "O-restart-tx3", "1.5")
 	require.Equal(t, "accepted", postUntilStored(t, signer, s2, extra))
-	waitFor(t, 20*time.Second, "second late payment", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "second late payment", func() bool {
 		v, ok := getOrder(t, s2, "O-restart")
 		return ok && len(v.LatePayments) == 2
 	})

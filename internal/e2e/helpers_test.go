@@ -155,28 +155,10 @@ func getJSON(t *testing.T, url string, header http.Header) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// getOrder reads an order through ingest's admin API.
 func getOrder(t *testing.T, s *ingest.Service, orderID string) (domain.OrderView, bool) {
 	t.Helper()
-	code, b := getJSON(t, "http://"+s.AdminAddr()+"/v1/orders/"+orderID, nil)
-	if code == http.StatusNotFound {
-		return domain.OrderView{}, false
-	}
-	require.Equal(t, http.StatusOK, code, string(b))
-	var v domain.OrderView
-	require.NoError(t, json.Unmarshal(b, &v))
-	return v, true
-}
-
-// waitFor polls cond every 50ms for at most timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return testutil.GetOrder(t, s.AdminAddr(), orderID)
 }
 
 // orderEvents is one order's realistic webhook history.

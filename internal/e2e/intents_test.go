@@ -36,7 +36,7 @@ func TestForgedCoboIntentForUnknownOrderIsRejected(t *testing.T) {
 	}
 	publishIntent(t, js, "paystream.alloc.cobo.O-ghost", "forged-ghost-1", forged)
 
-	waitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
 		return rejectedIntents(t, w, "cobo", "no_order") > 0 || len(s.sim.Batches()) > 0
 	})
 	require.Empty(t, s.sim.Items(), "a forged intent must never reach Cobo")
@@ -62,7 +62,7 @@ func TestForgedCoboIntentForRealItemSendsTheOrdersCopy(t *testing.T) {
 	forged.Destination = "attacker-merchant"
 	publishIntent(t, js, "paystream.alloc.cobo.O-forged", "forged-real-1", forged)
 
-	waitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
 		return rejectedIntents(t, w, "cobo", "mismatch") > 0 || len(s.sim.Batches()) > 0
 	})
 	require.Empty(t, s.sim.Items(), "the forged amount and destination must never reach Cobo")
@@ -96,7 +96,7 @@ func TestForgedBitGoIntentForUnknownOrderIsRejected(t *testing.T) {
 	}
 	publishIntent(t, js, "paystream.alloc.bitgo.O-bg-ghost", "forged-bg-ghost-1", forged)
 
-	waitFor(t, 10*time.Second, "the forged intent to be rejected", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the forged intent to be rejected", func() bool {
 		return rejectedIntents(t, w, "bitgo", "no_order") > 0 || len(s.bitgo.sim.Allocations()) > 0
 	})
 	require.Empty(t, s.bitgo.sim.Allocations(), "a forged intent must never reach BitGo")
@@ -120,7 +120,7 @@ func TestForgedBitGoIntentForRealItemSendsTheOrdersCopy(t *testing.T) {
 	forged.Destination = "bitgo:attacker-conn"
 	publishIntent(t, js, "paystream.alloc.bitgo.O-bg-forged", "forged-bg-real-1", forged)
 
-	waitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the forged intent to be handled", func() bool {
 		return rejectedIntents(t, w, "bitgo", "mismatch") > 0 || len(s.bitgo.sim.Allocations()) > 0
 	})
 	require.Empty(t, s.bitgo.sim.Allocations(), "the forged amount and connection must never reach BitGo")
@@ -197,7 +197,7 @@ func rejectedIntents(t *testing.T, w *testutil.RunningWorker, backend, reason st
 func requireIntentsAckedOnce(t *testing.T, js jetstream.JetStream, consumer string, n int) {
 	t.Helper()
 	var info *jetstream.ConsumerInfo
-	waitFor(t, 10*time.Second, "intents of "+consumer+" acked", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "intents of "+consumer+" acked", func() bool {
 		c, err := js.Consumer(context.Background(), allocation.IntentStream, consumer)
 		require.NoError(t, err)
 		info, err = c.Info(context.Background())

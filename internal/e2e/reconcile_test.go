@@ -55,7 +55,7 @@ func storedEvents(t *testing.T, js jetstream.JetStream, orderID string) uint64 {
 // every stored event.
 func waitDrained(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "every stored event processed", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "every stored event processed", func() bool {
 		c, err := js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
 		require.NoError(t, err)
 		info, err := c.Info(context.Background())
@@ -89,7 +89,7 @@ func (s *allocStack) requireSettledOnce(t *testing.T, orderIDs ...string) {
 				lates++
 			}
 		}
-		waitFor(t, 30*time.Second, "order "+id+" settled", func() bool {
+		testutil.WaitFor(t, 30*time.Second, "order "+id+" settled", func() bool {
 			v, ok := getOrder(t, s.ing, id)
 			if !ok || string(v.Status) != want.Status || len(v.LatePayments) != lates || len(v.Deposits)+lates != len(want.Transactions) {
 				return false
@@ -191,7 +191,7 @@ func TestReconciliationCompletesUndeliveredOrders(t *testing.T) {
 // waitAllocated waits until the order has n allocations, all completed.
 func waitAllocated(t *testing.T, s *allocStack, orderID string, n int) {
 	t.Helper()
-	waitFor(t, 30*time.Second, orderID+" allocated", func() bool {
+	testutil.WaitFor(t, 30*time.Second, orderID+" allocated", func() bool {
 		v, ok := getOrder(t, s.ing, orderID)
 		if !ok || len(v.Allocations) != n {
 			return false

@@ -166,7 +166,7 @@ func deadLetters(t *testing.T, s *ingest.Service) []replay.DeadLetterLine {
 func waitForDeadLetters(t *testing.T, s *ingest.Service, n int) []replay.DeadLetterLine {
 	t.Helper()
 	var got []replay.DeadLetterLine
-	waitFor(t, 30*time.Second, "dead letters", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "dead letters", func() bool {
 		got = deadLetters(t, s)
 		return len(got) >= n
 	})
@@ -261,7 +261,7 @@ func TestForeignCoboCustomerAllocatesNothing(t *testing.T) {
 	foreign := s.sim.ForeignOrderIDs()
 	require.Len(t, foreign, 6)
 
-	waitFor(t, time.Minute, "every foreign order dead-lettered unknown_order", func() bool {
+	testutil.WaitFor(t, time.Minute, "every foreign order dead-lettered unknown_order", func() bool {
 		dead := map[string]bool{}
 		for _, dl := range deadLetters(t, s.ing) {
 			require.True(t, strings.HasPrefix(dl.Reason, "unknown_order: "), "only foreign orders are refused: %s", dl.Reason)
@@ -274,7 +274,7 @@ func TestForeignCoboCustomerAllocatesNothing(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, time.Minute, "our orders allocated", func() bool {
+	testutil.WaitFor(t, time.Minute, "our orders allocated", func() bool {
 		return len(s.sim.Items()) > 0 && len(s.bitgo.sim.Allocations()) > 0
 	})
 	require.Empty(t, s.sim.ForeignOrderItems(), "no Cobo allocation names a foreign order")

@@ -14,6 +14,7 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
 // An item reads failed only when Cobo certainly did not make it; every
@@ -55,7 +56,7 @@ func TestUnauthorizedSendsWaitForTheKey(t *testing.T) {
 	s.sim.InjectFault(cobosim.Fault{PathPrefix: batchRoute, Kind: cobosim.FaultUnauthorized, Count: 1 << 30})
 	w := s.startWorker(t, nil)
 	sendHistories(t, s, "O-key")
-	waitFor(t, 20*time.Second, "several refused sends", func() bool { return s.sim.State().FaultsApplied >= 4 })
+	testutil.WaitFor(t, 20*time.Second, "several refused sends", func() bool { return s.sim.State().FaultsApplied >= 4 })
 	v, ok := getOrder(t, s.ing, "O-key")
 	require.True(t, ok)
 	require.NotEmpty(t, v.Allocations)
@@ -63,14 +64,14 @@ func TestUnauthorizedSendsWaitForTheKey(t *testing.T) {
 		require.Equal(t, domain.AllocPlanned, a.Status, "%s waits for the key: %+v", a.ID, a)
 	}
 	require.Empty(t, s.sim.Batches())
-	waitFor(t, 10*time.Second, "credential errors counted", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "credential errors counted", func() bool {
 		return metricValue(t, w, "paystream_cobo_credential_errors_total") > 0 &&
 			metricValue(t, w, `paystream_allocation_batches_waiting{reason="credentials"}`) > 0
 	})
 
 	s.sim.ClearFaults() // the operator registered the key
 	s.requireAllocatedOnce(t, "O-key")
-	waitFor(t, 10*time.Second, "no batch waiting", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "no batch waiting", func() bool {
 		return metricValue(t, w, `paystream_allocation_batches_waiting{reason="credentials"}`) == 0
 	})
 }
@@ -85,7 +86,7 @@ func TestPricingPlan30001IsNotResentForever(t *testing.T) {
 	s.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchRoute, Kind: cobosim.FaultPricingPlan, Count: 1 << 30})
 	w := s.startWorker(t, nil)
 	sendHistories(t, s, "O-30001")
-	waitFor(t, 30*time.Second, "every item final", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "every item final", func() bool {
 		v, ok := getOrder(t, s.ing, "O-30001")
 		if !ok || len(v.Allocations) != 3 {
 			return false
@@ -137,7 +138,7 @@ func TestSelfTransferFailsAlone(t *testing.T) {
 	w := s.startWorker(t, nil)
 
 	s.requireNoneFailed(t, 30*time.Second, "O-good")
-	waitFor(t, 20*time.Second, "O-M9000's items final", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "O-M9000's items final", func() bool {
 		v, _ := getOrder(t, s.ing, "O-M9000")
 		return v.Allocations[0].Final() && v.Allocations[1].Final()
 	})
@@ -190,7 +191,7 @@ func plantOrder(t *testing.T, js jetstream.JetStream, orderID, merchant string, 
 func (s *allocStack) requireNoneFailed(t *testing.T, timeout time.Duration, orderIDs ...string) {
 	t.Helper()
 	for _, id := range orderIDs {
-		waitFor(t, timeout, "allocations of "+id, func() bool {
+		testutil.WaitFor(t, timeout, "allocations of "+id, func() bool {
 			v, ok := getOrder(t, s.ing, id)
 			if !ok || len(v.Allocations) == 0 {
 				return false

@@ -34,7 +34,7 @@ func TestApplyNeedsTheAllocationDecision(t *testing.T) {
 	v := testutil.NewSigner(t).Verifier(t)
 
 	// The fleet's rules need the intent stream a worker with rules made.
-	rules, err := allocation.ParseRules([]byte(testRules))
+	rules, err := allocation.ParseRules([]byte(testutil.Rules))
 	require.NoError(t, err)
 	_, err = events.EnsureEventStream(context.Background(), js, events.StreamConfig{})
 	require.NoError(t, err)
@@ -59,7 +59,7 @@ func TestApplyChangesNothingOnCurrentOrdersAndRebuildsAFreshBucket(t *testing.T)
 		s.postHistory(t, id)
 	}
 	for _, id := range ids {
-		waitFor(t, 20*time.Second, id+" complete", func() bool { return s.orderComplete(t, id) })
+		testutil.WaitFor(t, 20*time.Second, id+" complete", func() bool { return s.orderComplete(t, id) })
 	}
 	s.waitWorkersIdle(t)
 	want := map[string][]byte{}
@@ -163,11 +163,11 @@ func TestApplyWithRulesNeverAllocatesTwice(t *testing.T) {
 	require.Len(t, o.Allocations, 3)
 }
 
-// waitAllocated waits until the order has the three items testRules plan
+// waitAllocated waits until the order has the three items testutil.Rules plan
 // for a history, all completed.
 func (s *stack) waitAllocated(t *testing.T, orderID string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "allocations of "+orderID, func() bool {
+	testutil.WaitFor(t, 30*time.Second, "allocations of "+orderID, func() bool {
 		o, _, ok := s.order(t, orderID)
 		return ok && len(o.Allocations) == 3 &&
 			!slices.ContainsFunc(o.Allocations, func(a domain.AllocationItem) bool { return a.Status != domain.AllocCompleted })

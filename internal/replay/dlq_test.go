@@ -35,7 +35,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	_, err := s.js.PublishMsg(context.Background(), bad)
 	require.NoError(t, err)
 	badSeq := lateSeq + 1
-	waitFor(t, 20*time.Second, "two dead letters", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "two dead letters", func() bool {
 		return s.streamInfo(t, events.DLQStreamName).State.Msgs == 2
 	})
 
@@ -91,7 +91,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("late-unknown:redrive:%d", dlqSeq), out[0].str(t, "msg_id"))
 	require.Equal(t, "true", string(out[0].fields["removed"]))
 	require.NotContains(t, out[0].fields, "duplicate")
-	waitFor(t, 20*time.Second, "the redriven late payment allocated", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "the redriven late payment allocated", func() bool {
 		o, _, ok := s.order(t, "O-dlq")
 		return ok && len(o.LatePayments) == 1 && len(o.Allocations) == 1 && o.Allocations[0].Status == domain.AllocCompleted
 	})
@@ -125,7 +125,7 @@ func TestDeadLettersAreListedAndRedrivenAfterAFix(t *testing.T) {
 	require.Len(t, out, 1)
 	require.Equal(t, badDL.uint(t, "dlq_seq"), out[0].uint(t, "dlq_seq"))
 	require.Equal(t, fmt.Sprintf("bad-1:redrive:%d", badDL.uint(t, "dlq_seq")), out[0].str(t, "msg_id"))
-	waitFor(t, 20*time.Second, "the unparseable event dead-lettered again", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "the unparseable event dead-lettered again", func() bool {
 		return s.streamInfo(t, events.DLQStreamName).State.Msgs == 1
 	})
 	rest = s.listDLQ(t, replay.Selection{})

@@ -28,11 +28,6 @@ import (
 	"github.com/paystream/paystream/internal/worker"
 )
 
-const testRules = `{"splits": [
-   {"merchant_id": "M1001", "destination_account": "developer", "share": "0.10", "description": "platform commission"},
-   {"merchant_id": "*", "destination_account": "M9000", "share": "0.05", "description": "referral"}],
- "late_payments": "credit_merchant"}`
-
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
 // stack is a real embedded JetStream server with the real ingest in front
@@ -85,7 +80,7 @@ func (s *stack) withAllocations(t *testing.T) *stack {
 	sim := cobosim.New(cobosim.Config{APIKeys: []string{api.APIKey()}, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	rules, err := allocation.ParseRules([]byte(testRules))
+	rules, err := allocation.ParseRules([]byte(testutil.Rules))
 	require.NoError(t, err)
 	s.alloc = &allocSide{sim: sim, url: srv.URL, api: api, rules: rules}
 	return s
@@ -192,18 +187,6 @@ func (s *stack) postHistory(t *testing.T, orderID string) [][]byte {
 	return h
 }
 
-// waitFor polls cond every 50ms for at most timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func (s *stack) streamInfo(t *testing.T, name string) *jetstream.StreamInfo {
 	t.Helper()
 	st, err := s.js.Stream(context.Background(), name)
@@ -227,7 +210,7 @@ func (s *stack) workerConsumer(t *testing.T) *jetstream.ConsumerInfo {
 func (s *stack) waitWorkersIdle(t *testing.T) {
 	t.Helper()
 	last := s.streamInfo(t, events.StreamName).State.LastSeq
-	waitFor(t, 20*time.Second, "workers to process every event", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "workers to process every event", func() bool {
 		info := s.workerConsumer(t)
 		return info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream >= last
 	})
