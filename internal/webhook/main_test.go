@@ -1,0 +1,10 @@
+package webhook_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package when a test leaves goroutines running.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
