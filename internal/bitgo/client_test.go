@@ -87,6 +87,7 @@ func (e *env) prepare(t *testing.T, externalID string) bitgo.Request {
 }
 
 func TestSendCleared(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-1"))
 	require.NoError(t, err)
@@ -106,6 +107,7 @@ func TestSendCleared(t *testing.T) {
 }
 
 func TestSendLostResponseRecordsOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultLoseResponse})
 	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-lost"))
@@ -116,6 +118,7 @@ func TestSendLostResponseRecordsOnce(t *testing.T) {
 }
 
 func TestSendRetriesError500(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500, Count: 2})
 	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-500"))
@@ -126,6 +129,7 @@ func TestSendRetriesError500(t *testing.T) {
 }
 
 func TestSendRetriesReservedRetriable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultReserveRetriable})
 	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-rr"))
@@ -136,6 +140,7 @@ func TestSendRetriesReservedRetriable(t *testing.T) {
 }
 
 func TestSendGivesUpAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500, Count: bitgo.DefaultMaxAttempts})
 	r := e.prepare(t, "pay-down")
@@ -156,6 +161,7 @@ func TestSendGivesUpAfterMaxAttempts(t *testing.T) {
 }
 
 func TestSendReleased(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultRelease})
 	r := e.prepare(t, "pay-rel")
@@ -175,6 +181,7 @@ func TestSendReleased(t *testing.T) {
 }
 
 func TestSendWrongTokenNotRetried(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.newClient(t, "v2xwrong-token")
 	_, err := c.Send(context.Background(), e.prepare(t, "pay-401"))
@@ -188,6 +195,7 @@ func TestSendWrongTokenNotRetried(t *testing.T) {
 }
 
 func TestSendWrongSigningKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	other, err := secp256k1.GeneratePrivateKey()
 	require.NoError(t, err)
@@ -207,6 +215,7 @@ func TestSendWrongSigningKey(t *testing.T) {
 }
 
 func TestSendReservedThenGetCleared(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultReserved})
 	a, err := e.client.Send(context.Background(), e.prepare(t, "pay-res"))
@@ -222,6 +231,7 @@ func TestSendReservedThenGetCleared(t *testing.T) {
 }
 
 func TestGetUnknown(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	_, err := e.client.Get(context.Background(), "no-such-id")
 	var apiErr *bitgo.APIError
@@ -231,6 +241,7 @@ func TestGetUnknown(t *testing.T) {
 }
 
 func TestSendConcurrentSameRequest(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.prepare(t, "pay-concurrent")
 	const n = 10
@@ -276,6 +287,7 @@ func (c cancelAfter) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestSendContextCanceledAfterRetryableAnswer(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.sim.InjectFault(bitgosim.Fault{Kind: bitgosim.FaultError500})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -297,6 +309,7 @@ func TestSendContextCanceledAfterRetryableAnswer(t *testing.T) {
 }
 
 func TestSendIncompleteRequest(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	_, err := e.client.Send(context.Background(), bitgo.Request{ClientExternalID: "x"})
 	require.Error(t, err)
@@ -305,6 +318,7 @@ func TestSendIncompleteRequest(t *testing.T) {
 
 // TestSendAnswers covers answers the simulator does not produce.
 func TestSendAnswers(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name      string
 		status    int
@@ -392,6 +406,7 @@ func TestSendAnswers(t *testing.T) {
 }
 
 func TestSendResendsIdenticalBytes(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var bodies []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -428,6 +443,7 @@ func TestSendResendsIdenticalBytes(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
+	t.Parallel()
 	key, err := secp256k1.GeneratePrivateKey()
 	require.NoError(t, err)
 	good := bitgo.Config{
@@ -465,6 +481,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestNewCopiesCurrencies(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	cur := map[string]bitgo.Currency{"ETH_USDT": {Name: "ofcusdt", Decimals: 6}}
 	c, err := bitgo.New(bitgo.Config{
@@ -478,6 +495,7 @@ func TestNewCopiesCurrencies(t *testing.T) {
 }
 
 func TestSendReplayRefusedIsReplayError(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		// first answers the first try; nil drops the connection.
@@ -561,6 +579,7 @@ func listServer(t *testing.T, n, pageCap int, ignorePage bool) (*httptest.Server
 }
 
 func TestFindPagesToTheEnd(t *testing.T) {
+	t.Parallel()
 	key, err := secp256k1.GeneratePrivateKey()
 	require.NoError(t, err)
 	client := func(srv *httptest.Server) *bitgo.Client {

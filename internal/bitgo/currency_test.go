@@ -7,6 +7,7 @@ import (
 )
 
 func TestParseCurrenciesGood(t *testing.T) {
+	t.Parallel()
 	got, err := ParseCurrencies("ETH_USDT=ofcusdt:6, TRON_USDT = ofctrx:usdt:6 ,SOL_USDC=ofctsol:usdc:9,BSC_USDT=ofcbsc:usdt:18,BTC=ofcbtc:0")
 	require.NoError(t, err)
 	require.Equal(t, map[string]Currency{
@@ -23,6 +24,7 @@ func TestParseCurrenciesGood(t *testing.T) {
 }
 
 func TestParseCurrenciesBad(t *testing.T) {
+	t.Parallel()
 	cases := []struct{ in, errHas string }{
 		{"ETH_USDT", `entry 1 "ETH_USDT"`},
 		{"ETH_USDT=ofcusdt:6,TRON_USDT=ofctrx:usdt", `entry 2 "TRON_USDT=ofctrx:usdt"`},
@@ -47,6 +49,7 @@ func TestParseCurrenciesBad(t *testing.T) {
 }
 
 func TestDefaultCurrencies(t *testing.T) {
+	t.Parallel()
 	d := DefaultCurrencies()
 	for token, c := range d {
 		require.NoError(t, c.validate(), token)

@@ -33,6 +33,7 @@ func newFixedNonceClient(t *testing.T) *Client {
 }
 
 func TestPrepareExactPayload(t *testing.T) {
+	t.Parallel()
 	c := newFixedNonceClient(t)
 	r, err := c.Prepare(testConnection, "pay-1", "ETH_USDT", decimal.RequireFromString("12.5"), "order <42> & co")
 	require.NoError(t, err)
@@ -71,6 +72,7 @@ func mustJSONString(t *testing.T, s string) string {
 }
 
 func TestPrepareWithoutNotes(t *testing.T) {
+	t.Parallel()
 	c := newFixedNonceClient(t)
 	r, err := c.Prepare(testConnection, "pay-2", "TRON_USDT", decimal.RequireFromString("1"), "")
 	require.NoError(t, err)
@@ -81,6 +83,7 @@ func TestPrepareWithoutNotes(t *testing.T) {
 }
 
 func TestPrepareQuantity(t *testing.T) {
+	t.Parallel()
 	c := newFixedNonceClient(t)
 	cases := []struct{ token, amount, want string }{
 		{"ETH_USDT", "12.5", "12500000"},
@@ -101,6 +104,7 @@ func TestPrepareQuantity(t *testing.T) {
 }
 
 func TestPrepareRejects(t *testing.T) {
+	t.Parallel()
 	c := newFixedNonceClient(t)
 	cases := []struct {
 		name, conn, ext, token, amount, notes, errHas string
@@ -127,6 +131,7 @@ func TestPrepareRejects(t *testing.T) {
 }
 
 func TestRandomNonce(t *testing.T) {
+	t.Parallel()
 	a, err := randomNonce()
 	require.NoError(t, err)
 	b, err := randomNonce()
@@ -137,6 +142,7 @@ func TestRandomNonce(t *testing.T) {
 }
 
 func TestRequestNonceAndSameAllocation(t *testing.T) {
+	t.Parallel()
 	c := newFixedNonceClient(t)
 	first, err := c.Prepare(testConnection, "pay-1", "ETH_USDT", decimal.RequireFromString("12.5"), "n")
 	require.NoError(t, err)

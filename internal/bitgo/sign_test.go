@@ -61,6 +61,7 @@ func keyHex(k *secp256k1.PrivateKey) string {
 }
 
 func TestParseSigningKeyGood(t *testing.T) {
+	t.Parallel()
 	xprvPayload, err := base58CheckDecode(vector1Xprv)
 	require.NoError(t, err)
 	tprvPayload := append([]byte{}, xprvPayload...)
@@ -92,6 +93,7 @@ func TestParseSigningKeyGood(t *testing.T) {
 }
 
 func TestParseSigningKeyBad(t *testing.T) {
+	t.Parallel()
 	payload, err := base58CheckDecode(vector1Xprv)
 	require.NoError(t, err)
 	withKeyPrefix := append([]byte{}, payload...)
@@ -168,6 +170,7 @@ func mustHex(t *testing.T, s string) []byte {
 }
 
 func TestAppendVarInt(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		n    uint64
 		want string
@@ -187,6 +190,7 @@ func TestAppendVarInt(t *testing.T) {
 // TestSignMessageKnownAnswer checks against bitcoinjs-message's README
 // example, the library BitGoJS signs with.
 func TestSignMessageKnownAnswer(t *testing.T) {
+	t.Parallel()
 	wif, err := base58CheckDecode("L4rK1yDtCWekvXuE6oXD9jCYfFNV2cWRpVuPLBcCU2z8TrisoyY1")
 	require.NoError(t, err)
 	require.Len(t, wif, 34) // 0x80 || key || 0x01 (compressed)
@@ -200,6 +204,7 @@ func TestSignMessageKnownAnswer(t *testing.T) {
 }
 
 func TestSignVerifyMessage(t *testing.T) {
+	t.Parallel()
 	key, err := ParseSigningKey(vector1Xprv)
 	require.NoError(t, err)
 	other, err := secp256k1.GeneratePrivateKey()

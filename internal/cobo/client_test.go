@@ -19,6 +19,7 @@ import (
 const testSecret = "0101010101010101010101010101010101010101010101010101010101010101"
 
 func TestAPISignerRejectsMalformedSecrets(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"", "zz", "abcd", strings.Repeat("0", 63), strings.Repeat("0", 66)} {
 		_, err := cobo.NewAPISigner(s)
 		require.Error(t, err, s)
@@ -29,6 +30,7 @@ func TestAPISignerRejectsMalformedSecrets(t *testing.T) {
 }
 
 func TestAPIStringToSign(t *testing.T) {
+	t.Parallel()
 	got := cobo.APIStringToSign("post", "/v2/payments/batch_allocations", "1718587017026", "", []byte(`{"request_id":"r"}`))
 	require.Equal(t, `POST|/v2/payments/batch_allocations|1718587017026||{"request_id":"r"}`, string(got))
 	got = cobo.APIStringToSign("GET", "/v2/payments/batch_allocations", "1", "limit=1&request_id=r", nil)
@@ -63,6 +65,7 @@ func newClient(t *testing.T, signer *cobo.APISigner, url string) *cobo.Client {
 }
 
 func TestClientCreateBatchRetriesAndRecoversDuplicates(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	var posts atomic.Int32
@@ -99,6 +102,7 @@ func TestClientCreateBatchRetriesAndRecoversDuplicates(t *testing.T) {
 }
 
 func TestClientDoesNotRetryClientErrors(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	var calls atomic.Int32
@@ -118,6 +122,7 @@ func TestClientDoesNotRetryClientErrors(t *testing.T) {
 }
 
 func TestClientSignsWithItsOwnKey(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	srv := fakeCobo(t, signer, func(w http.ResponseWriter, r *http.Request, _ []byte) {
@@ -138,6 +143,7 @@ func TestClientSignsWithItsOwnKey(t *testing.T) {
 }
 
 func TestClientRetriesRateLimitsAndGivesUp(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	var calls atomic.Int32
@@ -155,6 +161,7 @@ func TestClientRetriesRateLimitsAndGivesUp(t *testing.T) {
 // definite answer says so (Retried), because the earlier try may have
 // created the batch; a 4xx to the first try does not.
 func TestClientMarksAnswersToRetries(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	var posts atomic.Int32
@@ -185,6 +192,7 @@ func TestClientMarksAnswersToRetries(t *testing.T) {
 // Cobo's answer and ErrBatchNotFound, and when the lookup itself fails it
 // does not wrap ErrBatchNotFound.
 func TestClientDuplicateCodeWithoutBatch(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	var list atomic.Value
@@ -225,6 +233,7 @@ func TestClientDuplicateCodeWithoutBatch(t *testing.T) {
 }
 
 func TestAPIErrorClasses(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		err                              cobo.APIError
 		credential, endpoint, dup, retry bool

@@ -17,6 +17,7 @@ import (
 var errorsIs = errors.Is
 
 func TestParseEnvelope(t *testing.T) {
+	t.Parallel()
 	env, err := cobo.ParseEnvelope([]byte(`  {"event_id":"e-1","type":"payment.transaction.late","created_timestamp":"1700000000000","data":{"data_type":"PaymentTransaction","order_id":"O1","x":[1,2]},"extra":true}`))
 	require.NoError(t, err)
 	require.Equal(t, "e-1", env.EventID)
@@ -51,6 +52,7 @@ func TestParseEnvelope(t *testing.T) {
 }
 
 func TestAmountNeverUsesFloat(t *testing.T) {
+	t.Parallel()
 	var v struct {
 		A cobo.Amount `json:"a"`
 		B cobo.Amount `json:"b"`
@@ -81,6 +83,7 @@ func decodeAmount(t *testing.T, raw string) (cobo.Amount, error) {
 }
 
 func TestAmountAcceptsPlainDecimals(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		`"102.5"`:        "102.5",
 		`102.5`:          "102.5",
@@ -120,6 +123,7 @@ func TestAmountAcceptsPlainDecimals(t *testing.T) {
 }
 
 func TestAmountRefusesWhatIsNotAPlainDecimal(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		// Negative, in every spelling.
 		`"-5"`:     "negative",
@@ -187,6 +191,7 @@ func TestAmountRefusesWhatIsNotAPlainDecimal(t *testing.T) {
 
 // A refused amount is named in the error, but never echoed whole.
 func TestAmountErrorsDoNotEchoHugeInputs(t *testing.T) {
+	t.Parallel()
 	for _, huge := range []string{
 		strings.Repeat("9", 100000),
 		"1e" + strings.Repeat("4", 100000),

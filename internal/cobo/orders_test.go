@@ -19,6 +19,7 @@ import (
 // whether Cobo fills pagination.after in or leaves the cursor to the last
 // order_id of a full page, and the walk ends at the first short page.
 func TestListOrdersPagesNewestFirst(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	ids := []string{"O6", "O5", "O4", "O3", "O2", "O1"} // newest first
@@ -87,6 +88,7 @@ func TestListOrdersPagesNewestFirst(t *testing.T) {
 // null or absent data and pagination, numeric cursors, and an item that is
 // not an order, which is set aside without losing the rest of the page.
 func TestOrderListToleratesShapes(t *testing.T) {
+	t.Parallel()
 	for _, body := range []string{`{}`, `{"data":null,"pagination":null}`, `{"data":[]}`} {
 		var l cobo.OrderList
 		require.NoError(t, l.UnmarshalJSON([]byte(body)), body)
@@ -124,6 +126,7 @@ func TestOrderListToleratesShapes(t *testing.T) {
 }
 
 func TestListOrdersRequestValidate(t *testing.T) {
+	t.Parallel()
 	signer, err := cobo.NewAPISigner(testSecret)
 	require.NoError(t, err)
 	c := newClient(t, signer, "http://127.0.0.1:1")

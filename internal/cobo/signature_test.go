@@ -23,6 +23,7 @@ func fixedKey(seedByte byte) (ed25519.PrivateKey, string) {
 }
 
 func TestDigestIsDoubleSHA256(t *testing.T) {
+	t.Parallel()
 	first := sha256.Sum256([]byte("abc"))
 	want := sha256.Sum256(first[:])
 	require.Equal(t, want[:], cobo.Digest([]byte("abc")))
@@ -31,6 +32,7 @@ func TestDigestIsDoubleSHA256(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	priv, pub := fixedKey(7)
 	_, otherPub := fixedKey(9)
 	body := []byte(`{"event_id":"e1","type":"payment.order.status.updated","data":{}}`)
@@ -91,6 +93,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestNewVerifierRejectsBadKeys(t *testing.T) {
+	t.Parallel()
 	_, err := cobo.NewVerifier()
 	require.Error(t, err)
 	_, err = cobo.NewVerifier("nothex")
