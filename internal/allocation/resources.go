@@ -16,6 +16,82 @@ import (
 	"github.com/paystream/paystream/internal/events"
 )
 
+// JetStream resources of the allocation pipeline.
+const (
+	// IntentStream carries planned items from the order handlers to the
+	// batchers: paystream.alloc.<backend>.<order>.
+	IntentStream        = "PAYSTREAM_ALLOCATIONS"
+	IntentSubjectPrefix = "paystream.alloc"
+	// BatcherConsumer is the durable consumer all batchers share.
+	BatcherConsumer = "paystream-batcher"
+	// BatchesBucket holds batches from before their first send until their
+	// outcome is recorded on the orders.
+	BatchesBucket = "paystream_batches"
+	// ClaimsBucket maps each item id to the request it was sent under, so
+	// an item joins exactly one batch.
+	ClaimsBucket = "paystream_alloc_claims"
+)
+
+// EnsureResources creates the intent stream and the buckets when they do
+// not exist (never changing existing ones, see events.EnsureStream), and
+// creates or updates the batcher and BitGo consumers.
+func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.StreamConfig, ackWait time.Duration) error {
+	cfg = cfg.WithDefaults()
+	if _, err := cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
+		Name:        IntentStream,
+		Description: "allocation items planned on orders, waiting to be batched",
+		Subjects:    []string{IntentSubjectPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      cfg.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Duplicates:  cfg.DuplicateWindow,
+	}); err != nil {
+		return err
+	}
+	for _, c := range []struct{ name, desc, backend string }{
+		{BatcherConsumer, "paystream Cobo batchers", domain.BackendCobo},
+		{BitGoConsumer, "paystream BitGo senders", domain.BackendBitGo},
+	} {
+		// MaxDeliver is unlimited: an intent is only ever acked once its
+		// outcome is durable, and dropping one would lose money movement.
+		if _, err := events.EnsureDurable(ctx, js, IntentStream, jetstream.ConsumerConfig{
+			Durable:       c.name,
+			Description:   c.desc,
+			FilterSubject: IntentSubjectPrefix + "." + c.backend + ".>",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       ackWait,
+			MaxDeliver:    -1,
+			MaxAckPending: 10000,
+		}); err != nil {
+			return err
+		}
+	}
+	for _, b := range []struct{ name, desc string }{
+		{BatchesBucket, "allocation batches not yet recorded on their orders"},
+		{ClaimsBucket, "allocation item id -> request id"},
+		{BitGoRequestsBucket, "BitGo item id -> prepared, signed request and its last outcome"},
+		{OutboxBucket, "orders with allocation items planned, until none is left planned (the orphan sweep's worklist)"},
+	} {
+		if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
+			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// JetStream resources of the BitGo sender.
+const (
+	// BitGoConsumer is the durable consumer all BitGo senders share; it
+	// reads paystream.alloc.bitgo.>.
+	BitGoConsumer = "paystream-bitgo"
+	// BitGoRequestsBucket keeps each item's signed request from before its
+	// first send, what was tried and BitGo's last answer (BitGoRecord).
+	BitGoRequestsBucket = "paystream_bitgo_requests"
+)
+
 // OutboxBucket marks the orders that have allocation items planned: one
 // key per order, written before their intents are published and removed by
 // the orphan sweep once no item of the order is planned any more. It is

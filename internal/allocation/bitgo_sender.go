@@ -21,16 +21,6 @@ import (
 	"github.com/paystream/paystream/internal/events"
 )
 
-// JetStream resources of the BitGo sender.
-const (
-	// BitGoConsumer is the durable consumer all BitGo senders share; it
-	// reads paystream.alloc.bitgo.>.
-	BitGoConsumer = "paystream-bitgo"
-	// BitGoRequestsBucket keeps each item's signed request from before its
-	// first send, what was tried and BitGo's last answer (BitGoRecord).
-	BitGoRequestsBucket = "paystream_bitgo_requests"
-)
-
 // BitGoAPI is the part of the BitGo client the sender uses.
 type BitGoAPI interface {
 	Prepare(connectionID, clientExternalID, tokenID string, amount decimal.Decimal, notes string) (bitgo.Request, error)
@@ -359,7 +349,7 @@ func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
 // not answering) hands the intent back.
 //
 // What is prepared and sent is the order's copy of the item, never the
-// intent's fields (see intents.go). For the BitGo sender an intent whose
+// intent's fields (see senders.go). For the BitGo sender an intent whose
 // item matches its order is
 //
 //   - sendable when the item is planned: its request is prepared from the
