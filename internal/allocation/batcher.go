@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
@@ -510,11 +511,7 @@ func (b *Batcher) forgetStuck(open map[string]bool) {
 // backoff is the wait before the next try of a batch tried retries times
 // without moving on: RecoverAfter doubling, capped at RetryMax.
 func (b *Batcher) backoff(retries int) time.Duration {
-	d := b.cfg.RecoverAfter
-	for i := 1; i < retries && d < b.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	return min(d, b.cfg.RetryMax)
+	return backoff.Policy{Base: b.cfg.RecoverAfter, Max: b.cfg.RetryMax}.Delay(retries)
 }
 
 // Batch statuses. A batch goes claiming, ready, then sent; a refusal from

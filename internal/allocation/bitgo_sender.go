@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/shopspring/decimal"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
@@ -331,14 +332,14 @@ func heartbeat(msg jetstream.Msg) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
+// retryDelay is the wait before an intent whose delivery did not finish
+// is delivered again: Retry doubling per delivery, capped at RetryMax.
 func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
-	d := s.cfg.Retry
+	n := 1
 	if meta != nil {
-		for i := uint64(1); i < meta.NumDelivered && d < s.cfg.RetryMax; i++ {
-			d *= 2
-		}
+		n = int(min(meta.NumDelivered, 64))
 	}
-	return min(d, s.cfg.RetryMax)
+	return backoff.Policy{Base: s.cfg.Retry, Max: s.cfg.RetryMax}.Delay(n)
 }
 
 // deliver takes the item the intent names as far as it can. It
