@@ -18,7 +18,7 @@ const (
 )
 
 // StreamConfig sizes the event stream, the dead-letter stream and the
-// orders bucket.
+// buckets.
 type StreamConfig struct {
 	// Replicas is the replication factor: 1 embedded, 3 on a cluster.
 	Replicas int
@@ -30,6 +30,9 @@ type StreamConfig struct {
 	DuplicateWindow time.Duration
 	// DLQMaxAge is how long dead letters are kept.
 	DLQMaxAge time.Duration
+	// Retention is how long settled state is kept in the buckets (the
+	// workers' -retention); buckets are created with per-key TTLs for it.
+	Retention Retention
 	// Logger gets a warning for each existing stream or bucket whose
 	// configuration differs from these settings (see EnsureStream).
 	Logger zerolog.Logger
@@ -49,6 +52,7 @@ func (c StreamConfig) WithDefaults() StreamConfig {
 	if c.DLQMaxAge == 0 {
 		c.DLQMaxAge = DefaultDLQMaxAge
 	}
+	c.Retention = c.Retention.WithDefaults()
 	return c
 }
 
@@ -63,6 +67,9 @@ func (c StreamConfig) Validate() error {
 		return fmt.Errorf("DuplicateWindow must be positive and at most MaxAge, got %s", c.DuplicateWindow)
 	case c.DLQMaxAge <= 0:
 		return fmt.Errorf("DLQMaxAge must be positive, got %s", c.DLQMaxAge)
+	}
+	if err := c.Retention.Validate(); err != nil {
+		return fmt.Errorf("Retention.%w", err)
 	}
 	return nil
 }
@@ -104,15 +111,17 @@ func EnsureDLQStream(ctx context.Context, js jetstream.JetStream, cfg StreamConf
 }
 
 // EnsureOrdersBucket returns the order-state bucket, creating it when it
-// does not exist; it never changes an existing one (see EnsureBucket).
+// does not exist, with per-key TTLs so that settled orders expire (see
+// OpenOrderStore); it never changes an existing one (see EnsureBucket).
 func EnsureOrdersBucket(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.KeyValue, error) {
 	cfg = cfg.WithDefaults()
 	return cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      OrdersBucket,
-		Description: "pay-in order state, updated with compare-and-set",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
+		Bucket:         OrdersBucket,
+		Description:    "pay-in order state, updated with compare-and-set",
+		History:        5,
+		Storage:        jetstream.FileStorage,
+		Replicas:       cfg.Replicas,
+		LimitMarkerTTL: cfg.Retention.MarkerTTL(),
 	})
 }
 
