@@ -72,8 +72,12 @@ type BatcherConfig struct {
 	// before they are marked stuck on their order (stuck_since), logged at
 	// error level and counted in paystream_allocation_items_stuck.
 	StuckAfter time.Duration
-	Logger     zerolog.Logger
-	Metrics    *Metrics
+	// Retention is how long the claims of a retired batch, and the marker
+	// of its removal, are kept (the workers' -retention):
+	// events.DefaultRetention when zero.
+	Retention time.Duration
+	Logger    zerolog.Logger
+	Metrics   *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -102,6 +106,9 @@ func (c BatcherConfig) WithDefaults() BatcherConfig {
 	if c.StuckAfter == 0 {
 		c.StuckAfter = DefaultStuckAfter
 	}
+	if c.Retention == 0 {
+		c.Retention = events.DefaultRetention
+	}
 	return c
 }
 
@@ -118,6 +125,8 @@ func (c BatcherConfig) Validate() error {
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
 	case c.RetryMax <= 0 || c.SettleAfter < 0 || c.StuckAfter <= 0:
 		return fmt.Errorf("RetryMax and StuckAfter must be positive and SettleAfter not negative, got %s, %s and %s", c.RetryMax, c.StuckAfter, c.SettleAfter)
+	case c.Retention < time.Second:
+		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
 	return nil
 }
@@ -150,7 +159,7 @@ func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("batcher config: %w", err)
 	}
-	st, err := openBatchStore(ctx, js)
+	st, err := openBatchStore(ctx, js, events.Retention{Keep: cfg.Retention}, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -614,13 +623,17 @@ func (b *Batch) itemsSince() time.Time {
 	return b.ItemsSince
 }
 
-// batchStore keeps batches and claims in their buckets.
+// batchStore keeps batches and claims in their buckets. A batch never
+// expires while it exists; removing it leaves a marker that expires after
+// the retention. A claim never expires while its batch exists; when the
+// batch is retired its claims are set to expire after the retention
+// (retireClaims).
 type batchStore struct {
-	batches jetstream.KeyValue
-	claims  jetstream.KeyValue
+	batches *events.ExpiringKV
+	claims  *events.ExpiringKV
 }
 
-func openBatchStore(ctx context.Context, js jetstream.JetStream) (*batchStore, error) {
+func openBatchStore(ctx context.Context, js jetstream.JetStream, r events.Retention, log zerolog.Logger) (*batchStore, error) {
 	b, err := js.KeyValue(ctx, BatchesBucket)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", BatchesBucket, err)
@@ -629,11 +642,18 @@ func openBatchStore(ctx context.Context, js jetstream.JetStream) (*batchStore, e
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", ClaimsBucket, err)
 	}
-	return &batchStore{batches: b, claims: c}, nil
+	st := &batchStore{}
+	if st.batches, err = events.OpenExpiringKV(ctx, js, b, r, log); err != nil {
+		return nil, err
+	}
+	if st.claims, err = events.OpenExpiringKV(ctx, js, c, r, log); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 func (s *batchStore) get(ctx context.Context, requestID string) (*Batch, uint64, error) {
-	e, err := s.batches.Get(ctx, requestID)
+	e, err := s.batches.KV().Get(ctx, requestID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, fmt.Errorf("batch %s: %w", requestID, domain.ErrNotFound)
 	}
@@ -654,11 +674,7 @@ func (s *batchStore) put(ctx context.Context, b *Batch, rev uint64) (uint64, err
 	if err != nil {
 		return 0, fmt.Errorf("encode batch %s: %w", b.RequestID, err)
 	}
-	if rev == 0 {
-		rev, err = s.batches.Create(ctx, b.RequestID, v)
-	} else {
-		rev, err = s.batches.Update(ctx, b.RequestID, v, rev)
-	}
+	rev, err = s.batches.Put(ctx, b.RequestID, v, rev, false)
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return 0, fmt.Errorf("put batch %s: %w", b.RequestID, domain.ErrConflict)
 	}
@@ -669,8 +685,43 @@ func (s *batchStore) put(ctx context.Context, b *Batch, rev uint64) (uint64, err
 }
 
 func (s *batchStore) remove(ctx context.Context, requestID string) error {
-	if err := s.batches.Delete(ctx, requestID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := s.batches.Remove(ctx, requestID, 0); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete batch %s: %w", requestID, err)
+	}
+	return nil
+}
+
+// retireClaims sets the claims batch still holds to expire after the
+// retention, before the batch is removed: once its items' outcomes are on
+// their orders, a claim only stops an item planned again under the same
+// id (an orders bucket rebuilt from the events) from being sent again, and
+// the events are gone before the claim is. A claim another batch holds is
+// left alone.
+func (s *batchStore) retireClaims(ctx context.Context, batch *Batch) error {
+	if s.claims.TTL() == 0 {
+		return nil
+	}
+	for _, it := range batch.Items {
+		key := events.Token(it.ID)
+		for attempt := 1; ; attempt++ {
+			e, err := s.claims.KV().Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("read claim of item %s: %w", it.ID, err)
+			}
+			if string(e.Value()) != batch.RequestID {
+				break
+			}
+			_, err = s.claims.Put(ctx, key, e.Value(), e.Revision(), true)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) || attempt == 5 {
+				return fmt.Errorf("set claim of item %s to expire: %w", it.ID, err)
+			}
+		}
 	}
 	return nil
 }
@@ -683,14 +734,14 @@ func (s *batchStore) remove(ctx context.Context, requestID string) error {
 func (s *batchStore) claim(ctx context.Context, itemID, requestID, from string) (bool, error) {
 	key := events.Token(itemID)
 	for range 5 {
-		_, err := s.claims.Create(ctx, key, []byte(requestID))
+		_, err := s.claims.KV().Create(ctx, key, []byte(requestID))
 		if err == nil {
 			return true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return false, fmt.Errorf("claim item %s: %w", itemID, err)
 		}
-		e, err := s.claims.Get(ctx, key)
+		e, err := s.claims.KV().Get(ctx, key)
 		if err != nil {
 			return false, fmt.Errorf("read claim of item %s: %w", itemID, err)
 		}
@@ -700,7 +751,7 @@ func (s *batchStore) claim(ctx context.Context, itemID, requestID, from string) 
 		case from == "" || owner != from:
 			return false, nil
 		}
-		_, err = s.claims.Update(ctx, key, []byte(requestID), e.Revision())
+		_, err = s.claims.KV().Update(ctx, key, []byte(requestID), e.Revision())
 		if err == nil {
 			return true, nil
 		}
@@ -714,7 +765,7 @@ func (s *batchStore) claim(ctx context.Context, itemID, requestID, from string) 
 }
 
 func (s *batchStore) keys(ctx context.Context) ([]string, error) {
-	lister, err := s.batches.ListKeys(ctx)
+	lister, err := s.batches.KV().ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list batches: %w", err)
 	}
@@ -1043,6 +1094,12 @@ func (b *Batcher) finish(ctx context.Context, batch *Batch, rev uint64, log zero
 		return
 	}
 	if batch.Status == BatchRejected || allItemsFinal(batch) {
+		if err := b.store.retireClaims(ctx, batch); err != nil {
+			// Kept, and retired again when it is resumed: a claim that never
+			// expires is the only harm.
+			log.Warn().Err(err).Msg("could not set the recorded batch's claims to expire; the batch is retired later")
+			return
+		}
 		if err := b.store.remove(ctx, batch.RequestID); err != nil {
 			log.Warn().Err(err).Msg("could not retire the recorded batch")
 		}

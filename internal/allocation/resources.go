@@ -33,8 +33,9 @@ const (
 )
 
 // EnsureResources creates the intent stream and the buckets when they do
-// not exist (never changing existing ones, see events.EnsureStream), and
-// creates or updates the batcher and BitGo consumers.
+// not exist (never changing existing ones, see events.EnsureStream), the
+// buckets with per-key TTLs for cfg.Retention, and creates or updates the
+// batcher and BitGo consumers.
 func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.StreamConfig, ackWait time.Duration) error {
 	cfg = cfg.WithDefaults()
 	if _, err := cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
@@ -75,6 +76,7 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 	} {
 		if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,
+			LimitMarkerTTL: cfg.Retention.MarkerTTL(),
 		}); err != nil {
 			return err
 		}
@@ -210,9 +212,12 @@ type SweeperConfig struct {
 	OrphanAfter time.Duration
 	// Every is how often the sweep runs; OrphanAfter/2, within [100 ms,
 	// 1 min], when zero.
-	Every   time.Duration
-	Logger  zerolog.Logger
-	Metrics *Metrics
+	Every time.Duration
+	// Retention is how long the marker of a removed mark is kept (the
+	// workers' -retention): events.DefaultRetention when zero.
+	Retention time.Duration
+	Logger    zerolog.Logger
+	Metrics   *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -222,6 +227,9 @@ func (c SweeperConfig) WithDefaults() SweeperConfig {
 	}
 	if c.Every == 0 {
 		c.Every = min(max(c.OrphanAfter/2, 100*time.Millisecond), time.Minute)
+	}
+	if c.Retention == 0 {
+		c.Retention = events.DefaultRetention
 	}
 	return c
 }
@@ -233,6 +241,8 @@ func (c SweeperConfig) Validate() error {
 		return fmt.Errorf("OrphanAfter must be positive, got %s", c.OrphanAfter)
 	case c.Every <= 0:
 		return fmt.Errorf("Every must be positive, got %s", c.Every)
+	case c.Retention < time.Second:
+		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
 	return nil
 }
@@ -244,7 +254,10 @@ func (c SweeperConfig) Validate() error {
 // same in every process (the intent stream keeps one), and a claim or a
 // persisted BitGo request keeps an item with its one sender anyway.
 type Sweeper struct {
-	outbox   *Outbox
+	outbox *Outbox
+	// marks writes the outbox bucket: a removed mark leaves a marker that
+	// expires after the retention.
+	marks    *events.ExpiringKV
 	orders   OrderRepo
 	claims   jetstream.KeyValue
 	requests jetstream.KeyValue
@@ -258,8 +271,11 @@ func NewSweeper(ctx context.Context, js jetstream.JetStream, orders OrderRepo, c
 		return nil, fmt.Errorf("sweeper config: %w", err)
 	}
 	s := &Sweeper{outbox: NewOutbox(js), orders: orders, cfg: cfg}
-	var err error
-	if _, err = s.outbox.bucket(ctx); err != nil {
+	marks, err := s.outbox.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.marks, err = events.OpenExpiringKV(ctx, js, marks, events.Retention{Keep: cfg.Retention}, cfg.Logger); err != nil {
 		return nil, err
 	}
 	if s.claims, err = js.KeyValue(ctx, ClaimsBucket); err != nil {
@@ -391,7 +407,7 @@ func (s *Sweeper) held(ctx context.Context, it domain.AllocationItem) (bool, err
 // again afterwards and marked anew when it has planned items: no planned
 // item is left without a mark.
 func (s *Sweeper) unmark(ctx context.Context, e jetstream.KeyValueEntry, orderID string) error {
-	err := s.outbox.marks.Delete(ctx, e.Key(), jetstream.LastRevision(e.Revision()))
+	err := s.marks.Remove(ctx, e.Key(), e.Revision())
 	if revisionMoved(err) {
 		return nil
 	}
