@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	natsURL := fs.String("nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list")
 	metricsListen := fs.String("metrics-listen", "PAYSTREAM_METRICS_LISTEN", worker.DefaultMetricsListen, "serves /metrics, /healthz and /readyz; - disables")
 	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for the DLQ stream and orders bucket")
+	retention := fs.Duration("retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "how long settled orders, claims, batches and BitGo requests are kept after their last change; must be longer than the event stream's max age")
 	concurrency := fs.Int("concurrency", "PAYSTREAM_CONCURRENCY", events.DefaultConcurrency, "events processed at once by this worker")
 	maxDeliver := fs.Int("max-deliver", "PAYSTREAM_MAX_DELIVER", events.DefaultMaxDeliver, "deliveries before an event is dead-lettered")
 	ackWait := fs.Duration("ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
@@ -124,7 +125,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		MetricsListen: *metricsListen,
 		MetricsToken:  metricsToken,
 		Pprof:         *pprof,
-		Stream:        events.StreamConfig{Replicas: *replicas},
+		Stream:        events.StreamConfig{Replicas: *replicas, Retention: events.Retention{Keep: *retention}},
 		Consumer:      events.ConsumerConfig{Concurrency: *concurrency, MaxDeliver: *maxDeliver, AckWait: *ackWait},
 		Logger:        log,
 	}))

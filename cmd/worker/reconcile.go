@@ -13,6 +13,7 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/worker"
@@ -46,6 +47,7 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "Cobo API base URL, including /v2")
 	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "file holding the Cobo API secret (hex Ed25519 seed)")
 	overlap := fs.Duration("reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point the pass looks again")
+	retention := fs.Duration("retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "the workers' -retention: -since may look back at most this minus a day")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -71,6 +73,15 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	rcfg, err := reconcileConfig(reconcile.DefaultEvery, *overlap)
 	if err != nil {
 		return err
+	}
+	rcfg.Retention = events.Retention{Keep: *retention}
+	if err := rcfg.WithDefaults().Validate(); err != nil {
+		return fmt.Errorf("-retention: %w", err)
+	}
+	if !opts.Since.IsZero() {
+		if err := rcfg.CheckSince(opts.Since, time.Now()); err != nil {
+			return fmt.Errorf("-since: %w", err)
+		}
 	}
 	// Batching flags do not matter here: the workers' batchers deliver
 	// what a repair plans.

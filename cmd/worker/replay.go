@@ -103,6 +103,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	coboURL := fs.String("cobo-api-url", "PAYSTREAM_COBO_API_URL", cobo.DevAPIURL, "with -apply and -rules: Cobo API base URL, including /v2")
 	coboSecretFile := fs.String("cobo-api-secret-file", "PAYSTREAM_COBO_API_SECRET_FILE", "", "with -apply and -rules: file holding the Cobo API secret (hex Ed25519 seed)")
 	replicas := fs.Int("stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "with -apply: replicas of the orders bucket, should it have to be created")
+	retention := fs.Duration("retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "with -apply: the workers' -retention (settled orders written expire after it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -113,7 +114,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	cfg := replay.Config{Select: s, Apply: *apply, NoAllocations: *noAlloc, Stream: events.StreamConfig{Replicas: *replicas}, Out: stdout}
+	cfg := replay.Config{Select: s, Apply: *apply, NoAllocations: *noAlloc, Stream: events.StreamConfig{Replicas: *replicas, Retention: events.Retention{Keep: *retention}}, Out: stdout}
 	if *apply {
 		switch {
 		case *noAlloc && *rulesFile != "":

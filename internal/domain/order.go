@@ -288,6 +288,9 @@ type OrderView struct {
 	Unclassified        []UnclassifiedTx    `json:"unclassified_transactions,omitempty"`
 	ConflictingFinals   []OrderStatus       `json:"conflicting_finals,omitempty"`
 	Allocations         []AllocationItem    `json:"allocations"`
+	// SplitsSkipped and Horizon are the order's (see Order).
+	SplitsSkipped string     `json:"splits_skipped,omitempty"`
+	Horizon       *time.Time `json:"horizon,omitempty"`
 }
 
 // View flattens the order: full-precision fields win, notice fields fill gaps.
@@ -300,6 +303,8 @@ func (o *Order) View() OrderView {
 		Unclassified:      o.Unclassified,
 		ConflictingFinals: o.ConflictingFinals,
 		Allocations:       o.Allocations,
+		SplitsSkipped:     o.SplitsSkipped,
+		Horizon:           o.Horizon,
 	}
 	if v.Allocations == nil {
 		v.Allocations = []AllocationItem{}

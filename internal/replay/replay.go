@@ -237,7 +237,9 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 		if err != nil {
 			return sum, err
 		}
-		orders = events.NewOrderStore(kv)
+		if orders, err = events.OpenOrderStore(ctx, cfg.JetStream, kv, stream); err != nil {
+			return sum, err
+		}
 		if proc, err = worker.NewProcessor(ctx, worker.ProcessorConfig{Verifier: cfg.Verifier, JetStream: cfg.JetStream, Orders: orders, Allocation: cfg.Allocation, Logger: cfg.Logger}); err != nil {
 			return sum, err
 		}

@@ -95,11 +95,14 @@ func NewReconciler(ctx context.Context, cfg ReconcilerConfig) (*reconcile.Reconc
 	if err != nil {
 		return nil, err
 	}
-	orders := events.NewOrderStore(kv)
+	rcfg := cfg.Allocation.Reconcile
+	orders, err := events.OpenOrderStore(ctx, cfg.JetStream, kv, events.StreamConfig{Retention: rcfg.Retention, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
 	// No verifier: this Processor only reconciles, it never processes an
 	// event.
 	p := newProcessor(nil, orders, cfg.JetStream, cfg.Allocation.Rules, client, cfg.Logger)
-	rcfg := cfg.Allocation.Reconcile
 	rcfg.Logger = cfg.Logger
 	return reconcile.New(points, client, orders, p, rcfg)
 }

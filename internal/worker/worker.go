@@ -249,6 +249,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err = w.waitForStream(ctx); err != nil {
 		return nil, err
 	}
+	if err = events.CheckRetention(ctx, w.js, cfg.Stream.Retention); err != nil {
+		return nil, fmt.Errorf("worker config: Stream.Retention: %w", err)
+	}
 	stream := cfg.Stream
 	stream.Logger = cfg.Logger
 	if _, err = events.EnsureDLQStream(ctx, w.js, stream); err != nil {
@@ -258,7 +261,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.orders = events.NewOrderStore(kv)
+	if w.orders, err = events.OpenOrderStore(ctx, w.js, kv, stream); err != nil {
+		return nil, err
+	}
 	cons, err := events.EnsureConsumer(ctx, w.js, cfg.Consumer)
 	if err != nil {
 		return nil, err
@@ -299,12 +304,14 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		bcfg := a.Batcher
 		bcfg.Logger = cfg.Logger.With().Str("component", "batcher").Logger()
 		bcfg.Metrics = am
+		bcfg.Retention = stream.Retention.Keep
 		if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
 			return nil, err
 		}
 		swcfg := a.Sweeper
 		swcfg.Logger = cfg.Logger.With().Str("component", "sweeper").Logger()
 		swcfg.Metrics = am
+		swcfg.Retention = stream.Retention.Keep
 		if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
 			return nil, err
 		}
@@ -321,6 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			scfg := a.BitGoSender
 			scfg.Logger = cfg.Logger.With().Str("component", "bitgo").Logger()
 			scfg.Metrics = am
+			scfg.Retention = stream.Retention.Keep
 			if w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg); err != nil {
 				return nil, err
 			}
@@ -334,6 +342,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		rcfg := a.Reconcile
 		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
 		rcfg.Metrics = reconcile.NewMetrics(reg)
+		rcfg.Retention = stream.Retention
 		if w.reconcile, err = reconcile.New(points, client, w.orders, p, rcfg); err != nil {
 			return nil, err
 		}
