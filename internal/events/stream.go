@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -137,9 +138,17 @@ func (c StreamConfig) EnsureStream(ctx context.Context, js jetstream.JetStream, 
 }
 
 // EnsureBucket is the package function EnsureBucket, plus a warning on
-// c.Logger when the existing bucket differs from want.
+// c.Logger when the existing bucket differs from want. A server too old
+// for per-key TTLs (before 2.11) gets the bucket without them, said at
+// error level: its keys never expire.
 func (c StreamConfig) EnsureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, drift, err := EnsureBucket(ctx, js, want)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		c.Logger.Error().Str("bucket", want.Bucket).
+			Msg("the NATS server has no per-key TTLs (nats-server 2.11 or later has them): bucket created without them, its keys are kept for ever")
+		want.LimitMarkerTTL = 0
+		kv, drift, err = EnsureBucket(ctx, js, want)
+	}
 	if err != nil {
 		return nil, err
 	}
