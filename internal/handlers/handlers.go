@@ -323,7 +323,7 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 	if o.Status == domain.StatusCompleted && !o.SplitsPlanned && fx.confirmed.Status == domain.StatusCompleted {
 		o.SplitsPlanned = true
 		fx.changed = true
-		if created := cobo.Int64(fx.confirmed.CreatedTimestamp).Time(); o.Horizon != nil && !created.After(*o.Horizon) {
+		if created := createdAt(o, fx.confirmed); o.Horizon != nil && !created.After(*o.Horizon) {
 			// State of this order may have expired, with its splits planned
 			// in it: planning them again could pay them twice.
 			o.SplitsSkipped = fmt.Sprintf("Cobo created the order at %s, not after its horizon %s: its splits may have been planned in state that has expired",
@@ -449,6 +449,7 @@ func snapshotFromUpdate(d cobo.OrderUpdateData) *domain.Snapshot {
 		PSPOrderCode:      d.PSPOrderCode,
 		MerchantOrderCode: d.MerchantOrderCode,
 		UpdatedTimestamp:  int64(d.UpdatedTimestamp),
+		CreatedTimestamp:  int64(d.CreatedTimestamp),
 	}
 	if r := d.RequestedAmount; r != nil {
 		s.PayableAmount = r.Amount.NullDecimal
@@ -479,6 +480,18 @@ func lateFromUpdate(eventID string, d cobo.OrderUpdateData) ([]domain.LatePaymen
 		})
 	}
 	return out, nil
+}
+
+// createdAt is when Cobo created the order: as its order API answered
+// (confirmed), else as a signed webhook of the order said; zero when none
+// did.
+func createdAt(o *domain.Order, confirmed *domain.Snapshot) time.Time {
+	for _, s := range []*domain.Snapshot{confirmed, o.Snapshot, o.Notice} {
+		if s != nil && s.CreatedTimestamp > 0 {
+			return cobo.Int64(s.CreatedTimestamp).Time()
+		}
+	}
+	return time.Time{}
 }
 
 // timeOrUnknown formats a provider time for a reason, "an unknown time"

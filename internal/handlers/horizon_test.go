@@ -141,3 +141,56 @@ func TestOrderWithoutHorizonIsPlannedAsBefore(t *testing.T) {
 	require.Nil(t, out.Order.Horizon)
 	require.Empty(t, out.Order.SplitsSkipped)
 }
+
+// TestNewOrderInAMatureBucketIsPlanned: once state can have expired every
+// new order gets the horizon, and a new order is planned in full: Cobo
+// created it after the horizon, as its order API says or, when that
+// answer lacks the time, as its signed webhook does. With the time given
+// nowhere, the splits are skipped, and the order says why.
+func TestNewOrderInAMatureBucketIsPlanned(t *testing.T) {
+	ctx := context.Background()
+	_, js := testutil.Connect(t, testutil.StartJetStream(t))
+	cfg := events.StreamConfig{Retention: events.Retention{Keep: 2 * time.Second, Margin: time.Second}}
+	kv, err := events.EnsureOrdersBucket(ctx, js, cfg)
+	require.NoError(t, err)
+	store, err := events.OpenOrderStore(ctx, js, kv, cfg)
+	require.NoError(t, err)
+	time.Sleep(1100 * time.Millisecond)
+
+	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{}}
+	h := handlers.New(store, handlers.WithPlanner(testRules(t)), handlers.WithFetcher(api))
+	completedNow := func(orderID string, webhookCreated bool) []byte {
+		created := int64(0)
+		if webhookCreated {
+			created = time.Now().Unix()
+		}
+		body := testutil.OrderEvent(orderID+"-completed", orderID, "M1001", "Completed", 200, "102.000001")
+		return bytes.ReplaceAll(body, []byte(`"created_timestamp":1700000000`), []byte(`"created_timestamp":`+strconv.FormatInt(created, 10)))
+	}
+	for _, c := range []struct {
+		orderID             string
+		apiTime, hookTime   bool
+		planned             int
+		skippedContainsWhat string
+	}{
+		{"O-api-time", true, false, 1, ""},
+		{"O-hook-time", false, true, 1, ""},
+		{"O-no-time", false, false, 0, "an unknown time"},
+	} {
+		o := testutil.CoboOrder(c.orderID, "M1001", "Completed", 200, "102.000001")
+		o.CreatedTimestamp = 0
+		if c.apiTime {
+			o.CreatedTimestamp = cobo.Int64(time.Now().Unix())
+		}
+		api.orders[c.orderID] = providerFor(o)
+		out, err := h.Handle(ctx, delivery(t, completedNow(c.orderID, c.hookTime)))
+		require.NoError(t, err)
+		require.NotNil(t, out.Order.Horizon, c.orderID)
+		require.Len(t, out.Planned, c.planned, c.orderID)
+		if c.skippedContainsWhat == "" {
+			require.Empty(t, out.Order.SplitsSkipped, c.orderID)
+		} else {
+			require.Contains(t, out.Order.SplitsSkipped, c.skippedContainsWhat, c.orderID)
+		}
+	}
+}
