@@ -122,7 +122,7 @@ func TestConfigErrorsNameTheFlags(t *testing.T) {
 		{[]string{"-batch-max", "99"}, "-batch-max, -batch-wait, -alloc-stuck-after: worker config: Allocation.Batcher.BatchMax must be 1 to 50, got 99"},
 		{[]string{"-orphan-after", "-1s"}, "-orphan-after: worker config: Allocation.Sweeper.OrphanAfter must be positive"},
 		{[]string{"-concurrency", "-1"}, "-concurrency, -max-deliver, -ack-wait: worker config: Consumer.Concurrency must be at least 1"},
-		{[]string{"-stream-replicas", "6"}, "-stream-replicas: worker config: Stream.Replicas must be 1 to 5, got 6"},
+		{[]string{"-stream-replicas", "6"}, "-stream-replicas, -retention: worker config: Stream.Replicas must be 1 to 5, got 6"},
 		{[]string{"-bitgo-token-file", secret, "-bitgo-enterprise-id", "a b", "-bitgo-signing-key-file", secret}, "-bitgo-url, -bitgo-enterprise-id, -bitgo-token-file, -bitgo-signing-key-file, -bitgo-currencies: worker config: Allocation.BitGo: bitgo client config: EnterpriseID"},
 		{[]string{"-pprof", "-metrics-listen", ":9091"}, "-pprof on -metrics-listen :9091, which is not loopback, needs -metrics-token-file"},
 	} {

@@ -24,7 +24,7 @@ import (
 type workerConfig struct {
 	natsURL, metricsListen, metricsTokenFile string
 	replicas, concurrency, maxDeliver        int
-	ackWait                                  time.Duration
+	ackWait, retention                       time.Duration
 	pprof                                    bool
 	logLevel, logFormat                      string
 
@@ -45,6 +45,7 @@ func newWorkerFlags(c *workerConfig, getenv func(string) string, out io.Writer) 
 	fs.StringTo(&c.natsURL, "nats-url", "PAYSTREAM_NATS_URL", worker.DefaultNATSURL, "NATS server list")
 	fs.StringTo(&c.metricsListen, "metrics-listen", "PAYSTREAM_METRICS_LISTEN", worker.DefaultMetricsListen, "serves /metrics, /healthz and /readyz; - disables")
 	fs.IntTo(&c.replicas, "stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "JetStream replicas for the DLQ stream and orders bucket")
+	fs.DurationTo(&c.retention, "retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "how long settled orders, claims, batches and BitGo requests are kept after their last change; must be longer than the event stream's max age")
 	fs.IntTo(&c.concurrency, "concurrency", "PAYSTREAM_CONCURRENCY", events.DefaultConcurrency, "events processed at once by this worker")
 	fs.IntTo(&c.maxDeliver, "max-deliver", "PAYSTREAM_MAX_DELIVER", events.DefaultMaxDeliver, "deliveries before an event is dead-lettered")
 	fs.DurationTo(&c.ackWait, "ack-wait", "PAYSTREAM_ACK_WAIT", events.DefaultAckWait, "redelivery delay after a worker dies mid-event")
@@ -92,7 +93,7 @@ func (c workerConfig) config(ctx context.Context, log zerolog.Logger) (worker.Co
 		ConnectWait:   c.nats.ConnectWait(),
 		MetricsListen: c.metricsListen,
 		Pprof:         c.pprof,
-		Stream:        events.StreamConfig{Replicas: c.replicas},
+		Stream:        events.StreamConfig{Replicas: c.replicas, Retention: events.Retention{Keep: c.retention}},
 		Consumer:      events.ConsumerConfig{Concurrency: c.concurrency, MaxDeliver: c.maxDeliver, AckWait: c.ackWait},
 		Logger:        log,
 	}
@@ -169,7 +170,7 @@ func (c workerConfig) bitgo() (*bitgo.Config, error) {
 var workerFlagsOf = map[string]string{
 	"Verifier":             "-cobo-env, -cobo-pubkey",
 	"Pprof":                "-pprof, -metrics-listen, -metrics-token-file",
-	"Stream":               "-stream-replicas",
+	"Stream":               "-stream-replicas, -retention",
 	"Consumer":             "-concurrency, -max-deliver, -ack-wait",
 	"Allocation.Rules":     "-rules",
 	"Allocation.Cobo":      "-cobo-api-url, -cobo-api-secret-file",

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/worker"
@@ -22,11 +23,12 @@ var errUnresolved = errors.New("orders need an operator")
 
 // reconcileConfig is `worker reconcile`'s command line.
 type reconcileConfig struct {
-	conn    connFlags
-	since   string
-	dryRun  bool
-	api     apiFlags
-	overlap time.Duration
+	conn      connFlags
+	since     string
+	dryRun    bool
+	api       apiFlags
+	overlap   time.Duration
+	retention time.Duration
 }
 
 func newReconcileFlags(c *reconcileConfig, getenv func(string) string, out io.Writer) *cli.Flags {
@@ -46,6 +48,7 @@ Flags:
 	fs.FlagSet.BoolVar(&c.dryRun, "dry-run", false, "print what is missing, apply nothing, keep the point")
 	c.api.define(fs, "the workers' allocation rules file (required: it comes with their Cobo API credentials)", "")
 	fs.DurationTo(&c.overlap, "reconcile-overlap", "PAYSTREAM_RECONCILE_OVERLAP", reconcile.DefaultOverlap, "how far before the reconciled point the pass looks again")
+	fs.DurationTo(&c.retention, "retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "the workers' -retention: -since may look back at most this minus a day")
 	return fs
 }
 
@@ -57,7 +60,7 @@ func (c reconcileConfig) validate() error {
 	case c.overlap < 0:
 		return fmt.Errorf("-reconcile-overlap must not be negative, got %s", c.overlap)
 	}
-	return c.api.validate()
+	return nil
 }
 
 // passOptions reads -since and -dry-run as of now.
@@ -92,13 +95,27 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
+	rcfg := reconcile.Config{Overlap: c.overlap, Retention: events.Retention{Keep: c.retention}}
+	if err := rcfg.WithDefaults().Validate(); err != nil {
+		return fmt.Errorf("%w: -retention: %w", errUsage, err)
+	}
+	if !opts.Since.IsZero() {
+		// Never past the horizon: an order whose state expired must not
+		// be planned again from Cobo's list.
+		if err := rcfg.CheckSince(opts.Since, time.Now()); err != nil {
+			return fmt.Errorf("%w: -since: %w", errUsage, err)
+		}
+	}
+	if err := c.api.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
 	plan, err := c.api.plan()
 	if err != nil {
 		return err
 	}
 	// The workers' batching flags do not matter here: their batchers
 	// deliver what a repair plans.
-	alloc := &worker.AllocationConfig{Rules: plan.Rules, Cobo: plan.Cobo, Reconcile: reconcile.Config{Overlap: c.overlap}}
+	alloc := &worker.AllocationConfig{Rules: plan.Rules, Cobo: plan.Cobo, Reconcile: rcfg}
 	nc, js, err := c.conn.connect(ctx, "paystream-reconcile", stderr)
 	if err != nil {
 		return err

@@ -92,6 +92,7 @@ type replayConfig struct {
 	trust                  *cli.CoboTrust
 	api                    apiFlags
 	replicas               int
+	retention              time.Duration
 }
 
 func newReplayFlags(c *replayConfig, getenv func(string) string, out io.Writer) *cli.Flags {
@@ -114,6 +115,7 @@ Flags:
 	fs.FlagSet.BoolVar(&c.noAlloc, "no-allocations", false, "with -apply: the workers run without -rules, so apply order state only")
 	c.api.define(fs, "with -apply: the workers' allocation rules file", "with -apply and -rules: ")
 	fs.IntTo(&c.replicas, "stream-replicas", "PAYSTREAM_STREAM_REPLICAS", events.DefaultReplicas, "with -apply: replicas of the orders bucket, should it have to be created")
+	fs.DurationTo(&c.retention, "retention", "PAYSTREAM_RETENTION", events.DefaultRetention, "with -apply: the workers' -retention (settled orders written expire after it)")
 	return fs
 }
 
@@ -145,7 +147,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	cfg := replay.Config{Select: s, Apply: c.apply, NoAllocations: c.noAlloc, Stream: events.StreamConfig{Replicas: c.replicas}, Out: stdout}
+	cfg := replay.Config{Select: s, Apply: c.apply, NoAllocations: c.noAlloc, Stream: events.StreamConfig{Replicas: c.replicas, Retention: events.Retention{Keep: c.retention}}, Out: stdout}
 	if c.apply {
 		// The workers' batching flags do not matter here: their batchers
 		// deliver what -apply plans.

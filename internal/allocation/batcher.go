@@ -7,16 +7,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/events"
 )
 
 // CoboAPI is the part of Cobo's API the batcher uses, with the error
@@ -30,12 +32,6 @@ type CoboAPI interface {
 	// cobo.ErrBatchNotFound only when Cobo certainly has none.
 	FindBatchAllocation(ctx context.Context, requestID string) (cobo.BatchAllocation, error)
 	GetBatchAllocation(ctx context.Context, batchAllocationID string) (cobo.BatchAllocation, error)
-}
-
-// OrderRepo reads and writes order state with compare-and-set.
-type OrderRepo interface {
-	Get(ctx context.Context, orderID string) (*domain.Order, uint64, error)
-	Put(ctx context.Context, o *domain.Order, rev uint64) (uint64, error)
 }
 
 // Defaults for BatcherConfig.
@@ -76,8 +72,12 @@ type BatcherConfig struct {
 	// before they are marked stuck on their order (stuck_since), logged at
 	// error level and counted in paystream_allocation_items_stuck.
 	StuckAfter time.Duration
-	Logger     zerolog.Logger
-	Metrics    *Metrics
+	// Retention is how long the claims of a retired batch, and the marker
+	// of its removal, are kept (the workers' -retention):
+	// events.DefaultRetention when zero.
+	Retention time.Duration
+	Logger    zerolog.Logger
+	Metrics   *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -106,6 +106,9 @@ func (c BatcherConfig) WithDefaults() BatcherConfig {
 	if c.StuckAfter == 0 {
 		c.StuckAfter = DefaultStuckAfter
 	}
+	if c.Retention == 0 {
+		c.Retention = events.DefaultRetention
+	}
 	return c
 }
 
@@ -122,6 +125,8 @@ func (c BatcherConfig) Validate() error {
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
 	case c.RetryMax <= 0 || c.SettleAfter < 0 || c.StuckAfter <= 0:
 		return fmt.Errorf("RetryMax and StuckAfter must be positive and SettleAfter not negative, got %s, %s and %s", c.RetryMax, c.StuckAfter, c.SettleAfter)
+	case c.Retention < time.Second:
+		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
 	return nil
 }
@@ -154,7 +159,7 @@ func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("batcher config: %w", err)
 	}
-	st, err := openBatchStore(ctx, js)
+	st, err := openBatchStore(ctx, js, events.Retention{Keep: cfg.Retention}, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +238,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 // into one persisted, claimed batch, acks them, and sends the batch.
 //
 // An intent only names an item: the batch holds the order's copy of it
-// (see intents.go), loaded with one Get per distinct order. For the
+// (see senders.go), loaded with one Get per distinct order. For the
 // batcher an intent whose item matches its order is
 //
 //   - sendable when the item is planned on the order. It joins this batch
@@ -473,84 +478,820 @@ func (b *Batcher) metrics() *Metrics {
 	return b.cfg.Metrics
 }
 
-// Metrics are the allocation pipeline's Prometheus metrics.
-type Metrics struct {
-	items     *prometheus.CounterVec
-	batchSize prometheus.Histogram
-	apiTime   *prometheus.HistogramVec
-	apiErrors *prometheus.CounterVec
-	// bitgoSends counts BitGo send and poll answers by result.
-	bitgoSends *prometheus.CounterVec
-	// orphans counts intents the orphan sweep published again.
-	orphans *prometheus.CounterVec
-	// intentsRejected counts intents not sent because they do not name an
-	// item as planned on its order, by backend and reason (see Reject*).
-	intentsRejected *prometheus.CounterVec
-	// cobo are the Cobo batcher's reconciliation metrics (health.go).
-	cobo *coboMetrics
-}
-
-var nopMetrics = newMetrics()
-
-func newMetrics() *Metrics {
-	return &Metrics{
-		items: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_allocation_items_total", Help: "Allocation item outcomes recorded on orders, by backend and status.",
-		}, []string{"backend", "status"}),
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "paystream_allocation_batch_size", Help: "Items per Cobo batch allocation sent.",
-			Buckets: []float64{1, 2, 5, 10, 20, 30, 40, 50},
-		}),
-		apiTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "paystream_cobo_api_seconds", Help: "Cobo API call latency by endpoint.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
-		}, []string{"endpoint"}),
-		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_cobo_api_errors_total", Help: "Cobo API errors by endpoint, HTTP status and error_code.",
-		}, []string{"endpoint", "status", "code"}),
-		orphans: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_allocation_orphans_republished_total", Help: "Planned allocation items whose intent the orphan sweep published again, by backend.",
-		}, []string{"backend"}),
-		bitgoSends: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_bitgo_answers_total", Help: "BitGo allocation answers by result (cleared, reserved, released, refused, error).",
-		}, []string{"result"}),
-		intentsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "paystream_allocation_intents_rejected_total",
-			Help: "Allocation intents acked without sending because they do not name an item as planned on its order, by backend and reason.",
-		}, []string{"backend", "reason"}),
-		cobo: newCoboMetrics(),
+// markStuck marks the batch's open items stuck on their orders
+// (stuck_since: when they became stuck) and logs each at error level once,
+// the first time any batcher marks it. An item already marked by this
+// batcher is not read again.
+func (b *Batcher) markStuck(ctx context.Context, batch *Batch, open []domain.AllocationItem) {
+	since := batch.itemsSince().Add(b.cfg.StuckAfter).UTC()
+	byOrder := map[string]map[string]bool{}
+	b.stuckMu.Lock()
+	for _, it := range open {
+		if b.stuck[it.ID] {
+			continue
+		}
+		if byOrder[it.OrderID] == nil {
+			byOrder[it.OrderID] = map[string]bool{}
+		}
+		byOrder[it.OrderID][it.ID] = true
 	}
-}
-
-// NewMetrics registers the allocation metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := newMetrics()
-	reg.MustRegister(m.items, m.batchSize, m.apiTime, m.apiErrors, m.bitgoSends, m.intentsRejected, m.orphans)
-	m.cobo.register(reg)
-	// Every series exists from the start at 0, so an alert on its increase
-	// fires on the first forged intent too.
-	for _, backend := range []string{domain.BackendCobo, domain.BackendBitGo} {
-		for _, reason := range rejectReasons {
-			m.intentsRejected.WithLabelValues(backend, reason)
+	b.stuckMu.Unlock()
+	for orderID, ids := range byOrder {
+		changed, err := updateItems(ctx, b.orders, orderID, func(cur *domain.AllocationItem) bool {
+			if !ids[cur.ID] || cur.StuckSince != nil {
+				return false
+			}
+			t := since
+			cur.StuckSince = &t
+			return true
+		})
+		if err != nil {
+			b.cfg.Logger.Warn().Err(err).Str("order_id", orderID).Str("request_id", batch.RequestID).Msg("could not mark stuck items on their order; will try again")
+			continue
+		}
+		b.stuckMu.Lock()
+		for id := range ids {
+			b.stuck[id] = true
+		}
+		b.stuckMu.Unlock()
+		for _, it := range changed {
+			b.cfg.Logger.Error().Str("order_id", orderID).Str("item_id", it.ID).Str("status", it.Status).
+				Str("request_id", batch.RequestID).Str("batch_status", batch.Status).Str("batch_allocation_id", batch.BatchAllocationID).
+				Str("provider_status", batch.ProviderStatus).Str("waiting", batch.Waiting).Str("last_error", batch.LastError).
+				Time("stuck_since", since).Dur("stuck_after", b.cfg.StuckAfter).
+				Msg("allocation item stuck: not final long after it entered a batch; it is still being sent or polled, reconcile it with Cobo (GET /payments/batch_allocations?request_id=)")
 		}
 	}
-	return m
 }
 
-// ObserveCobo is a cobo.ClientConfig.Observe hook feeding the API metrics.
-func (m *Metrics) ObserveCobo(endpoint string, status, code int, d time.Duration) {
-	m.apiTime.WithLabelValues(endpoint).Observe(d.Seconds())
-	if status == 0 || status >= 400 {
-		m.apiErrors.WithLabelValues(endpoint, fmt.Sprint(status), fmt.Sprint(code)).Inc()
+// forgetStuck keeps in the set of items marked stuck only those still
+// open in some batch, so the set does not grow for ever.
+func (b *Batcher) forgetStuck(open map[string]bool) {
+	b.stuckMu.Lock()
+	defer b.stuckMu.Unlock()
+	for id := range b.stuck {
+		if !open[id] {
+			delete(b.stuck, id)
+		}
 	}
 }
 
-// ItemPlanned counts an item planned on an order (status planned or, when
-// its amount could not be computed, failed).
-func (m *Metrics) ItemPlanned(it domain.AllocationItem) {
-	m.items.WithLabelValues(it.Backend, it.Status).Inc()
-	if it.Status == domain.AllocFailed {
-		// Invalid when planned: never sent, so no provider holds it.
-		m.cobo.itemsRefused.WithLabelValues(it.Backend).Inc()
+// backoff is the wait before the next try of a batch tried retries times
+// without moving on: RecoverAfter doubling, capped at RetryMax.
+func (b *Batcher) backoff(retries int) time.Duration {
+	return backoff.Policy{Base: b.cfg.RecoverAfter, Max: b.cfg.RetryMax}.Delay(retries)
+}
+
+// Batch statuses. A batch goes claiming, ready, then sent; a refusal from
+// Cobo takes it through checking (when Cobo may hold it all the same) to
+// rejected (one item) or splitting (several).
+const (
+	// BatchClaiming: created; its items are being claimed.
+	BatchClaiming = "claiming"
+	// BatchReady: items frozen; it may be sent, always with RequestID.
+	BatchReady = "ready"
+	// BatchChecking: Cobo refused a send, but an earlier send of the same
+	// request_id may have created the batch, or the refusal's code may
+	// mean "request_id already used". It is looked up by request_id, never
+	// sent again, until it is found (sent) or certainly absent (rejected
+	// or splitting).
+	BatchChecking = "checking"
+	// BatchSent: Cobo created it; outcomes are being recorded.
+	BatchSent = "sent"
+	// BatchRejected: Cobo certainly did not create it and it holds one
+	// item, which is recorded failed with Cobo's answer.
+	BatchRejected = "rejected"
+	// BatchSplitting: Cobo certainly did not create it and it holds
+	// several items. They move to the two batches named in Children (the
+	// first and second half), each with its own request_id, so that one
+	// item Cobo refuses does not sink the others.
+	BatchSplitting = "splitting"
+)
+
+// Why a batch waits (Batch.Waiting), the reason label of
+// paystream_allocation_batches_waiting.
+const (
+	// WaitCredentials: Cobo refused paystream's credentials (401, 403, a
+	// signature, nonce or key error code). The items wait; the batch is
+	// sent again with its request_id until the credentials work.
+	WaitCredentials = "credentials"
+	// WaitEndpoint: Cobo's answer says the request went to the wrong place
+	// or in the wrong form (see cobo.APIError.EndpointProblem).
+	WaitEndpoint = "endpoint"
+	// WaitProvider: no definite answer (5xx, 429, timeouts, lost answers,
+	// failed lookups or polls).
+	WaitProvider = "provider"
+	// WaitSettling: a lookup found no batch, but an earlier send of the
+	// request_id may still be in progress at Cobo; it is looked up again
+	// once SettleAfter has passed since the last send.
+	WaitSettling = "settling"
+)
+
+var waitReasons = []string{WaitCredentials, WaitEndpoint, WaitProvider, WaitSettling}
+
+// Batch is a Cobo batch allocation as paystream persists it before the
+// first send, so that every retry sends the same request_id.
+type Batch struct {
+	RequestID         string                  `json:"request_id"`
+	Status            string                  `json:"status"`
+	Items             []domain.AllocationItem `json:"items"`
+	BatchAllocationID string                  `json:"batch_allocation_id,omitempty"`
+	ProviderStatus    string                  `json:"provider_status,omitempty"`
+	// Attempts counts the sends begun. It is persisted before each send,
+	// so a batch resumed after a crash mid-send knows Cobo may hold it.
+	Attempts int `json:"attempts"`
+	// LastSendAt is when the latest send ended, answered or not.
+	LastSendAt time.Time `json:"last_send_at,omitzero"`
+	// InFlight is set, and persisted, before each send and cleared with
+	// its answer: found set, the last send's fate is unknown.
+	InFlight bool `json:"in_flight,omitempty"`
+	// MayExist says an earlier send of this request_id got no definite
+	// answer, or was begun and its answer never recorded: Cobo may hold
+	// the batch, so a refusal proves nothing until a lookup settles it.
+	MayExist bool `json:"may_exist,omitempty"`
+	// Waiting says why the batch did not move on (Wait*); empty while it
+	// moves or its items are simply not final at Cobo yet.
+	Waiting string `json:"waiting,omitempty"`
+	// Retries counts the tries since the batch last moved on (sends,
+	// lookups, polls); NextAt, when set, is the earliest time any batcher
+	// resumes it: backoff doubling from RecoverAfter to RetryMax.
+	Retries int       `json:"retries,omitempty"`
+	NextAt  time.Time `json:"next_at,omitzero"`
+	// Rejection is Cobo's answer refusing the batch, kept while it is
+	// checked and recorded as the reason of items it fails.
+	Rejection string `json:"rejection,omitempty"`
+	// Parent is the request_id of the batch this one was split from: the
+	// items' claims move from it to this one. Children are the request_ids
+	// of the halves of a splitting batch.
+	Parent    string   `json:"parent,omitempty"`
+	Children  []string `json:"children,omitempty"`
+	LastError string   `json:"last_error,omitempty"`
+	// ItemsSince is when the items first entered a batch (the first batch
+	// of a split chain); stuck items are counted from it.
+	ItemsSince time.Time `json:"items_since,omitzero"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// itemsSince is ItemsSince, or CreatedAt for batches persisted before it
+// existed.
+func (b *Batch) itemsSince() time.Time {
+	if b.ItemsSince.IsZero() {
+		return b.CreatedAt
 	}
+	return b.ItemsSince
+}
+
+// batchStore keeps batches and claims in their buckets. A batch never
+// expires while it exists; removing it leaves a marker that expires after
+// the retention. A claim never expires while its batch exists; when the
+// batch is retired its claims are set to expire after the retention
+// (retireClaims).
+type batchStore struct {
+	batches *events.ExpiringKV
+	claims  *events.ExpiringKV
+}
+
+func openBatchStore(ctx context.Context, js jetstream.JetStream, r events.Retention, log zerolog.Logger) (*batchStore, error) {
+	b, err := js.KeyValue(ctx, BatchesBucket)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", BatchesBucket, err)
+	}
+	c, err := js.KeyValue(ctx, ClaimsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", ClaimsBucket, err)
+	}
+	st := &batchStore{}
+	if st.batches, err = events.OpenExpiringKV(ctx, js, b, r, log); err != nil {
+		return nil, err
+	}
+	if st.claims, err = events.OpenExpiringKV(ctx, js, c, r, log); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (s *batchStore) get(ctx context.Context, requestID string) (*Batch, uint64, error) {
+	e, err := s.batches.KV().Get(ctx, requestID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, fmt.Errorf("batch %s: %w", requestID, domain.ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get batch %s: %w", requestID, err)
+	}
+	var b Batch
+	if err := json.Unmarshal(e.Value(), &b); err != nil {
+		return nil, 0, fmt.Errorf("decode batch %s: %w", requestID, err)
+	}
+	return &b, e.Revision(), nil
+}
+
+// put writes b at revision rev (0 creates it).
+func (s *batchStore) put(ctx context.Context, b *Batch, rev uint64) (uint64, error) {
+	b.UpdatedAt = time.Now().UTC()
+	v, err := json.Marshal(b)
+	if err != nil {
+		return 0, fmt.Errorf("encode batch %s: %w", b.RequestID, err)
+	}
+	rev, err = s.batches.Put(ctx, b.RequestID, v, rev, false)
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, fmt.Errorf("put batch %s: %w", b.RequestID, domain.ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("put batch %s: %w", b.RequestID, err)
+	}
+	return rev, nil
+}
+
+func (s *batchStore) remove(ctx context.Context, requestID string) error {
+	if err := s.batches.Remove(ctx, requestID, 0); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete batch %s: %w", requestID, err)
+	}
+	return nil
+}
+
+// retireClaims sets the claims batch still holds to expire after the
+// retention, before the batch is removed: once its items' outcomes are on
+// their orders, a claim only stops an item planned again under the same
+// id (an orders bucket rebuilt from the events) from being sent again, and
+// the events are gone before the claim is. A claim another batch holds is
+// left alone.
+func (s *batchStore) retireClaims(ctx context.Context, batch *Batch) error {
+	if s.claims.TTL() == 0 {
+		return nil
+	}
+	for _, it := range batch.Items {
+		key := events.Token(it.ID)
+		for attempt := 1; ; attempt++ {
+			e, err := s.claims.KV().Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("read claim of item %s: %w", it.ID, err)
+			}
+			if string(e.Value()) != batch.RequestID {
+				break
+			}
+			_, err = s.claims.Put(ctx, key, e.Value(), e.Revision(), true)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) || attempt == 5 {
+				return fmt.Errorf("set claim of item %s to expire: %w", it.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// claim makes requestID the owner of itemID unless another request owns it
+// already; it reports whether requestID owns it now. A claim held by from
+// (the batch requestID was split from; empty for none) moves to requestID
+// with compare-and-set, so of two batchers finishing the same split, both
+// see the item moved once.
+func (s *batchStore) claim(ctx context.Context, itemID, requestID, from string) (bool, error) {
+	key := events.Token(itemID)
+	for range 5 {
+		_, err := s.claims.KV().Create(ctx, key, []byte(requestID))
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, fmt.Errorf("claim item %s: %w", itemID, err)
+		}
+		e, err := s.claims.KV().Get(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("read claim of item %s: %w", itemID, err)
+		}
+		switch owner := string(e.Value()); {
+		case owner == requestID:
+			return true, nil
+		case from == "" || owner != from:
+			return false, nil
+		}
+		_, err = s.claims.KV().Update(ctx, key, []byte(requestID), e.Revision())
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, fmt.Errorf("move claim of item %s from %s to %s: %w", itemID, from, requestID, err)
+		}
+		// Moved meanwhile, by another batcher finishing the same split:
+		// read it again.
+	}
+	return false, fmt.Errorf("claim item %s: %w", itemID, domain.ErrConflict)
+}
+
+func (s *batchStore) keys(ctx context.Context) ([]string, error) {
+	lister, err := s.batches.KV().ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list batches: %w", err)
+	}
+	var out []string
+	for k := range lister.Keys() {
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// A Cobo item is recorded failed only when Cobo certainly did not make it:
+// Cobo reported the item (or its whole batch) Failed, or Cobo refused a
+// batch that certainly does not exist. Everything else is reconciled (the
+// request_id lookup), waits (credentials, no answer, items Cobo has not
+// finished) or alerts (stuck items), and nothing is given up on:
+//
+//   - A send's answer that is not definite (5xx, 429, timeouts, a lost
+//     answer) leaves the batch ready; it is sent again, always with its
+//     request_id, after a backoff.
+//   - A refusal (4xx) of a send that may follow an effective one (any
+//     resend, or an answer to a retry within one call: Batch.MayExist)
+//     is checked with the request_id lookup first. So is any answer whose
+//     code may mean "request_id already used" (12009, 2040, 30001), which
+//     Cobo also uses for other things: found means created; only an empty
+//     lookup, made at least SettleAfter after a send that may be in
+//     progress, means the batch certainly does not exist.
+//   - A refusal of paystream's credentials (401, 403, signature, nonce or
+//     key codes) or of the endpoint never fails anything: the items wait,
+//     an error is logged, paystream_cobo_credential_errors_total and the
+//     waiting-batches gauge rise, and the batch is sent again with its
+//     request_id until the credentials work.
+//   - A batch that certainly does not exist and holds several items is
+//     split in halves, each persisted with a new request_id (its items'
+//     claims moved to it) before its first send, so that one item Cobo
+//     refuses ends failed alone and the others complete.
+//   - A batch Cobo created finishes its items from their statuses when
+//     Cobo gives them; without a status field (Cobo's answers before SDK
+//     v1.39, and the reference seeds), ledger-only items are complete.
+//     Items Cobo has not finished are polled, with a backoff capped at
+//     RetryMax, for ever.
+
+// deliver takes a persisted batch as far as it can go now: it sends a
+// ready batch, checks a refused one, splits one Cobo certainly refused,
+// polls a sent one, and records outcomes on the orders. It returns when
+// the batch is retired or waits (Batch.NextAt). Each step is persisted
+// before it is acted on, so any batcher can resume the batch after a
+// crash, and every send of one batch carries its one request_id.
+func (b *Batcher) deliver(ctx context.Context, batch *Batch, rev uint64) {
+	log := b.cfg.Logger.With().Str("request_id", batch.RequestID).Int("items", len(batch.Items)).Logger()
+	for ctx.Err() == nil {
+		moved := false
+		switch batch.Status {
+		case BatchReady:
+			rev, moved = b.send(ctx, batch, rev, log)
+		case BatchChecking:
+			rev, moved = b.check(ctx, batch, rev, log)
+		case BatchSplitting:
+			b.split(ctx, batch, rev, log)
+		case BatchSent, BatchRejected:
+			b.finish(ctx, batch, rev, log)
+		default:
+			log.Error().Str("status", batch.Status).Msg("batch in an unknown state; left as it is for an operator")
+		}
+		if !moved {
+			return
+		}
+	}
+}
+
+// send sends a ready batch with its request_id and classifies the answer.
+// It reports whether the batch moved on (persisted in another status).
+func (b *Batcher) send(ctx context.Context, batch *Batch, rev uint64, log zerolog.Logger) (uint64, bool) {
+	// Persisted before sending: whoever resumes the batch after a crash
+	// during the send knows that Cobo may hold it.
+	batch.MayExist = batch.MayExist || batch.InFlight
+	batch.InFlight = true
+	batch.Attempts++
+	rev, err := b.store.put(ctx, batch, rev)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not note the send before making it; the batch is left for a later try")
+		return rev, false
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
+	res, err := b.api.CreateBatchAllocation(sctx, toRequest(batch))
+	cancel()
+	batch.LastSendAt, batch.InFlight = time.Now().UTC(), false
+
+	var apiErr *cobo.APIError
+	isAPI := errors.As(err, &apiErr)
+	if err != nil && (!isAPI || apiErr.Retryable() || apiErr.Retried) {
+		// An attempt of this call got no definite answer: it may have
+		// created the batch.
+		batch.MayExist = true
+	}
+	switch {
+	case err == nil:
+		b.created(batch, res)
+	case !isAPI || apiErr.Retryable():
+		// No definite answer. Sent again later with the same request_id:
+		// if this attempt created the batch, Cobo says so then.
+		b.wait(batch, err, log)
+	case apiErr.CredentialProblem() || apiErr.EndpointProblem():
+		// Cobo did not read the request, but an earlier send may have
+		// been read and created the batch.
+		if batch.MayExist {
+			if found, ferr := b.lookup(ctx, batch); ferr == nil {
+				log.Info().Str("batch_allocation_id", found.BatchAllocationID).Int("http_status", apiErr.HTTPStatus).Int("error_code", apiErr.Code).
+					Msg("cobo refused a resend, but an earlier send had created the batch")
+				b.created(batch, found)
+				break
+			}
+		}
+		b.wait(batch, err, log)
+	case apiErr.DuplicateRequest() && errors.Is(err, cobo.ErrBatchNotFound) && !batch.MayExist:
+		// The first and only send was answered with a code that may mean
+		// "request_id already used", and no batch has the request_id: the
+		// code meant something else (30001 is also "pricing plan does not
+		// support this feature").
+		b.refused(batch, apiErr.Error(), log)
+	case apiErr.DuplicateRequest() || batch.MayExist:
+		// Cobo may hold the batch: look it up before anything else, and
+		// never send it again.
+		batch.Status, batch.Rejection = BatchChecking, apiErr.Error()
+		log.Warn().Err(err).Bool("may_exist", batch.MayExist).Msg("cobo refused a send that may have been created before; looking the batch up by request_id")
+	default:
+		// A definite refusal of a request Cobo never saw before.
+		b.refused(batch, apiErr.Error(), log)
+	}
+	return b.persistStep(ctx, batch, rev, BatchReady, log)
+}
+
+// check looks a batch Cobo refused up by request_id: found means created;
+// certainly absent means refused, unless a send may still be in progress
+// at Cobo (MayExist, within SettleAfter of the last send), when it waits.
+func (b *Batcher) check(ctx context.Context, batch *Batch, rev uint64, log zerolog.Logger) (uint64, bool) {
+	found, err := b.lookup(ctx, batch)
+	switch {
+	case err == nil:
+		log.Info().Str("batch_allocation_id", found.BatchAllocationID).Msg("the refused batch exists at cobo: recorded as sent")
+		b.created(batch, found)
+	case errors.Is(err, cobo.ErrBatchNotFound):
+		settled := batch.LastSendAt.Add(b.cfg.SettleAfter)
+		if batch.MayExist && time.Now().Before(settled) {
+			batch.Waiting, batch.NextAt = WaitSettling, settled
+			log.Info().Time("look_again_at", settled).Msg("no batch has the request_id yet, but an earlier send may still be in progress at cobo; looking again later")
+			break
+		}
+		b.refused(batch, batch.rejection(), log)
+	default:
+		b.wait(batch, err, log)
+	}
+	return b.persistStep(ctx, batch, rev, BatchChecking, log)
+}
+
+// persistStep writes the batch after a send or check. A batch still in
+// from (waiting) is scheduled with backoff, unless a wait set NextAt. It
+// reports whether the batch moved on.
+func (b *Batcher) persistStep(ctx context.Context, batch *Batch, rev uint64, from string, log zerolog.Logger) (uint64, bool) {
+	moved := batch.Status != from
+	if moved {
+		batch.Retries, batch.NextAt, batch.Waiting = 0, time.Time{}, ""
+	} else if batch.Waiting != WaitSettling {
+		batch.Retries++
+		batch.NextAt = time.Now().Add(b.backoff(batch.Retries)).UTC()
+	}
+	next, err := b.store.put(ctx, batch, rev)
+	if err != nil {
+		// Nothing is lost: the batch is tried again from its persisted
+		// state, with the same request_id, and a created batch is found.
+		log.Warn().Err(err).Str("status", batch.Status).Msg("could not persist the batch's step; it will be tried again with the same request_id")
+		return rev, false
+	}
+	return next, moved
+}
+
+// lookup finds the batch by request_id with the send timeout.
+func (b *Batcher) lookup(ctx context.Context, batch *Batch) (cobo.BatchAllocation, error) {
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
+	defer cancel()
+	found, err := b.api.FindBatchAllocation(sctx, batch.RequestID)
+	if err != nil {
+		return found, fmt.Errorf("look up batch %s: %w", batch.RequestID, err)
+	}
+	return found, nil
+}
+
+// created records that Cobo holds the batch: a 201, or found by
+// request_id.
+func (b *Batcher) created(batch *Batch, res cobo.BatchAllocation) {
+	batch.Status, batch.ProviderStatus = BatchSent, res.Status
+	if res.BatchAllocationID != "" {
+		batch.BatchAllocationID = res.BatchAllocationID
+	}
+	batch.Waiting, batch.Rejection, batch.LastError = "", "", ""
+	b.metrics().batchSize.Observe(float64(len(batch.Items)))
+}
+
+// refused settles a batch Cobo refused and certainly does not hold: one
+// item is rejected (recorded failed with Cobo's answer); several are split
+// in halves under new request_ids.
+func (b *Batcher) refused(batch *Batch, reason string, log zerolog.Logger) {
+	batch.Rejection, batch.Waiting = reason, ""
+	if len(batch.Items) == 1 {
+		batch.Status = BatchRejected
+		return
+	}
+	batch.Status = BatchSplitting
+	batch.Children = []string{newRequestID(), newRequestID()}
+	log.Warn().Str("rejection", reason).Strs("children", batch.Children).
+		Msg("cobo refused the batch and holds nothing for it; splitting it so that the valid items still complete")
+}
+
+// wait notes why the batch did not move on, logs it, and counts refused
+// credentials.
+func (b *Batcher) wait(batch *Batch, err error, log zerolog.Logger) {
+	batch.Waiting, batch.LastError = waitReason(err), err.Error()
+	ev := log.Warn()
+	msg := "no definite answer from cobo; the batch is tried again later, a send always with the same request_id"
+	switch batch.Waiting {
+	case WaitCredentials:
+		b.metrics().cobo.credentialErrors.Inc()
+		ev = log.Error()
+		msg = "cobo refused paystream's API credentials; the items wait (never failed) and the batch is sent again with the same request_id: check -cobo-api-secret-file, the key registered in Cobo Portal for this environment and its permissions, and the clock"
+	case WaitEndpoint:
+		ev = log.Error()
+		msg = "cobo answered that the request went to the wrong place or in the wrong form; the items wait: check -cobo-api-url"
+	}
+	ev.Err(err).Str("status", batch.Status).Int("attempts", batch.Attempts).Int("retries", batch.Retries).Msg(msg)
+}
+
+// waitReason classifies an error that left a batch where it was.
+func waitReason(err error) string {
+	var apiErr *cobo.APIError
+	if errors.As(err, &apiErr) {
+		switch {
+		case apiErr.CredentialProblem():
+			return WaitCredentials
+		case apiErr.EndpointProblem():
+			return WaitEndpoint
+		}
+	}
+	return WaitProvider
+}
+
+// rejection is Cobo's refusal of the batch; LastError for batches
+// rejected before Rejection existed.
+func (b *Batch) rejection() string {
+	if b.Rejection != "" {
+		return b.Rejection
+	}
+	return b.LastError
+}
+
+// split moves a splitting batch's items into its two children, each
+// persisted and claimed before the parent is retired, then sends them.
+// Any step may be redone by any batcher: the children's request_ids are
+// the parent's persisted Children, and claims move with compare-and-set.
+func (b *Batcher) split(ctx context.Context, batch *Batch, rev uint64, log zerolog.Logger) {
+	if len(batch.Children) != 2 || len(batch.Items) < 2 {
+		log.Error().Strs("children", batch.Children).Msg("splitting batch without two children and two items; left as it is for an operator")
+		return
+	}
+	half := len(batch.Items) / 2
+	parts := [][]domain.AllocationItem{batch.Items[:half], batch.Items[half:]}
+	children := make([]*Batch, 0, 2)
+	revs := make([]uint64, 0, 2)
+	for i, id := range batch.Children {
+		c, crev, err := b.child(ctx, batch, id, parts[i])
+		if err != nil {
+			log.Warn().Err(err).Str("child", id).Msg("could not prepare half of the split batch; the split is finished later")
+			return
+		}
+		children, revs = append(children, c), append(revs, crev)
+	}
+	if err := b.store.remove(ctx, batch.RequestID); err != nil {
+		log.Warn().Err(err).Msg("could not retire the split batch; its halves are sent anyway")
+	}
+	b.metrics().cobo.splits.Inc()
+	log.Info().Strs("children", batch.Children).Msg("batch split")
+	for i, c := range children {
+		if c.Status != BatchClaiming && len(c.Items) > 0 {
+			b.deliver(ctx, c, revs[i])
+		}
+	}
+}
+
+// child returns the half of parent with request_id id, creating and
+// claiming it when needed.
+func (b *Batcher) child(ctx context.Context, parent *Batch, id string, items []domain.AllocationItem) (*Batch, uint64, error) {
+	c, rev, err := b.store.get(ctx, id)
+	if errors.Is(err, domain.ErrNotFound) {
+		now := time.Now().UTC()
+		c = &Batch{RequestID: id, Status: BatchClaiming, Items: slices.Clone(items), Parent: parent.RequestID,
+			ItemsSince: parent.itemsSince(), CreatedAt: now}
+		rev, err = b.store.put(ctx, c, 0)
+		if errors.Is(err, domain.ErrConflict) {
+			// Another batcher finishing the same split created it.
+			c, rev, err = b.store.get(ctx, id)
+		}
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if c.Status == BatchClaiming {
+		rev, err = b.settleClaims(ctx, c, rev)
+	}
+	return c, rev, err
+}
+
+// finish polls a sent batch whose items are not all final, records the
+// outcomes on the orders, and retires the batch once every item is final
+// (or it was rejected). Otherwise the batch is polled again after a
+// backoff capped at RetryMax, for ever.
+func (b *Batcher) finish(ctx context.Context, batch *Batch, rev uint64, log zerolog.Logger) {
+	progressed := false
+	if batch.Status == BatchSent && !allItemsFinal(batch) {
+		changed, err := b.poll(ctx, batch)
+		if err != nil {
+			b.wait(batch, err, log)
+		} else {
+			progressed, batch.Waiting, batch.LastError = changed, "", ""
+		}
+	}
+	if err := b.record(ctx, batch); err != nil {
+		log.Warn().Err(err).Msg("recording the outcome on orders failed; will retry")
+		return
+	}
+	if batch.Status == BatchRejected || allItemsFinal(batch) {
+		if err := b.store.retireClaims(ctx, batch); err != nil {
+			// Kept, and retired again when it is resumed: a claim that never
+			// expires is the only harm.
+			log.Warn().Err(err).Msg("could not set the recorded batch's claims to expire; the batch is retired later")
+			return
+		}
+		if err := b.store.remove(ctx, batch.RequestID); err != nil {
+			log.Warn().Err(err).Msg("could not retire the recorded batch")
+		}
+		return
+	}
+	// Items still Pending or Transferring at Cobo.
+	if progressed {
+		batch.Retries = 0
+	}
+	batch.Retries++
+	batch.NextAt = time.Now().Add(b.backoff(batch.Retries)).UTC()
+	if _, err := b.store.put(ctx, batch, rev); err != nil {
+		log.Warn().Err(err).Msg("could not persist polled statuses")
+	}
+}
+
+// poll refreshes statuses from GET /payments/batch_allocations/{id} (or,
+// without an id, the request_id lookup) and reports whether any changed.
+func (b *Batcher) poll(ctx context.Context, batch *Batch) (bool, error) {
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
+	defer cancel()
+	var detail cobo.BatchAllocation
+	var err error
+	if batch.BatchAllocationID != "" {
+		detail, err = b.api.GetBatchAllocation(sctx, batch.BatchAllocationID)
+	} else {
+		// Cobo's create answer carried no id: the list view has the batch
+		// status, enough for items without their own.
+		detail, err = b.api.FindBatchAllocation(sctx, batch.RequestID)
+		batch.BatchAllocationID = detail.BatchAllocationID
+	}
+	if err != nil {
+		return false, fmt.Errorf("poll batch %s: %w", batch.RequestID, err)
+	}
+	changed := detail.Status != batch.ProviderStatus
+	batch.ProviderStatus = detail.Status
+	used := make([]bool, len(detail.AllocationItems))
+	for i := range batch.Items {
+		it := &batch.Items[i]
+		for j, p := range detail.AllocationItems {
+			if !used[j] && sameItem(*it, p) {
+				used[j] = true
+				changed = changed || it.ProviderStatus != p.Status
+				it.ProviderStatus = p.Status
+				it.ProviderID = p.AllocationItemID
+				break
+			}
+		}
+	}
+	return changed, nil
+}
+
+func sameItem(it domain.AllocationItem, p cobo.AllocationItem) bool {
+	return p.Description == it.Description && p.DestinationAccount == it.Destination &&
+		p.SourceAccount == it.Source && p.TokenID == it.TokenID && amountEqual(p.Amount, it)
+}
+
+func amountEqual(s string, it domain.AllocationItem) bool {
+	var a cobo.Amount
+	if err := a.UnmarshalJSON([]byte(`"` + s + `"`)); err != nil || !a.Valid {
+		return false
+	}
+	return a.Decimal.Equal(it.Amount)
+}
+
+// itemStatus maps the batch's knowledge of an item to paystream's status
+// and, for a failure, its reason. Items of a batch Cobo does not hold (yet)
+// are planned.
+func itemStatus(batch *Batch, it domain.AllocationItem) (string, string) {
+	switch batch.Status {
+	case BatchRejected:
+		return domain.AllocFailed, "refused by cobo, which holds no batch for it: " + batch.rejection()
+	case BatchSent:
+		return coboItemStatus(it.ProviderStatus, batch.ProviderStatus)
+	}
+	return domain.AllocPlanned, ""
+}
+
+// coboItemStatus maps the statuses Cobo gives an item of a batch it
+// created, and the batch, to paystream's. An item's own status decides;
+// without one, the batch's does; without either (Cobo's answers before
+// the status fields, and the reference seeds) the item is completed, as
+// ledger-only allocations complete at once. Cobo's words for unfinished
+// items, and words paystream does not know, are pending: polled, and
+// reported stuck if they last.
+func coboItemStatus(item, batch string) (string, string) {
+	switch item {
+	case cobo.ItemCompleted:
+		return domain.AllocCompleted, ""
+	case cobo.ItemFailed:
+		return domain.AllocFailed, "cobo reported the item Failed"
+	case "":
+		switch batch {
+		case "", cobo.BatchCompleted:
+			return domain.AllocCompleted, ""
+		case cobo.BatchFailed:
+			// Cobo: Failed means all items failed.
+			return domain.AllocFailed, "cobo reported the batch Failed"
+		}
+	}
+	return domain.AllocPending, ""
+}
+
+// openItems are the batch's items not final by its own knowledge.
+func openItems(batch *Batch) []domain.AllocationItem {
+	var out []domain.AllocationItem
+	for _, it := range batch.Items {
+		if st, _ := itemStatus(batch, it); st != domain.AllocCompleted && st != domain.AllocFailed {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+func allItemsFinal(batch *Batch) bool { return len(openItems(batch)) == 0 }
+
+// record writes each item's outcome on its order, with compare-and-set.
+// Items still planned (the batch is not at Cobo) are not written.
+func (b *Batcher) record(ctx context.Context, batch *Batch) error {
+	byOrder := map[string][]domain.AllocationItem{}
+	var orderIDs []string
+	for _, it := range batch.Items {
+		if byOrder[it.OrderID] == nil {
+			orderIDs = append(orderIDs, it.OrderID)
+		}
+		byOrder[it.OrderID] = append(byOrder[it.OrderID], it)
+	}
+	for _, orderID := range orderIDs {
+		if err := b.recordOrder(ctx, batch, orderID, byOrder[orderID]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Batcher) recordOrder(ctx context.Context, batch *Batch, orderID string, items []domain.AllocationItem) error {
+	inBatch := make(map[string]domain.AllocationItem, len(items))
+	for _, it := range items {
+		inBatch[it.ID] = it
+	}
+	changed, err := updateItems(ctx, b.orders, orderID, func(cur *domain.AllocationItem) bool {
+		it, ok := inBatch[cur.ID]
+		if !ok {
+			return false
+		}
+		st, reason := itemStatus(batch, it)
+		if st == domain.AllocPlanned || (cur.Status == st && cur.RequestID == batch.RequestID && cur.ProviderStatus == it.ProviderStatus) {
+			return false
+		}
+		cur.Status, cur.Reason = st, reason
+		cur.RequestID = batch.RequestID
+		cur.ProviderID = batch.BatchAllocationID
+		cur.ProviderStatus = it.ProviderStatus
+		if cur.Final() {
+			cur.StuckSince = nil
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, it := range changed {
+		b.metrics().items.WithLabelValues(domain.BackendCobo, it.Status).Inc()
+		ev := b.cfg.Logger.Info()
+		if it.Status == domain.AllocFailed {
+			ev = b.cfg.Logger.Error()
+			if batch.Status == BatchRejected {
+				b.metrics().cobo.itemsRefused.WithLabelValues(domain.BackendCobo).Inc()
+			}
+		}
+		ev.Str("order_id", orderID).Str("item_id", it.ID).Str("request_id", batch.RequestID).
+			Str("batch_allocation_id", batch.BatchAllocationID).Str("amount", it.Amount.String()).Str("token_id", it.TokenID).
+			Str("destination", it.Destination).Str("status", it.Status).Str("reason", it.Reason).Msg("allocation item recorded")
+	}
+	return nil
 }

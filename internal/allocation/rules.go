@@ -1,6 +1,3 @@
-// Package allocation decides and carries out fund allocations: the rules
-// file and the amounts it yields, and the exactly-once delivery of
-// allocation items to Cobo (batched) and BitGo.
 package allocation
 
 import (

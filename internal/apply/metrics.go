@@ -38,13 +38,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		unclassified: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paystream_reconcile_unclassified_transactions_total",
-			Help: "Transactions recorded on an order without being credited because whether they are late payments is unknown (reason lateness_unknown, ambiguous or no_amount); an operator decides.",
+			Help: "Transactions recorded on an order without being credited because whether they are late payments is unknown (reason lateness_unknown, ambiguous, no_amount, or before_horizon: a late payment made before the state of its order expired); an operator decides.",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.events, m.transitions, m.completed, m.late, m.conflictFinals, m.unclassified)
 	// Every series exists from the start at 0, so an alert on its increase
 	// fires on the first one.
-	for _, r := range []string{domain.UnclassifiedLatenessUnknown, domain.UnclassifiedAmbiguous, domain.UnclassifiedNoAmount} {
+	for _, r := range []string{domain.UnclassifiedLatenessUnknown, domain.UnclassifiedAmbiguous, domain.UnclassifiedNoAmount, domain.UnclassifiedBeforeHorizon} {
 		m.unclassified.WithLabelValues(r)
 	}
 	return m

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,6 +31,9 @@ import (
 
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"github.com/shopspring/decimal"
+
+	"github.com/paystream/paystream/internal/backoff"
+	"github.com/paystream/paystream/internal/httpretry"
 )
 
 // Base URLs of BitGo's API. Network API paths hang directly off them.
@@ -45,7 +47,8 @@ const (
 	DefaultMaxAttempts = 5
 	DefaultBackoffBase = 200 * time.Millisecond
 	DefaultBackoffMax  = 5 * time.Second
-	// DefaultHTTPTimeout bounds one exchange when Config.HTTP is nil.
+	// DefaultHTTPTimeout bounds one exchange: the timeout of the client
+	// used when Config.HTTP is nil, and the default AttemptTimeout.
 	DefaultHTTPTimeout = 30 * time.Second
 )
 
@@ -152,7 +155,9 @@ type Allocation struct {
 }
 
 // Config configures a Client. BaseURL, EnterpriseID, AccessToken,
-// SigningKey and Currencies are required.
+// SigningKey and Currencies are required. HTTP, MaxAttempts, BackoffBase,
+// BackoffMax and AttemptTimeout are the base every provider client shares
+// (httpretry.Config, see Retry).
 type Config struct {
 	// BaseURL is TestBaseURL, ProdBaseURL or a simulator, without a path.
 	BaseURL string
@@ -166,29 +171,33 @@ type Config struct {
 	SigningKey *secp256k1.PrivateKey
 	// Currencies maps Cobo token ids to BitGo currencies. New copies it.
 	Currencies map[string]Currency
-	// HTTP is the transport; its Timeout bounds one exchange. When nil, a
-	// client with DefaultHTTPTimeout is used.
+	// HTTP is the transport. When nil, a client with DefaultHTTPTimeout
+	// is used.
 	HTTP *http.Client
 	// MaxAttempts bounds tries of one call; DefaultMaxAttempts when zero.
 	MaxAttempts int
 	// BackoffBase and BackoffMax bound the jittered, doubling delay between
 	// tries; the defaults apply when zero.
 	BackoffBase, BackoffMax time.Duration
+	// AttemptTimeout bounds one exchange; DefaultHTTPTimeout when zero.
+	AttemptTimeout time.Duration
+}
+
+// Retry returns the HTTP and retry settings as the base provider clients
+// share.
+func (c Config) Retry() httpretry.Config {
+	return httpretry.Config{HTTP: c.HTTP, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax, AttemptTimeout: c.AttemptTimeout}
 }
 
 func (c Config) withDefaults() Config {
-	if c.HTTP == nil {
-		c.HTTP = &http.Client{Timeout: DefaultHTTPTimeout}
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.BackoffBase == 0 {
-		c.BackoffBase = DefaultBackoffBase
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = DefaultBackoffMax
-	}
+	r := c.Retry().WithDefaults(httpretry.Config{
+		HTTP:           &http.Client{Timeout: DefaultHTTPTimeout},
+		MaxAttempts:    DefaultMaxAttempts,
+		BackoffBase:    DefaultBackoffBase,
+		BackoffMax:     DefaultBackoffMax,
+		AttemptTimeout: DefaultHTTPTimeout,
+	})
+	c.HTTP, c.MaxAttempts, c.BackoffBase, c.BackoffMax, c.AttemptTimeout = r.HTTP, r.MaxAttempts, r.BackoffBase, r.BackoffMax, r.AttemptTimeout
 	return c
 }
 
@@ -212,10 +221,9 @@ func (c Config) validate() error {
 		return errors.New("SigningKey is required")
 	case len(c.Currencies) == 0:
 		return errors.New("Currencies must map at least one token id")
-	case c.MaxAttempts < 1:
-		return fmt.Errorf("MaxAttempts must be at least 1, got %d", c.MaxAttempts)
-	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
-		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
+	}
+	if err := c.Retry().Validate(); err != nil {
+		return err
 	}
 	for token, cur := range c.Currencies {
 		if token == "" {
@@ -231,8 +239,9 @@ func (c Config) validate() error {
 // Client prepares and sends BitGo partner-connection allocations. It is
 // safe for concurrent use.
 type Client struct {
-	cfg  Config
-	base string
+	cfg       Config
+	transport httpretry.Config
+	base      string
 	// nonce makes a Prepare nonce; tests fix it.
 	nonce func() (string, error)
 }
@@ -250,9 +259,10 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.Currencies = cur
 	return &Client{
-		cfg:   cfg,
-		base:  strings.TrimRight(cfg.BaseURL, "/"),
-		nonce: randomNonce,
+		cfg:       cfg,
+		transport: cfg.Retry(),
+		base:      strings.TrimRight(cfg.BaseURL, "/"),
+		nonce:     randomNonce,
 	}, nil
 }
 
@@ -600,14 +610,10 @@ func (c *Client) enterpriseURL() string {
 // the last failure, both wrapped.
 func (c *Client) retry(ctx context.Context, op func(context.Context) outcome) (Allocation, error) {
 	var last outcome
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+	for attempt := 1; attempt <= c.transport.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			t := time.NewTimer(c.backoff(attempt - 1))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return last.alloc, fmt.Errorf("%w (last error: %w)", ctx.Err(), last.err)
-			case <-t.C:
+			if err := backoff.Wait(ctx, c.transport.Backoff(attempt-1)); err != nil {
+				return last.alloc, fmt.Errorf("%w (last error: %w)", err, last.err)
 			}
 		}
 		last = op(ctx)
@@ -621,12 +627,14 @@ func (c *Client) retry(ctx context.Context, op func(context.Context) outcome) (A
 			return last.alloc, fmt.Errorf("%w (last error: %w)", err, last.err)
 		}
 	}
-	return last.alloc, fmt.Errorf("gave up after %d attempts: %w", c.cfg.MaxAttempts, last.err)
+	return last.alloc, fmt.Errorf("gave up after %d attempts: %w", c.transport.MaxAttempts, last.err)
 }
 
 // exchange performs one HTTP exchange and reads the answer. Errors name
 // the method and path only: the URL has no secrets, but headers do.
 func (c *Client) exchange(ctx context.Context, method, u string, body []byte) (int, []byte, error) {
+	ctx, cancel := c.transport.Attempt(ctx)
+	defer cancel()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -641,7 +649,7 @@ func (c *Client) exchange(ctx context.Context, method, u string, body []byte) (i
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.cfg.HTTP.Do(req)
+	resp, err := c.transport.HTTP.Do(req)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: %w", method, req.URL.Path, unwrapURLError(err))
 	}
@@ -670,18 +678,6 @@ func newAPIError(status int, data []byte, msg string) *APIError {
 		msg = http.StatusText(status)
 	}
 	return &APIError{HTTPStatus: status, Message: msg}
-}
-
-// backoff returns the delay before retry n (from 1): doubling from base,
-// capped, with jitter over the upper half so that concurrent clients do
-// not retry in step.
-func (c *Client) backoff(n int) time.Duration {
-	d := c.cfg.BackoffBase
-	for i := 1; i < n && d < c.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, c.cfg.BackoffMax)
-	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
 }
 
 func firstNonEmpty(s ...string) string {

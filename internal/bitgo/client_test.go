@@ -621,3 +621,35 @@ func TestFindPagesToTheEnd(t *testing.T) {
 	require.False(t, ok)
 	require.EqualValues(t, 2, calls.Load())
 }
+
+// TestAttemptTimeoutBoundsOneExchange: the shared AttemptTimeout bounds
+// each exchange, also with a transport that has no timeout of its own,
+// and a timed-out exchange is retried like any unanswered one.
+func TestAttemptTimeoutBoundsOneExchange(t *testing.T) {
+	key, err := secp256k1.GeneratePrivateKey()
+	require.NoError(t, err)
+	var tries atomic.Int32
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tries.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(func() { close(release); srv.Close() })
+	c, err := bitgo.New(bitgo.Config{
+		BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
+		Currencies: bitgo.DefaultCurrencies(), HTTP: &http.Client{},
+		MaxAttempts: 2, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, AttemptTimeout: 50 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = c.Get(ctx, "a1")
+	require.Error(t, err)
+	require.ErrorContains(t, err, "gave up after 2 attempts")
+	require.EqualValues(t, 2, tries.Load())
+	require.Less(t, time.Since(start), 2*time.Second)
+}

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/paystream/paystream/internal/backoff"
+	"github.com/paystream/paystream/internal/httpretry"
 )
 
 // ErrBatchNotFound means no batch allocation has the requested id or
@@ -27,7 +29,9 @@ const (
 	DefaultAttemptTimeout = 10 * time.Second
 )
 
-// ClientConfig configures a Client.
+// ClientConfig configures a Client. HTTP, MaxAttempts, BackoffBase,
+// BackoffMax and AttemptTimeout are the base every provider client shares
+// (httpretry.Config, see Retry).
 type ClientConfig struct {
 	// BaseURL includes the /v2 prefix, e.g. https://api.dev.cobo.com/v2.
 	BaseURL string
@@ -47,26 +51,27 @@ type ClientConfig struct {
 	Observe func(endpoint string, status, errorCode int, d time.Duration)
 }
 
+// retryDefaults are the defaults of the HTTP and retry settings.
+var retryDefaults = httpretry.Config{
+	MaxAttempts:    DefaultMaxAttempts,
+	BackoffBase:    DefaultBackoffBase,
+	BackoffMax:     DefaultBackoffMax,
+	AttemptTimeout: DefaultAttemptTimeout,
+}
+
+// Retry returns the HTTP and retry settings as the base provider clients
+// share.
+func (c ClientConfig) Retry() httpretry.Config {
+	return httpretry.Config{HTTP: c.HTTP, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax, AttemptTimeout: c.AttemptTimeout}
+}
+
 // WithDefaults returns a copy with zero fields set to their defaults.
 func (c ClientConfig) WithDefaults() ClientConfig {
 	if c.BaseURL == "" {
 		c.BaseURL = DevAPIURL
 	}
-	if c.HTTP == nil {
-		c.HTTP = &http.Client{}
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.BackoffBase == 0 {
-		c.BackoffBase = DefaultBackoffBase
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = DefaultBackoffMax
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = DefaultAttemptTimeout
-	}
+	r := c.Retry().WithDefaults(retryDefaults)
+	c.HTTP, c.MaxAttempts, c.BackoffBase, c.BackoffMax, c.AttemptTimeout = r.HTTP, r.MaxAttempts, r.BackoffBase, r.BackoffMax, r.AttemptTimeout
 	return c
 }
 
@@ -77,21 +82,16 @@ func (c ClientConfig) validate() error {
 		return fmt.Errorf("BaseURL must be an http(s) URL, got %q", c.BaseURL)
 	case c.Signer == nil:
 		return errors.New("Signer is required")
-	case c.MaxAttempts < 1:
-		return fmt.Errorf("MaxAttempts must be at least 1, got %d", c.MaxAttempts)
-	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
-		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
-	case c.AttemptTimeout <= 0:
-		return fmt.Errorf("AttemptTimeout must be positive, got %s", c.AttemptTimeout)
 	}
-	return nil
+	return c.Retry().Validate()
 }
 
 // Client calls Cobo's payments API with signed requests. It is safe for
 // concurrent use.
 type Client struct {
-	cfg  ClientConfig
-	base *url.URL
+	cfg       ClientConfig
+	transport httpretry.Config
+	base      *url.URL
 }
 
 // NewClient returns a Client for cfg.
@@ -101,7 +101,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, fmt.Errorf("cobo client config: %w", err)
 	}
 	base, _ := url.Parse(strings.TrimRight(cfg.BaseURL, "/"))
-	return &Client{cfg: cfg, base: base}, nil
+	return &Client{cfg: cfg, transport: cfg.Retry(), base: base}, nil
 }
 
 // CreateBatchAllocation creates a batch, idempotently on req.RequestID.
@@ -195,12 +195,10 @@ func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Va
 		u.RawQuery = q.Encode()
 	}
 	var lastErr error
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+	for attempt := 1; attempt <= c.transport.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
-			case <-time.After(c.backoff(attempt - 1)):
+			if err := backoff.Wait(ctx, c.transport.Backoff(attempt-1)); err != nil {
+				return fmt.Errorf("%w (last error: %v)", err, lastErr)
 			}
 		}
 		retry, err := c.once(ctx, endpoint, method, &u, body, out)
@@ -218,11 +216,11 @@ func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Va
 			return err
 		}
 	}
-	return fmt.Errorf("after %d attempts: %w", c.cfg.MaxAttempts, lastErr)
+	return fmt.Errorf("after %d attempts: %w", c.transport.MaxAttempts, lastErr)
 }
 
 func (c *Client) once(ctx context.Context, endpoint, method string, u *url.URL, body []byte, out any) (retry bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+	ctx, cancel := c.transport.Attempt(ctx)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
@@ -243,7 +241,7 @@ func (c *Client) once(ctx context.Context, endpoint, method string, u *url.URL, 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	start := time.Now()
-	resp, err := c.cfg.HTTP.Do(req)
+	resp, err := c.transport.HTTP.Do(req)
 	if err != nil {
 		c.observe(endpoint, 0, 0, start)
 		// Transport errors and timeouts: the server may or may not have
@@ -275,15 +273,4 @@ func (c *Client) observe(endpoint string, status, code int, start time.Time) {
 	if c.cfg.Observe != nil {
 		c.cfg.Observe(endpoint, status, code, time.Since(start))
 	}
-}
-
-// backoff returns the delay before retry n (from 1): doubling from base,
-// capped, with full jitter over the upper half.
-func (c *Client) backoff(n int) time.Duration {
-	d := c.cfg.BackoffBase
-	for i := 1; i < n && d < c.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, c.cfg.BackoffMax)
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }

@@ -256,6 +256,20 @@ func (n *Int64) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Time reads n as Cobo's timestamps are documented, in seconds; a value
+// only milliseconds make sense of (after the year 5138 in seconds) is read
+// as milliseconds, as Cobo sends some. Zero or less is the zero time: not
+// given.
+func (n Int64) Time() time.Time {
+	switch {
+	case n <= 0:
+		return time.Time{}
+	case n > 100_000_000_000:
+		return time.UnixMilli(int64(n))
+	}
+	return time.Unix(int64(n), 0)
+}
+
 // OrderData is the data of payment.order.status.updated (data_type
 // PaymentOrder), which is also the Order returned by GET /payments/orders/{id}.
 type OrderData struct {

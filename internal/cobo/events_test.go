@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
@@ -233,4 +234,12 @@ func FuzzParseEnvelope(f *testing.F) {
 		_ = json.Unmarshal(env.Data, &tx)
 		_ = tx.DestinationAmount()
 	})
+}
+
+func TestInt64Time(t *testing.T) {
+	t.Parallel()
+	require.True(t, cobo.Int64(0).Time().IsZero())
+	require.True(t, cobo.Int64(-5).Time().IsZero())
+	require.Equal(t, time.Unix(1700000000, 0), cobo.Int64(1700000000).Time(), "seconds, as documented")
+	require.Equal(t, time.UnixMilli(1700000500123), cobo.Int64(1700000500123).Time(), "milliseconds, as Cobo sends some")
 }

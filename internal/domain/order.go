@@ -4,6 +4,8 @@ package domain
 
 import (
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -69,6 +71,9 @@ type Snapshot struct {
 	ChainID             string              `json:"chain_id,omitempty"`
 	// UpdatedTimestamp is the provider's updated_timestamp, in seconds.
 	UpdatedTimestamp int64 `json:"updated_timestamp"`
+	// CreatedTimestamp is the provider's created_timestamp of the order
+	// (seconds, as Cobo documents it); 0 when not given.
+	CreatedTimestamp int64 `json:"created_timestamp,omitempty"`
 }
 
 // LatePayment is a deposit that arrived after the order reached a final
@@ -94,6 +99,10 @@ type LatePayment struct {
 	// Reconciled is true when reconciliation with Cobo's order API recorded
 	// it (TransactionID is then Cobo's tx_id).
 	Reconciled bool `json:"reconciled,omitempty"`
+	// CreatedTimestamp is the provider's created_timestamp of the
+	// transaction (seconds or milliseconds, as Cobo sent it); 0 when not
+	// given. It says whether the payment came after the order's Horizon.
+	CreatedTimestamp int64 `json:"created_timestamp,omitempty"`
 }
 
 // Deposit is a completed deposit towards an order, recorded once per
@@ -130,6 +139,10 @@ const (
 	UnclassifiedAmbiguous = "ambiguous"
 	// UnclassifiedNoAmount: a late transaction without a positive amount.
 	UnclassifiedNoAmount = "no_amount"
+	// UnclassifiedBeforeHorizon: a late payment made before the order's
+	// Horizon (or at a time Cobo did not give): it may have been credited
+	// under state of the order that has expired since.
+	UnclassifiedBeforeHorizon = "before_horizon"
 )
 
 // UnclassifiedTx is a transaction paystream could not classify and so did
@@ -179,6 +192,63 @@ type Order struct {
 	// SplitsPlanned is set in the commit that planned the completion
 	// splits, so they are planned exactly once.
 	SplitsPlanned bool `json:"splits_planned,omitempty"`
+	// SplitsSkipped says why the commit that set SplitsPlanned planned no
+	// splits: the order is older than its Horizon.
+	SplitsSkipped string `json:"splits_skipped,omitempty"`
+
+	// Horizon is set when this state was created at a time the order's
+	// earlier state may have expired (the workers' -retention): anything
+	// Cobo did before it may have been allocated under that state, which
+	// is gone. So nothing from before it is allocated again: no completion
+	// splits for an order Cobo created before it, no credit for a late
+	// payment made before it (recorded UnclassifiedBeforeHorizon). Unset
+	// while no state can have expired yet.
+	Horizon *time.Time `json:"horizon,omitempty"`
+}
+
+// Settled reports whether nothing further is expected of the order: its
+// status is final, or a late payment shows that Cobo has it final, and
+// none of its allocation items is still planned or pending. A settled
+// order's state may expire after the workers' -retention (see Horizon).
+func (o *Order) Settled() bool {
+	if !o.Status.Final() && len(o.LatePayments) == 0 {
+		return false
+	}
+	for _, it := range o.Allocations {
+		if !it.Final() {
+			return false
+		}
+	}
+	return true
+}
+
+// AbsentError is an order store's answer for an order it holds no state
+// of. It wraps ErrNotFound. Horizon, when set, is the Horizon new state
+// of the order gets: the store may have held state for it that expired.
+type AbsentError struct {
+	OrderID string
+	Horizon time.Time
+}
+
+// Error implements error.
+func (e *AbsentError) Error() string {
+	if e.Horizon.IsZero() {
+		return fmt.Sprintf("order %s: %v", e.OrderID, ErrNotFound)
+	}
+	return fmt.Sprintf("order %s: %v (state from before %s may have expired)", e.OrderID, ErrNotFound, e.Horizon.UTC().Format(time.RFC3339))
+}
+
+// Unwrap returns ErrNotFound.
+func (e *AbsentError) Unwrap() error { return ErrNotFound }
+
+// HorizonOf returns the Horizon an order store gave with err (an
+// AbsentError), or the zero time.
+func HorizonOf(err error) time.Time {
+	var a *AbsentError
+	if errors.As(err, &a) {
+		return a.Horizon
+	}
+	return time.Time{}
 }
 
 // PreciseCompleted reports whether the order has a full-precision
@@ -218,6 +288,9 @@ type OrderView struct {
 	Unclassified        []UnclassifiedTx    `json:"unclassified_transactions,omitempty"`
 	ConflictingFinals   []OrderStatus       `json:"conflicting_finals,omitempty"`
 	Allocations         []AllocationItem    `json:"allocations"`
+	// SplitsSkipped and Horizon are the order's (see Order).
+	SplitsSkipped string     `json:"splits_skipped,omitempty"`
+	Horizon       *time.Time `json:"horizon,omitempty"`
 }
 
 // View flattens the order: full-precision fields win, notice fields fill gaps.
@@ -230,6 +303,8 @@ func (o *Order) View() OrderView {
 		Unclassified:      o.Unclassified,
 		ConflictingFinals: o.ConflictingFinals,
 		Allocations:       o.Allocations,
+		SplitsSkipped:     o.SplitsSkipped,
+		Horizon:           o.Horizon,
 	}
 	if v.Allocations == nil {
 		v.Allocations = []AllocationItem{}

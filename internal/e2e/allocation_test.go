@@ -21,6 +21,7 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/reconcile"
@@ -44,9 +45,17 @@ type allocStack struct {
 	// reconcile is the workers' reconciliation settings (the default
 	// interval, 10 min, never comes round in a test).
 	reconcile reconcile.Config
+	// stream is the workers' stream settings (their -retention).
+	stream events.StreamConfig
 }
 
 func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
+	t.Helper()
+	return startAllocStackWith(t, simCfg, ingest.Config{})
+}
+
+// startAllocStackWith is startAllocStack with ingest's settings.
+func startAllocStackWith(t *testing.T, simCfg cobosim.Config, ingCfg ingest.Config) *allocStack {
 	t.Helper()
 	seed := make([]byte, 32)
 	_, err := rand.Read(seed)
@@ -61,7 +70,7 @@ func startAllocStack(t *testing.T, simCfg cobosim.Config) *allocStack {
 	rules, err := allocation.ParseRules([]byte(testutil.Rules))
 	require.NoError(t, err)
 	signer := testutil.NewSigner(t)
-	return &allocStack{signer: signer, ing: startIngest(t, signer, ingest.Config{}), sim: sim, simURL: srv.URL, api: api, rules: rules}
+	return &allocStack{signer: signer, ing: startIngest(t, signer, ingCfg), sim: sim, simURL: srv.URL, api: api, rules: rules}
 }
 
 // gate sits between a worker and the sandbox. It can hold batch POSTs
@@ -126,6 +135,7 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 		StreamWait:    10 * time.Second,
 		Logger:        zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		Allocation:    alloc,
+		Stream:        s.stream,
 	})
 }
 

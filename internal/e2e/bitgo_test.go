@@ -48,6 +48,13 @@ func (b *bitgoSide) clientConfig(transport http.RoundTripper) *bitgo.Config {
 func startBitGoStack(t *testing.T, simCfg bitgosim.Config) *allocStack {
 	t.Helper()
 	s := startAllocStack(t, cobosim.Config{})
+	s.addBitGo(t, simCfg)
+	return s
+}
+
+// addBitGo gives the stack testRulesWithBitGo and a BitGo simulator.
+func (s *allocStack) addBitGo(t *testing.T, simCfg bitgosim.Config) {
+	t.Helper()
 	rules, err := allocation.ParseRules([]byte(testRulesWithBitGo))
 	require.NoError(t, err)
 	s.rules = rules
@@ -59,7 +66,6 @@ func startBitGoStack(t *testing.T, simCfg bitgosim.Config) *allocStack {
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	s.bitgo = &bitgoSide{sim: sim, url: srv.URL, token: "test-token", key: key}
-	return s
 }
 
 // requireBitGoOnce waits until each order's BitGo item is final with

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/domain"
 )
 
@@ -275,7 +275,7 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		}
 		c.deadLetter(msg, ev, log, kind, fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
 	default:
-		delay := Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, ev.NumDelivered)
+		delay := c.retryDelay(ev.NumDelivered)
 		log.Warn().Err(err).Uint64("delivery", ev.NumDelivered).Dur("retry_in", delay).Msg("event failed; will retry")
 		_ = msg.NakWithDelay(delay)
 	}
@@ -319,7 +319,7 @@ func (c *Consumer) deadLetter(msg jetstream.Msg, ev Event, log zerolog.Logger, k
 	defer cancel()
 	if _, err := c.js.PublishMsg(ctx, dl, jetstream.WithExpectStream(DLQStreamName)); err != nil {
 		log.Error().Err(err).Str("reason", reason).Msg("dead-letter publish failed; will retry")
-		_ = msg.NakWithDelay(Backoff(c.cfg.BackoffBase, c.cfg.BackoffMax, ev.NumDelivered))
+		_ = msg.NakWithDelay(c.retryDelay(ev.NumDelivered))
 		return
 	}
 	if err := msg.Term(); err != nil {
@@ -331,15 +331,11 @@ func (c *Consumer) deadLetter(msg jetstream.Msg, ev Event, log zerolog.Logger, k
 	log.Error().Str("reason", reason).Uint64("deliveries", ev.NumDelivered).Msg("event dead-lettered")
 }
 
-// Backoff returns the delay before delivery n+1: base doubled per delivery,
-// capped at max, with up to 20% jitter so retries of a burst spread out.
-func Backoff(base, max time.Duration, n uint64) time.Duration {
-	d := base
-	for i := uint64(1); i < n && d < max; i++ {
-		d *= 2
-	}
-	d = min(d, max)
-	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+// retryDelay is the delay before delivery n+1 of a failed event:
+// BackoffBase doubled per delivery, capped at BackoffMax, with up to 20%
+// jitter so that retries of a burst spread out.
+func (c *Consumer) retryDelay(n uint64) time.Duration {
+	return backoff.Policy{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax, Jitter: backoff.AddFifth}.Delay(int(min(n, 64)))
 }
 
 // ConsumerMetrics are the consumer loop's Prometheus metrics.

@@ -181,6 +181,10 @@ func BucketDrift(want, have jetstream.KeyValueConfig, stream jetstream.StreamCon
 	var d drift
 	d.field("History", max(want.History, 1), max(have.History, 1))
 	d.field("TTL", want.TTL, have.TTL)
+	if want.LimitMarkerTTL != 0 || have.LimitMarkerTTL != 0 {
+		// Without it the bucket has no per-key TTLs: nothing expires.
+		d.field("LimitMarkerTTL", want.LimitMarkerTTL, have.LimitMarkerTTL)
+	}
 	d.field("Storage", want.Storage, have.Storage)
 	d.field("Replicas", max(want.Replicas, 1), max(have.Replicas, 1))
 	return append(d, foreign(stream)...)

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -18,7 +19,7 @@ const (
 )
 
 // StreamConfig sizes the event stream, the dead-letter stream and the
-// orders bucket.
+// buckets.
 type StreamConfig struct {
 	// Replicas is the replication factor: 1 embedded, 3 on a cluster.
 	Replicas int
@@ -30,6 +31,9 @@ type StreamConfig struct {
 	DuplicateWindow time.Duration
 	// DLQMaxAge is how long dead letters are kept.
 	DLQMaxAge time.Duration
+	// Retention is how long settled state is kept in the buckets (the
+	// workers' -retention); buckets are created with per-key TTLs for it.
+	Retention Retention
 	// Logger gets a warning for each existing stream or bucket whose
 	// configuration differs from these settings (see EnsureStream).
 	Logger zerolog.Logger
@@ -49,6 +53,7 @@ func (c StreamConfig) WithDefaults() StreamConfig {
 	if c.DLQMaxAge == 0 {
 		c.DLQMaxAge = DefaultDLQMaxAge
 	}
+	c.Retention = c.Retention.WithDefaults()
 	return c
 }
 
@@ -63,6 +68,9 @@ func (c StreamConfig) Validate() error {
 		return fmt.Errorf("DuplicateWindow must be positive and at most MaxAge, got %s", c.DuplicateWindow)
 	case c.DLQMaxAge <= 0:
 		return fmt.Errorf("DLQMaxAge must be positive, got %s", c.DLQMaxAge)
+	}
+	if err := c.Retention.Validate(); err != nil {
+		return fmt.Errorf("Retention.%w", err)
 	}
 	return nil
 }
@@ -104,15 +112,17 @@ func EnsureDLQStream(ctx context.Context, js jetstream.JetStream, cfg StreamConf
 }
 
 // EnsureOrdersBucket returns the order-state bucket, creating it when it
-// does not exist; it never changes an existing one (see EnsureBucket).
+// does not exist, with per-key TTLs so that settled orders expire (see
+// OpenOrderStore); it never changes an existing one (see EnsureBucket).
 func EnsureOrdersBucket(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.KeyValue, error) {
 	cfg = cfg.WithDefaults()
 	return cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      OrdersBucket,
-		Description: "pay-in order state, updated with compare-and-set",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
+		Bucket:         OrdersBucket,
+		Description:    "pay-in order state, updated with compare-and-set",
+		History:        5,
+		Storage:        jetstream.FileStorage,
+		Replicas:       cfg.Replicas,
+		LimitMarkerTTL: cfg.Retention.MarkerTTL(),
 	})
 }
 
@@ -128,9 +138,17 @@ func (c StreamConfig) EnsureStream(ctx context.Context, js jetstream.JetStream, 
 }
 
 // EnsureBucket is the package function EnsureBucket, plus a warning on
-// c.Logger when the existing bucket differs from want.
+// c.Logger when the existing bucket differs from want. A server too old
+// for per-key TTLs (before 2.11) gets the bucket without them, said at
+// error level: its keys never expire.
 func (c StreamConfig) EnsureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, drift, err := EnsureBucket(ctx, js, want)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		c.Logger.Error().Str("bucket", want.Bucket).
+			Msg("the NATS server has no per-key TTLs (nats-server 2.11 or later has them): bucket created without them, its keys are kept for ever")
+		want.LimitMarkerTTL = 0
+		kv, drift, err = EnsureBucket(ctx, js, want)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/shopspring/decimal"
 
@@ -223,7 +224,8 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 		case !amount.Valid || !amount.Decimal.IsPositive():
 			return Outcome{}, fmt.Errorf("event %s: %w: destination.amount is missing or not positive", d.EventID, domain.ErrInvalid)
 		}
-		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, TxHash: data.TxHash, Precise: true, EventID: d.EventID}
+		lp := domain.LatePayment{TransactionID: data.TransactionID, Amount: amount.Decimal, TokenID: data.TokenID, TxHash: data.TxHash, Precise: true, EventID: d.EventID,
+			CreatedTimestamp: int64(data.CreatedTimestamp)}
 		var confirmed *domain.Snapshot
 		if h.planner != nil && h.planner.NeedsMerchantForLate() {
 			var err error
@@ -270,6 +272,11 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 		o, rev, err := h.repo.Get(ctx, orderID)
 		if errors.Is(err, domain.ErrNotFound) {
 			o, rev = &domain.Order{OrderID: orderID}, 0
+			// The store says whether earlier state of the order may have
+			// expired; the new state keeps that for every later change.
+			if hz := domain.HorizonOf(err); !hz.IsZero() {
+				o.Horizon = &hz
+			}
 		} else if err != nil {
 			return Outcome{}, fmt.Errorf("load order %s: %w", orderID, err)
 		}
@@ -316,7 +323,14 @@ func (h *Handler) plan(o *domain.Order, fx *effects) {
 	if o.Status == domain.StatusCompleted && !o.SplitsPlanned && fx.confirmed.Status == domain.StatusCompleted {
 		o.SplitsPlanned = true
 		fx.changed = true
-		items = append(items, h.planner.OnCompleted(byCobo)...)
+		if created := createdAt(o, fx.confirmed); o.Horizon != nil && !created.After(*o.Horizon) {
+			// State of this order may have expired, with its splits planned
+			// in it: planning them again could pay them twice.
+			o.SplitsSkipped = fmt.Sprintf("Cobo created the order at %s, not after its horizon %s: its splits may have been planned in state that has expired",
+				timeOrUnknown(created), o.Horizon.UTC().Format(time.RFC3339))
+		} else {
+			items = append(items, h.planner.OnCompleted(byCobo)...)
+		}
 	}
 	for _, lp := range fx.lateRecorded {
 		items = append(items, h.planner.OnLatePayment(byCobo, lp)...)
@@ -424,6 +438,7 @@ func SnapshotFromOrder(d cobo.OrderData) *domain.Snapshot {
 		TokenID:             d.TokenID,
 		ChainID:             d.ChainID,
 		UpdatedTimestamp:    int64(d.UpdatedTimestamp),
+		CreatedTimestamp:    int64(d.CreatedTimestamp),
 	}
 }
 
@@ -434,6 +449,7 @@ func snapshotFromUpdate(d cobo.OrderUpdateData) *domain.Snapshot {
 		PSPOrderCode:      d.PSPOrderCode,
 		MerchantOrderCode: d.MerchantOrderCode,
 		UpdatedTimestamp:  int64(d.UpdatedTimestamp),
+		CreatedTimestamp:  int64(d.CreatedTimestamp),
 	}
 	if r := d.RequestedAmount; r != nil {
 		s.PayableAmount = r.Amount.NullDecimal
@@ -464,6 +480,27 @@ func lateFromUpdate(eventID string, d cobo.OrderUpdateData) ([]domain.LatePaymen
 		})
 	}
 	return out, nil
+}
+
+// createdAt is when Cobo created the order: as its order API answered
+// (confirmed), else as a signed webhook of the order said; zero when none
+// did.
+func createdAt(o *domain.Order, confirmed *domain.Snapshot) time.Time {
+	for _, s := range []*domain.Snapshot{confirmed, o.Snapshot, o.Notice} {
+		if s != nil && s.CreatedTimestamp > 0 {
+			return cobo.Int64(s.CreatedTimestamp).Time()
+		}
+	}
+	return time.Time{}
+}
+
+// timeOrUnknown formats a provider time for a reason, "an unknown time"
+// when the provider gave none.
+func timeOrUnknown(t time.Time) string {
+	if t.IsZero() {
+		return "an unknown time"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func firstNonEmpty(ss ...string) string {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 )
 
@@ -119,11 +120,20 @@ func mergeSnapshot(slot **domain.Snapshot, s *domain.Snapshot, fx *effects) {
 // payment from one source that matches nothing while the order has
 // entries from the other source, one of the two lacking a hash, may be one
 // already credited, so it is not credited: it is recorded unclassified for
-// an operator (never guess with money).
+// an operator (never guess with money). So is a precise late payment on an
+// order with a Horizon that was not certainly made after it (see
+// domain.Order.Horizon).
 func recordLate(o *domain.Order, lp domain.LatePayment, fx *effects) {
 	i := slices.IndexFunc(o.LatePayments, func(x domain.LatePayment) bool {
 		return domain.SameTransaction(x.TransactionID, x.TxHash, lp.TransactionID, lp.TxHash)
 	})
+	if lp.Precise && !(i >= 0 && o.LatePayments[i].Precise) && beforeHorizon(o, lp) {
+		// Made before state of the order may have expired: it may have
+		// been credited in that state, so it is not credited again.
+		recordUnclassified(o, domain.UnclassifiedTx{TransactionID: lp.TransactionID, TxHash: lp.TxHash,
+			Amount: decimal.NewNullDecimal(lp.Amount), TokenID: lp.TokenID, Reason: domain.UnclassifiedBeforeHorizon, EventID: lp.EventID}, fx)
+		return
+	}
 	switch {
 	case i < 0 && lp.Precise && ambiguousLate(o, lp):
 		recordUnclassified(o, domain.UnclassifiedTx{TransactionID: lp.TransactionID, TxHash: lp.TxHash,
@@ -154,6 +164,13 @@ func recordLate(o *domain.Order, lp domain.LatePayment, fx *effects) {
 			return u.Reason != domain.UnclassifiedAmbiguous && domain.SameTransaction(u.TransactionID, u.TxHash, lp.TransactionID, lp.TxHash)
 		})
 	}
+}
+
+// beforeHorizon reports whether the order has a Horizon and lp was not
+// certainly made after it: made at or before it, or at a time Cobo did
+// not give.
+func beforeHorizon(o *domain.Order, lp domain.LatePayment) bool {
+	return o.Horizon != nil && !cobo.Int64(lp.CreatedTimestamp).Time().After(*o.Horizon)
 }
 
 // ambiguousLate reports whether lp, which matches no recorded late

@@ -70,7 +70,7 @@ func reconcileTx(o *domain.Order, tx cobo.OrderTransaction, token string, fx *ef
 			Reason: domain.UnclassifiedNoAmount, EventID: domain.ReconcileSource}, fx)
 	case late:
 		recordLate(o, domain.LatePayment{TransactionID: id, TxHash: tx.TxHash, Amount: tx.Amount.Decimal, TokenID: tokenID,
-			Precise: true, EventID: domain.ReconcileSource, Reconciled: true}, fx)
+			Precise: true, EventID: domain.ReconcileSource, Reconciled: true, CreatedTimestamp: int64(tx.CreatedTimestamp)}, fx)
 	case recorded(o, tx):
 		return
 	case tx.IsLate != nil || !o.Status.Final():

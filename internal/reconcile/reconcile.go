@@ -75,6 +75,12 @@ type Config struct {
 	Statuses []string
 	// ApplyTimeout bounds applying one order.
 	ApplyTimeout time.Duration
+	// Retention is the workers' (-retention): no pass looks back past its
+	// horizon (Keep minus Margin ago), where state may have expired, so
+	// that an expired order is never planned again. A Since before it is
+	// refused (ErrBeyondHorizon); a periodic pass whose point is older
+	// starts at the horizon.
+	Retention events.Retention
 	// Logger gets a line per repaired order and per pass that found
 	// anything; it never sees secrets.
 	Logger zerolog.Logger
@@ -102,6 +108,7 @@ func (c Config) WithDefaults() Config {
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = DefaultApplyTimeout
 	}
+	c.Retention = c.Retention.WithDefaults()
 	return c
 }
 
@@ -123,6 +130,9 @@ func (c Config) Validate() error {
 	}
 	if err := (cobo.ListOrdersRequest{Statuses: c.Statuses}).Validate(); err != nil {
 		return fmt.Errorf("Statuses: %w", err)
+	}
+	if err := c.Retention.Validate(); err != nil {
+		return fmt.Errorf("Retention.%w", err)
 	}
 	return nil
 }
@@ -258,7 +268,8 @@ func (r *Reconciler) pointAge() time.Duration {
 // PassOptions tune one pass.
 type PassOptions struct {
 	// Since starts the pass at this time instead of the stored point minus
-	// the overlap (or the lookback without one).
+	// the overlap (or the lookback without one). A Since before the
+	// retention horizon is refused (ErrBeyondHorizon).
 	Since time.Time
 	// DryRun finds and reports, but applies nothing and keeps the point.
 	DryRun bool
@@ -339,6 +350,21 @@ type Summary struct {
 // ran to the end and kept the point where it was.
 var ErrIncomplete = errors.New("reconciliation incomplete")
 
+// ErrBeyondHorizon means a pass was asked to look back past the retention
+// horizon (Config.Retention), where order state may have expired.
+var ErrBeyondHorizon = errors.New("before the retention horizon")
+
+// CheckSince refuses a Since before the retention horizon at now, with an
+// error wrapping ErrBeyondHorizon.
+func (c Config) CheckSince(since, now time.Time) error {
+	c = c.WithDefaults()
+	if floor := c.Retention.Horizon(now); since.Before(floor) {
+		return fmt.Errorf("%w: %s is before %s (-retention %s minus %s): orders settled before it may have expired, and would be planned again",
+			ErrBeyondHorizon, since.UTC().Format(time.RFC3339), floor.UTC().Format(time.RFC3339), c.Retention.Keep, c.Retention.Margin)
+	}
+	return nil
+}
+
 // Pass pages newest first through Cobo's orders back to the point (see
 // PassOptions.Since) and applies every order found missing. Orders on the
 // page where the first older order appears are still checked when newer
@@ -356,11 +382,28 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 		m.pass("failed")
 		return sum, err
 	}
+	if !opts.Since.IsZero() {
+		if err := r.cfg.CheckSince(opts.Since, sum.Start); err != nil {
+			m.pass("failed")
+			return sum, fmt.Errorf("reconcile: since: %w", err)
+		}
+	}
+	// Nothing before the horizon is looked at, whatever the point: an
+	// order settled before it may have expired, and applying Cobo's copy
+	// would plan it again.
+	floor := r.cfg.Retention.Horizon(sum.Start)
 	sum.From = opts.Since
 	if sum.From.IsZero() {
 		sum.From = sum.Start.Add(-r.cfg.Lookback)
 		if !pt.Time.IsZero() {
 			sum.From = pt.Time.Add(-r.cfg.Overlap)
+		}
+		if sum.From.Before(floor) {
+			if !pt.Time.IsZero() {
+				r.cfg.Logger.Warn().Time("point", pt.Time).Time("horizon", floor).
+					Msg("the reconciled point is older than the retention horizon; this pass starts at the horizon, and orders changed only between the two are not reconciled")
+			}
+			sum.From = floor
 		}
 	}
 	after := ""
@@ -408,7 +451,7 @@ func (r *Reconciler) Pass(ctx context.Context, opts PassOptions) (Summary, error
 		return sum, fmt.Errorf("%w: %d orders could not be checked or applied; the point stays", ErrIncomplete, sum.Errors)
 	}
 	if !opts.DryRun {
-		if sum.PointAdvanced, err = r.advance(ctx, sum.From, sum.Start); err != nil {
+		if sum.PointAdvanced, err = r.advance(ctx, sum.From, sum.Start, floor); err != nil {
 			m.pass("failed")
 			return sum, err
 		}
@@ -519,23 +562,11 @@ func report(opts PassOptions, f Finding) error {
 // olderThan reports whether Cobo last changed o before t. An order without
 // timestamps is never older: it is checked rather than missed.
 func olderThan(o cobo.OrderData, t time.Time) bool {
-	at := seconds(int64(o.CreatedTimestamp))
-	if u := seconds(int64(o.UpdatedTimestamp)); u.After(at) {
+	at := o.CreatedTimestamp.Time()
+	if u := o.UpdatedTimestamp.Time(); u.After(at) {
 		at = u
 	}
 	return !at.IsZero() && at.Before(t)
-}
-
-// seconds reads an order timestamp, documented in seconds; a value only
-// milliseconds make sense of is read as milliseconds.
-func seconds(v int64) time.Time {
-	switch {
-	case v <= 0:
-		return time.Time{}
-	case v > 100_000_000_000:
-		return time.UnixMilli(v)
-	}
-	return time.Unix(v, 0)
 }
 
 // pointAttempts bounds the compare-and-set retries of a point update;
@@ -543,9 +574,10 @@ func seconds(v int64) time.Time {
 const pointAttempts = 20
 
 // advance stores to as the point, unless the stored one is as new already
-// or a pass from `from` would leave a gap behind it. It reports whether it
-// stored it.
-func (r *Reconciler) advance(ctx context.Context, from, to time.Time) (bool, error) {
+// or a pass from `from` would leave a gap behind it; ground before floor,
+// the retention horizon, is no gap: no pass looks there. It reports
+// whether it stored it.
+func (r *Reconciler) advance(ctx context.Context, from, to, floor time.Time) (bool, error) {
 	val, err := json.Marshal(Point{Time: to, UpdatedAt: r.now().UTC()})
 	if err != nil {
 		return false, fmt.Errorf("encode the reconciled point: %w", err)
@@ -555,7 +587,7 @@ func (r *Reconciler) advance(ctx context.Context, from, to time.Time) (bool, err
 		if err != nil {
 			return false, err
 		}
-		if !cur.Time.IsZero() && (!cur.Time.Before(to) || from.After(cur.Time)) {
+		if !cur.Time.IsZero() && (!cur.Time.Before(to) || from.After(latest(cur.Time, floor))) {
 			return false, nil
 		}
 		if rev == 0 {
@@ -573,6 +605,13 @@ func (r *Reconciler) advance(ctx context.Context, from, to time.Time) (bool, err
 		return true, nil
 	}
 	return false, fmt.Errorf("store the reconciled point: %d attempts lost the race: %w", pointAttempts, domain.ErrConflict)
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Run runs a pass every Every (jittered by up to a tenth, so that workers

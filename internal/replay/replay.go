@@ -247,7 +247,9 @@ func Replay(ctx context.Context, cfg Config) (Summary, error) {
 		if err != nil {
 			return sum, err
 		}
-		orders = events.NewOrderStore(kv)
+		if orders, err = events.OpenOrderStore(ctx, cfg.JetStream, kv, stream); err != nil {
+			return sum, err
+		}
 		if proc, err = apply.Open(ctx, cfg.JetStream, orders, cfg.applyConfig()); err != nil {
 			return sum, err
 		}

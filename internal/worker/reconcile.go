@@ -60,7 +60,10 @@ func NewReconciler(ctx context.Context, cfg ReconcilerConfig) (*reconcile.Reconc
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", events.OrdersBucket, err)
 	}
-	orders := events.NewOrderStore(kv)
+	orders, err := events.OpenOrderStore(ctx, cfg.JetStream, kv, events.StreamConfig{Retention: cfg.Allocation.Reconcile.Retention, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
 	p, err := apply.Open(ctx, cfg.JetStream, orders, acfg)
 	if err != nil {
 		return nil, err

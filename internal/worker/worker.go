@@ -289,6 +289,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err = w.waitForStream(ctx); err != nil {
 		return nil, err
 	}
+	if err = events.CheckRetention(ctx, w.js, cfg.Stream.Retention); err != nil {
+		return nil, fmt.Errorf("worker config: Stream.Retention: %w", err)
+	}
 	stream := cfg.Stream
 	stream.Logger = cfg.Logger
 	if _, err = events.EnsureDLQStream(ctx, w.js, stream); err != nil {
@@ -298,7 +301,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.orders = events.NewOrderStore(kv)
+	if w.orders, err = events.OpenOrderStore(ctx, w.js, kv, stream); err != nil {
+		return nil, err
+	}
 	cons, err := events.EnsureConsumer(ctx, w.js, cfg.Consumer)
 	if err != nil {
 		return nil, err
@@ -325,6 +330,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		rcfg := a.Reconcile
 		rcfg.Logger = cfg.Logger.With().Str("component", "reconcile").Logger()
 		rcfg.Metrics = reconcile.NewMetrics(reg)
+		rcfg.Retention = w.cfg.Stream.Retention
 		if w.reconcile, err = reconcile.New(points, client, w.orders, proc, rcfg); err != nil {
 			return nil, err
 		}
@@ -360,12 +366,14 @@ func (w *Worker) startAllocation(ctx context.Context, a *AllocationConfig, clien
 	bcfg := a.Batcher
 	bcfg.Logger = log.With().Str("component", "batcher").Logger()
 	bcfg.Metrics = am
+	bcfg.Retention = stream.Retention.Keep
 	if w.batcher, err = allocation.NewBatcher(ctx, w.js, client, w.orders, bcfg); err != nil {
 		return err
 	}
 	swcfg := a.Sweeper
 	swcfg.Logger = log.With().Str("component", "sweeper").Logger()
 	swcfg.Metrics = am
+	swcfg.Retention = stream.Retention.Keep
 	if w.sweeper, err = allocation.NewSweeper(ctx, w.js, w.orders, swcfg); err != nil {
 		return err
 	}
@@ -382,6 +390,7 @@ func (w *Worker) startAllocation(ctx context.Context, a *AllocationConfig, clien
 	scfg := a.BitGoSender
 	scfg.Logger = log.With().Str("component", "bitgo").Logger()
 	scfg.Metrics = am
+	scfg.Retention = stream.Retention.Keep
 	w.bitgo, err = allocation.NewBitGoSender(ctx, w.js, bg, w.orders, scfg)
 	return err
 }

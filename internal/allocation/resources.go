@@ -16,6 +16,84 @@ import (
 	"github.com/paystream/paystream/internal/events"
 )
 
+// JetStream resources of the allocation pipeline.
+const (
+	// IntentStream carries planned items from the order handlers to the
+	// batchers: paystream.alloc.<backend>.<order>.
+	IntentStream        = "PAYSTREAM_ALLOCATIONS"
+	IntentSubjectPrefix = "paystream.alloc"
+	// BatcherConsumer is the durable consumer all batchers share.
+	BatcherConsumer = "paystream-batcher"
+	// BatchesBucket holds batches from before their first send until their
+	// outcome is recorded on the orders.
+	BatchesBucket = "paystream_batches"
+	// ClaimsBucket maps each item id to the request it was sent under, so
+	// an item joins exactly one batch.
+	ClaimsBucket = "paystream_alloc_claims"
+)
+
+// EnsureResources creates the intent stream and the buckets when they do
+// not exist (never changing existing ones, see events.EnsureStream), the
+// buckets with per-key TTLs for cfg.Retention, and creates or updates the
+// batcher and BitGo consumers.
+func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.StreamConfig, ackWait time.Duration) error {
+	cfg = cfg.WithDefaults()
+	if _, err := cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
+		Name:        IntentStream,
+		Description: "allocation items planned on orders, waiting to be batched",
+		Subjects:    []string{IntentSubjectPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      cfg.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Duplicates:  cfg.DuplicateWindow,
+	}); err != nil {
+		return err
+	}
+	for _, c := range []struct{ name, desc, backend string }{
+		{BatcherConsumer, "paystream Cobo batchers", domain.BackendCobo},
+		{BitGoConsumer, "paystream BitGo senders", domain.BackendBitGo},
+	} {
+		// MaxDeliver is unlimited: an intent is only ever acked once its
+		// outcome is durable, and dropping one would lose money movement.
+		if _, err := events.EnsureDurable(ctx, js, IntentStream, jetstream.ConsumerConfig{
+			Durable:       c.name,
+			Description:   c.desc,
+			FilterSubject: IntentSubjectPrefix + "." + c.backend + ".>",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       ackWait,
+			MaxDeliver:    -1,
+			MaxAckPending: 10000,
+		}); err != nil {
+			return err
+		}
+	}
+	for _, b := range []struct{ name, desc string }{
+		{BatchesBucket, "allocation batches not yet recorded on their orders"},
+		{ClaimsBucket, "allocation item id -> request id"},
+		{BitGoRequestsBucket, "BitGo item id -> prepared, signed request and its last outcome"},
+		{OutboxBucket, "orders with allocation items planned, until none is left planned (the orphan sweep's worklist)"},
+	} {
+		if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
+			Bucket: b.name, Description: b.desc, Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1,
+			LimitMarkerTTL: cfg.Retention.MarkerTTL(),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// JetStream resources of the BitGo sender.
+const (
+	// BitGoConsumer is the durable consumer all BitGo senders share; it
+	// reads paystream.alloc.bitgo.>.
+	BitGoConsumer = "paystream-bitgo"
+	// BitGoRequestsBucket keeps each item's signed request from before its
+	// first send, what was tried and BitGo's last answer (BitGoRecord).
+	BitGoRequestsBucket = "paystream_bitgo_requests"
+)
+
 // OutboxBucket marks the orders that have allocation items planned: one
 // key per order, written before their intents are published and removed by
 // the orphan sweep once no item of the order is planned any more. It is
@@ -134,9 +212,12 @@ type SweeperConfig struct {
 	OrphanAfter time.Duration
 	// Every is how often the sweep runs; OrphanAfter/2, within [100 ms,
 	// 1 min], when zero.
-	Every   time.Duration
-	Logger  zerolog.Logger
-	Metrics *Metrics
+	Every time.Duration
+	// Retention is how long the marker of a removed mark is kept (the
+	// workers' -retention): events.DefaultRetention when zero.
+	Retention time.Duration
+	Logger    zerolog.Logger
+	Metrics   *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -146,6 +227,9 @@ func (c SweeperConfig) WithDefaults() SweeperConfig {
 	}
 	if c.Every == 0 {
 		c.Every = min(max(c.OrphanAfter/2, 100*time.Millisecond), time.Minute)
+	}
+	if c.Retention == 0 {
+		c.Retention = events.DefaultRetention
 	}
 	return c
 }
@@ -157,6 +241,8 @@ func (c SweeperConfig) Validate() error {
 		return fmt.Errorf("OrphanAfter must be positive, got %s", c.OrphanAfter)
 	case c.Every <= 0:
 		return fmt.Errorf("Every must be positive, got %s", c.Every)
+	case c.Retention < time.Second:
+		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
 	return nil
 }
@@ -168,7 +254,10 @@ func (c SweeperConfig) Validate() error {
 // same in every process (the intent stream keeps one), and a claim or a
 // persisted BitGo request keeps an item with its one sender anyway.
 type Sweeper struct {
-	outbox   *Outbox
+	outbox *Outbox
+	// marks writes the outbox bucket: a removed mark leaves a marker that
+	// expires after the retention.
+	marks    *events.ExpiringKV
 	orders   OrderRepo
 	claims   jetstream.KeyValue
 	requests jetstream.KeyValue
@@ -182,8 +271,11 @@ func NewSweeper(ctx context.Context, js jetstream.JetStream, orders OrderRepo, c
 		return nil, fmt.Errorf("sweeper config: %w", err)
 	}
 	s := &Sweeper{outbox: NewOutbox(js), orders: orders, cfg: cfg}
-	var err error
-	if _, err = s.outbox.bucket(ctx); err != nil {
+	marks, err := s.outbox.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.marks, err = events.OpenExpiringKV(ctx, js, marks, events.Retention{Keep: cfg.Retention}, cfg.Logger); err != nil {
 		return nil, err
 	}
 	if s.claims, err = js.KeyValue(ctx, ClaimsBucket); err != nil {
@@ -315,7 +407,7 @@ func (s *Sweeper) held(ctx context.Context, it domain.AllocationItem) (bool, err
 // again afterwards and marked anew when it has planned items: no planned
 // item is left without a mark.
 func (s *Sweeper) unmark(ctx context.Context, e jetstream.KeyValueEntry, orderID string) error {
-	err := s.outbox.marks.Delete(ctx, e.Key(), jetstream.LastRevision(e.Revision()))
+	err := s.marks.Remove(ctx, e.Key(), e.Revision())
 	if revisionMoved(err) {
 		return nil
 	}

@@ -16,19 +16,10 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/shopspring/decimal"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
-)
-
-// JetStream resources of the BitGo sender.
-const (
-	// BitGoConsumer is the durable consumer all BitGo senders share; it
-	// reads paystream.alloc.bitgo.>.
-	BitGoConsumer = "paystream-bitgo"
-	// BitGoRequestsBucket keeps each item's signed request from before its
-	// first send, what was tried and BitGo's last answer (BitGoRecord).
-	BitGoRequestsBucket = "paystream_bitgo_requests"
 )
 
 // BitGoAPI is the part of the BitGo client the sender uses.
@@ -60,8 +51,12 @@ type BitGoSenderConfig struct {
 	// up to two sends, the client's retries included); it is also how long
 	// other senders leave an item alone while its send is in flight.
 	SendTimeout time.Duration
-	Logger      zerolog.Logger
-	Metrics     *Metrics
+	// Retention is how long an item's persisted request is kept once BitGo
+	// answered it for good (cleared or released), the workers' -retention:
+	// events.DefaultRetention when zero.
+	Retention time.Duration
+	Logger    zerolog.Logger
+	Metrics   *Metrics
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -81,6 +76,9 @@ func (c BitGoSenderConfig) WithDefaults() BitGoSenderConfig {
 	if c.SendTimeout == 0 {
 		c.SendTimeout = 45 * time.Second
 	}
+	if c.Retention == 0 {
+		c.Retention = events.DefaultRetention
+	}
 	return c
 }
 
@@ -95,6 +93,8 @@ func (c BitGoSenderConfig) Validate() error {
 		return fmt.Errorf("Retry must be positive and at most RetryMax, got %s and %s", c.Retry, c.RetryMax)
 	case c.SendTimeout <= 0:
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
+	case c.Retention < time.Second:
+		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
 	return nil
 }
@@ -210,7 +210,7 @@ func (r *BitGoRecord) take(a bitgo.Allocation) {
 // redelivery is the recovery. Any number of senders may run.
 type BitGoSender struct {
 	js       jetstream.JetStream
-	requests jetstream.KeyValue
+	requests *events.ExpiringKV
 	api      BitGoAPI
 	orders   OrderRepo
 	cfg      BitGoSenderConfig
@@ -226,7 +226,11 @@ func NewBitGoSender(ctx context.Context, js jetstream.JetStream, api BitGoAPI, o
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", BitGoRequestsBucket, err)
 	}
-	return &BitGoSender{js: js, requests: kv, api: api, orders: orders, cfg: cfg}, nil
+	requests, err := events.OpenExpiringKV(ctx, js, kv, events.Retention{Keep: cfg.Retention}, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	return &BitGoSender{js: js, requests: requests, api: api, orders: orders, cfg: cfg}, nil
 }
 
 // ClientExternalID is the BitGo idempotency key of an item: a UUID-shaped
@@ -341,14 +345,14 @@ func heartbeat(msg jetstream.Msg) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
+// retryDelay is the wait before an intent whose delivery did not finish
+// is delivered again: Retry doubling per delivery, capped at RetryMax.
 func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
-	d := s.cfg.Retry
+	n := 1
 	if meta != nil {
-		for i := uint64(1); i < meta.NumDelivered && d < s.cfg.RetryMax; i++ {
-			d *= 2
-		}
+		n = int(min(meta.NumDelivered, 64))
 	}
-	return min(d, s.cfg.RetryMax)
+	return backoff.Policy{Base: s.cfg.Retry, Max: s.cfg.RetryMax}.Delay(n)
 }
 
 // deliver takes the item the intent names as far as it can. It
@@ -359,7 +363,7 @@ func (s *BitGoSender) retryDelay(meta *jetstream.MsgMetadata) time.Duration {
 // not answering) hands the intent back.
 //
 // What is prepared and sent is the order's copy of the item, never the
-// intent's fields (see intents.go). For the BitGo sender an intent whose
+// intent's fields (see senders.go). For the BitGo sender an intent whose
 // item matches its order is
 //
 //   - sendable when the item is planned: its request is prepared from the
@@ -688,7 +692,7 @@ func clipLong(s string) string {
 
 // stored returns the item's persisted request, or nil when there is none.
 func (s *BitGoSender) stored(ctx context.Context, itemID string) (*BitGoRecord, uint64, error) {
-	e, err := s.requests.Get(ctx, events.Token(itemID))
+	e, err := s.requests.KV().Get(ctx, events.Token(itemID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}
@@ -739,12 +743,11 @@ func (s *BitGoSender) put(ctx context.Context, rec *BitGoRecord, rev uint64) (ui
 	if err != nil {
 		return 0, fmt.Errorf("encode bitgo request of item %s: %w", rec.Item.ID, err)
 	}
-	key := events.Token(rec.Item.ID)
-	if rev == 0 {
-		rev, err = s.requests.Create(ctx, key, v)
-	} else {
-		rev, err = s.requests.Update(ctx, key, v, rev)
-	}
+	// A request BitGo answered for good is never sent again: from then on
+	// it only tells an operator what happened, and it expires after the
+	// retention. One still in flight never expires.
+	settled := rec.Status == bitgo.StatusCleared || rec.Status == bitgo.StatusReleased
+	rev, err = s.requests.Put(ctx, events.Token(rec.Item.ID), v, rev, settled)
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return 0, fmt.Errorf("put bitgo request of item %s: %w", rec.Item.ID, domain.ErrConflict)
 	}
