@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/paystream/paystream/internal/backoff"
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 )
@@ -508,15 +508,7 @@ func (p *player) post(ctx context.Context, d delivery) (int, error) {
 // BackoffBase, capped at BackoffMax, jittered over its upper half so that
 // retries of many orders spread out.
 func (p *player) backoff(n int) time.Duration {
-	d := p.cfg.BackoffBase
-	for i := 1; i < n && d < p.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, p.cfg.BackoffMax)
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoff.Policy{Base: p.cfg.BackoffBase, Max: p.cfg.BackoffMax, Jitter: backoff.UpperHalf}.Delay(n)
 }
 
 // sleepCtx waits d unless ctx ends first; it reports whether ctx is alive.
