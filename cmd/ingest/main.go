@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,24 +29,14 @@ func main() {
 	os.Exit(exitStatus(err, os.Stderr))
 }
 
-// errUsage means flags that contradict each other: exit status 2, as for
-// a flag that does not parse (cli.ErrBadFlag).
-var errUsage = errors.New("invalid command line")
+// errUsage means the command line is wrong as a whole (contradicting
+// flags, an unknown command): exit status 2, as for a flag that does not
+// parse.
+var errUsage = cli.ErrBadFlag
 
-// exitStatus reports err on stderr and returns the exit status: 0 on
-// success and after help asked for with -h, 2 for a wrong command line,
-// 1 for anything else.
-func exitStatus(err error, stderr io.Writer) int {
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage), errors.Is(err, cli.ErrBadFlag):
-		fmt.Fprintln(stderr, "ingest:", err)
-		return 2
-	}
-	fmt.Fprintln(stderr, "ingest:", err)
-	return 1
-}
+// exitStatus reports err on stderr and returns the exit status
+// (cli.ExitStatus).
+func exitStatus(err error, stderr io.Writer) int { return cli.ExitStatus("ingest", err, stderr) }
 
 // run parses the flags into a config and runs ingest until ctx ends. Logs
 // go to stdout, help and flag errors to stderr.

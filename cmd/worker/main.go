@@ -29,25 +29,14 @@ func main() {
 	os.Exit(exitStatus(err, os.Stderr))
 }
 
-// errUsage means the command line is wrong as a whole (an unknown command,
-// an argument where none belongs): exit status 2, as for a flag that does
-// not parse (cli.ErrBadFlag).
-var errUsage = errors.New("invalid command line")
+// errUsage means the command line is wrong as a whole (contradicting
+// flags, an unknown command): exit status 2, as for a flag that does not
+// parse.
+var errUsage = cli.ErrBadFlag
 
-// exitStatus reports err on stderr and returns the exit status: 0 on
-// success and after help asked for with -h, 2 for a wrong command line,
-// 1 for anything else.
-func exitStatus(err error, stderr io.Writer) int {
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage), errors.Is(err, cli.ErrBadFlag):
-		fmt.Fprintln(stderr, "worker:", err)
-		return 2
-	}
-	fmt.Fprintln(stderr, "worker:", err)
-	return 1
-}
+// exitStatus reports err on stderr and returns the exit status
+// (cli.ExitStatus).
+func exitStatus(err error, stderr io.Writer) int { return cli.ExitStatus("worker", err, stderr) }
 
 // commands are the operator commands; the worker itself runs without one.
 var commands = []struct {

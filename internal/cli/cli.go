@@ -120,6 +120,22 @@ func (f *Flags) BoolTo(p *bool, name, env string, def bool, u string) {
 // flag package does.
 var ErrBadFlag = errors.New("invalid command line")
 
+// ExitStatus reports err on stderr as "name: err" and returns the
+// process's exit status: 0 on success and after help asked for with -h, 2
+// for a wrong command line (ErrBadFlag: a flag that does not parse, flags
+// that contradict each other, an unknown command), 1 for anything else.
+func ExitStatus(name string, err error, stderr io.Writer) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, ErrBadFlag):
+		fmt.Fprintln(stderr, name+":", err)
+		return 2
+	}
+	fmt.Fprintln(stderr, name+":", err)
+	return 1
+}
+
 // Parse parses args and reports bad environment values first. A request
 // for help (-h) returns flag.ErrHelp, an error about the command line one
 // wrapping ErrBadFlag.
