@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -23,28 +22,11 @@ import (
 	"github.com/paystream/paystream/internal/sandbox"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
 func env(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestPrintWebhookPubKey(t *testing.T) {
@@ -177,7 +159,7 @@ func TestPlaysOrdersAndStops(t *testing.T) {
 	t.Cleanup(hook.Close)
 	secretFile, _ := writeSecret(t)
 
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	err = run(context.Background(), []string{
 		"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "6", "-seed", "99", "-rate", "0",
 		"-api-secret-file", secretFile, "-faults", "500:1,lose:1", "-keep-serving=false",
@@ -215,14 +197,14 @@ func TestHintsAtTheTrustedKey(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	t.Cleanup(hook.Close)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "2", "-rate", "0",
 		"-max-attempts", "1", "-keep-serving=false"}, env(nil), &out)
 	require.NoError(t, err, out.String())
 	require.Contains(t, out.String(), "every answer was 401: ingest does not trust the sandbox's webhook key; start ingest with -cobo-pubkey $(bin/sandbox -print-webhook-pubkey)")
 
 	// Another seed's key is not what bin/sandbox prints: the hint names it.
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	err = run(context.Background(), []string{"-listen", "127.0.0.1:0", "-webhook-url", hook.URL, "-orders", "1", "-rate", "0",
 		"-max-attempts", "1", "-keep-serving=false", "-webhook-seed", "other"}, env(nil), &out)
 	require.NoError(t, err, out.String())

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -152,24 +151,6 @@ func TestRefusedWorkerNamesTheFlagsAndFile(t *testing.T) {
 	require.NotContains(t, err.Error(), "not-the-password", "the password is never echoed")
 }
 
-// syncBuffer is a bytes.Buffer safe for the worker's log and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWorkerStartsBeforeIngest starts a worker, as the one-machine setup
 // runs it, before ingest exists: it waits for the password file ingest
 // writes and for NATS, then works.
@@ -177,7 +158,7 @@ func TestWorkerStartsBeforeIngest(t *testing.T) {
 	dir, natsAddr, metricsAddr := t.TempDir(), testutil.FreePort(t), testutil.FreePort(t)
 	signer := testutil.NewSigner(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-nats-url", "nats://" + natsAddr, "-nats-user", "worker",

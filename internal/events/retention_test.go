@@ -1,10 +1,8 @@
 package events_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,25 +18,6 @@ import (
 // shortRetention keeps settled state 2 s, the shortest window the tests
 // can wait out; JetStream TTLs count whole seconds.
 var shortRetention = events.Retention{Keep: 2 * time.Second, Margin: time.Second}
-
-// syncBuffer is a log sink safe for the server's and the test's
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // openOrders creates the orders bucket as a worker does and opens the
 // store the workers write with.
@@ -175,7 +154,7 @@ func TestBucketWithoutTTLsIsUpgradedInPlace(t *testing.T) {
 	_, js := testutil.Connect(t, testutil.StartJetStream(t))
 	_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: events.OrdersBucket, History: 5, Storage: jetstream.FileStorage})
 	require.NoError(t, err)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	store, kv := openOrders(t, js, shortRetention, zerolog.New(&logs))
 	require.Contains(t, logs.String(), `LimitMarkerTTL: have 0s, want 2s`)
 	require.Contains(t, logs.String(), `bucket has no per-key TTLs`)

@@ -24,6 +24,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/sandbox"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
+	"github.com/paystream/paystream/internal/testutil"
 )
 
 // serve starts a sandbox from cfg (a quiet logger unless cfg has one)
@@ -271,31 +272,13 @@ func TestPlaysForeignOrders(t *testing.T) {
 	require.Equal(t, 1, st.ForeignOrderBitGoAllocations)
 }
 
-// syncBuffer is a bytes.Buffer the sandbox's logger and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestWarnsAboutKeysOnlyWhenCalled: a sandbox without Cobo API keys or
 // BitGo credentials says nothing about them at start (it may only be
 // sending webhooks), warns once at the first call of each API, and a
 // sandbox with its keys never warns.
 func TestWarnsAboutKeysOnlyWhenCalled(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	sb := serve(t, sandbox.Config{Listen: "127.0.0.1:0", Logger: zerolog.New(&logs)})
 	get := func(path string) int {
 		t.Helper()
@@ -318,7 +301,7 @@ func TestWarnsAboutKeysOnlyWhenCalled(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, get(path))
 	require.Equal(t, 1, strings.Count(logs.String(), "a BitGo API request arrived but the sandbox has no -bitgo-token-file (every BitGo request gets 401) and no -bitgo-signing-key-file"), logs.String())
 
-	var quiet syncBuffer
+	var quiet testutil.SyncBuffer
 	secretFile, _ := writeSecret(t)
 	tokenFile, _ := writeSecret(t)
 	keyFile, _ := writeSecret(t)

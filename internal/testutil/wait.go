@@ -1,10 +1,12 @@
 package testutil
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,4 +53,24 @@ func GetOrder(t testing.TB, adminAddr, orderID string) (domain.OrderView, bool) 
 	var v domain.OrderView
 	require.NoError(t, json.Unmarshal(b, &v))
 	return v, true
+}
+
+// SyncBuffer is a buffer a process's logger and a test may use at once.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
