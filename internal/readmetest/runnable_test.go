@@ -239,3 +239,28 @@ func checkBinary(t *testing.T, h *helper, l, name string, args []string) {
 		require.True(t, defined[flag], "%q: %s %s has no flag -%s", l, name, strings.Join(sub, " "), flag)
 	}
 }
+
+// TestDocsListEveryFlag checks that docs/<binary>.md names, in backquotes,
+// every flag that the binary and its subcommands define, so that the flag
+// tables moved out of the README lose none.
+func TestDocsListEveryFlag(t *testing.T) {
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/ingest", "./cmd/worker")
+	build.Dir = root
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	h := &helper{dir: dir, cache: map[string]string{}}
+	for _, c := range []struct {
+		name string
+		sub  []string
+	}{
+		{"ingest", nil}, {"worker", nil}, {"worker", []string{"replay"}}, {"worker", []string{"dlq", "list"}},
+		{"worker", []string{"dlq", "redrive"}}, {"worker", []string{"reconcile"}}, {"worker", []string{"console"}},
+	} {
+		doc := readFile(t, filepath.Join("docs", c.name+".md"))
+		for _, m := range flagRE.FindAllStringSubmatch(h.help(t, c.name, c.sub), -1) {
+			require.Regexp(t, "`-"+regexp.QuoteMeta(m[1])+"[` ]", doc,
+				"docs/%s.md lists no -%s (%s %s)", c.name, m[1], c.name, strings.Join(c.sub, " "))
+		}
+	}
+}
