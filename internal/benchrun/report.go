@@ -1,4 +1,4 @@
-package main
+package benchrun
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ import (
 type report struct {
 	Date       time.Time
 	Machine    string
-	Opts       options
+	Opts       Options
 	GoBench    []GoBench
 	Saturation loadgen.Result
 	// SaturationLazy is the same load on an ingest with -store-sync
@@ -78,9 +78,9 @@ func (r *report) markdown() string {
 	row := func(name string, res loadgen.Result) {
 		p("| %s | %d | %.0f | %.2f | %.2f | %.2f | %.1f | %d |", name, res.Sent, res.PerSecond, res.P50ms, res.P90ms, res.P99ms, res.MaxMs, res.Failed)
 	}
-	row(fmt.Sprintf("saturation, %d in flight, fsync before every 200 (default)", r.Opts.concurrency), r.Saturation)
-	row(fmt.Sprintf("saturation, %d in flight, `-store-sync %s` (acknowledged before fsync)", r.Opts.concurrency, lazySync), r.SaturationLazy)
-	row(fmt.Sprintf("%d/s offered, fsync before every 200", r.Opts.rate), r.Fixed)
+	row(fmt.Sprintf("saturation, %d in flight, fsync before every 200 (default)", r.Opts.Concurrency), r.Saturation)
+	row(fmt.Sprintf("saturation, %d in flight, `-store-sync %s` (acknowledged before fsync)", r.Opts.Concurrency, lazySync), r.SaturationLazy)
+	row(fmt.Sprintf("%d/s offered, fsync before every 200", r.Opts.Rate), r.Fixed)
 	if lazy := r.SaturationLazy.PerSecond; lazy > 0 {
 		p("")
 		p("Durability costs %.0f%% of ingest's saturation throughput: %.0f/s with an fsync before every acknowledgement against %.0f/s acknowledged before the disk has it. `-store-sync always` is the default (README, \"What survives what\").",
@@ -139,7 +139,7 @@ func (r *report) markdown() string {
 		p("")
 		p("### Soak: memory over %s", r.Soak.Duration)
 		p("")
-		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms), with the default 24 h dedup window and 30-day retention. The JetStream server runs in a process of its own (`soak-nats`: an ingest with its embedded server that receives no webhooks); `soak-ingest` stores on it. RSS is sampled after a warm-up and at the end.", r.Opts.soakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms)
+		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms), with the default 24 h dedup window and 30-day retention. The JetStream server runs in a process of its own (`soak-nats`: an ingest with its embedded server that receives no webhooks); `soak-ingest` stores on it. RSS is sampled after a warm-up and at the end.", r.Opts.SoakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms)
 		p("")
 		p("| process | RSS after warm-up | RSS at end | peak | growth |")
 		p("|---|---|---|---|---|")

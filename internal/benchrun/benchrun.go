@@ -1,0 +1,467 @@
+// Package benchrun measures paystream against its real binaries on
+// loopback and writes the results into BENCHMARKS.md: ingest throughput
+// and latency (saturation and a fixed offered rate) with the load
+// generator, the ceilings it sits under (Ed25519 verification and
+// JetStream synchronous publish, from the Go benchmarks), worker
+// throughput with 1, 2 and 4 workers, allocation throughput, and memory
+// over a soak. `make bench` runs it; every phase is bounded in count and
+// time.
+package benchrun
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/paystream/paystream/internal/cli"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/loadgen"
+	"github.com/paystream/paystream/internal/natsembed"
+	"github.com/paystream/paystream/internal/procs"
+)
+
+// Markers delimit the generated part of BENCHMARKS.md; text outside them
+// (the analysis) is kept.
+const (
+	beginMarker = "<!-- benchrun:begin -->"
+	endMarker   = "<!-- benchrun:end -->"
+)
+
+// Options sizes a run; `bin/benchrun -h` says what each does.
+type Options struct {
+	// Bin holds the built binaries; Dir is the working directory (its
+	// "run" subdirectory is recreated); Out is the file whose generated
+	// section is rewritten; GoBenchFile is `go test -bench` output.
+	Bin, Dir, Out, GoBenchFile string
+	// SaturationN webhooks are sent with Concurrency in flight; FixedN at
+	// Rate per second.
+	SaturationN, FixedN, Rate int
+	Concurrency               int
+	// WorkerEvents is how many events each worker run drains.
+	WorkerEvents int
+	// Soak is how long the soak runs, at SoakRate webhooks per second.
+	Soak     time.Duration
+	SoakRate int
+}
+
+// Run measures, printing progress to stdout, and rewrites o.Out.
+func Run(ctx context.Context, o Options, stdout io.Writer) error {
+	say := func(format string, a ...any) { fmt.Fprintf(stdout, "bench │ "+format+"\n", a...) }
+	r := &report{Date: time.Now().UTC(), Machine: machine(), Opts: o}
+	var err error
+	// Read before the working directory is recreated: it may live there.
+	if r.GoBench, err = parseGoBench(o.GoBenchFile); err != nil {
+		say("no Go benchmark results (%v); run `make bench`", err)
+	}
+	o.Dir = filepath.Join(o.Dir, "run")
+	if err := os.RemoveAll(o.Dir); err != nil {
+		return fmt.Errorf("clean %s: %w", o.Dir, err)
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", o.Dir, err)
+	}
+	key := loadgen.KeyFromSeed(loadgen.DefaultSeed)
+
+	// Ingest: saturation, then the fixed rate, against one process.
+	b := &bench{o: o, say: say}
+	defer b.stopAll()
+	ing, err := b.startIngest("ingest", nil)
+	if err != nil {
+		return err
+	}
+	say("ingest at saturation: %d webhooks, %d in flight", o.SaturationN, o.Concurrency)
+	cpu0, err := ing.proc.CPU()
+	if err != nil {
+		return err
+	}
+	if r.Saturation, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.SaturationN, Duration: 2 * time.Minute, Concurrency: o.Concurrency, RunID: "sat", Presign: true}); err != nil {
+		return err
+	}
+	cpu1, err := ing.proc.CPU()
+	if err != nil {
+		return err
+	}
+	r.IngestCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(max(r.Saturation.Sent, 1))
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms; CPU per webhook: ingest %.0f µs, load generator %.0f µs",
+		r.Saturation.PerSecond, r.Saturation.P50ms, r.Saturation.P99ms, r.IngestCPUus, r.Saturation.CPUus)
+	// The same saturation with the lazy fsync an operator may choose
+	// (-store-sync 2m): what durability costs, measured side by side.
+	lazy, err := b.startIngest("ingest-lazy", nil, "-store-sync", lazySync)
+	if err != nil {
+		return err
+	}
+	say("ingest at saturation with -store-sync %s: %d webhooks, %d in flight", lazySync, o.SaturationN, o.Concurrency)
+	if r.SaturationLazy, err = loadgen.Run(ctx, loadgen.Options{URL: lazy.webhookURL, Key: key, N: o.SaturationN, Duration: 2 * time.Minute, Concurrency: o.Concurrency, RunID: "sat-lazy", Presign: true}); err != nil {
+		return err
+	}
+	lazy.proc.Stop(15 * time.Second)
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.SaturationLazy.PerSecond, r.SaturationLazy.P50ms, r.SaturationLazy.P99ms)
+	say("ingest at %d/s offered: %d webhooks", o.Rate, o.FixedN)
+	if r.Fixed, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.FixedN, Duration: 2 * time.Minute, Concurrency: 512, Rate: o.Rate, RunID: "fixed"}); err != nil {
+		return err
+	}
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.Fixed.PerSecond, r.Fixed.P50ms, r.Fixed.P99ms)
+
+	// Workers: the same stored events drained by 1, 2 and 4 workers, each
+	// run from an empty consumer and an empty orders bucket.
+	stored := int(r.Saturation.Stored + r.Fixed.Stored)
+	for _, n := range []int{1, 2, 4} {
+		res, err := b.drain(ctx, ing, n, min(stored, o.WorkerEvents))
+		if err != nil {
+			return fmt.Errorf("%d workers: %w", n, err)
+		}
+		r.Workers = append(r.Workers, res)
+		say("  %d worker(s): %d events in %.2fs, %.0f events/s", n, res.Events, res.Seconds, res.PerSecond)
+	}
+	ing.proc.Stop(15 * time.Second)
+
+	// Soak: a fresh ingest and two workers under a steady load.
+	if o.Soak > 0 {
+		say("soak: %s at %d/s with 2 workers", o.Soak, o.SoakRate)
+		if r.Soak, err = b.soak(ctx); err != nil {
+			return fmt.Errorf("soak: %w", err)
+		}
+		for _, p := range r.Soak.Procs {
+			say("  %s RSS %.1f MiB → %.1f MiB (peak %.1f MiB)", p.Name, mib(p.Start), mib(p.End), mib(p.Peak))
+		}
+	}
+	if err := r.write(o.Out); err != nil {
+		return err
+	}
+	say("wrote %s", o.Out)
+	return nil
+}
+
+// lazySync is the -store-sync interval of the lazy-fsync measurement:
+// JetStream's own default.
+const lazySync = "2m"
+
+type bench struct {
+	o     Options
+	say   func(string, ...any)
+	procs []*procs.Proc
+}
+
+func (b *bench) stopAll() {
+	// Workers before ingest, which hosts the embedded JetStream server.
+	for i := len(b.procs) - 1; i >= 0; i-- {
+		b.procs[i].Stop(15 * time.Second)
+	}
+	b.procs = nil
+}
+
+type ingestProc struct {
+	proc       *procs.Proc
+	webhookURL string
+	natsURL    string
+	// dataDir holds the credentials of the embedded server ingest runs or
+	// stores on.
+	dataDir string
+}
+
+// loginFlags are the flags that log a paystream process in to the
+// embedded server as user.
+func (ip *ingestProc) loginFlags(user string) []string {
+	return []string{"-nats-url", ip.natsURL, "-nats-user", user, "-nats-password-file", natsembed.PasswordFile(ip.dataDir, user)}
+}
+
+// connect logs the benchmark itself in as user.
+func (ip *ingestProc) connect(user string) (*nats.Conn, error) {
+	pw, err := cli.ReadSecretFile(natsembed.PasswordFile(ip.dataDir, user))
+	if err != nil {
+		return nil, err
+	}
+	return nats.Connect(ip.natsURL, nats.UserInfo(user, pw), nats.CustomInboxPrefix(natsembed.InboxPrefix(user)))
+}
+
+// startIngest starts an ingest with its embedded JetStream server, or,
+// with host, one that stores on host's server as the ingest user.
+func (b *bench) startIngest(name string, host *ingestProc, extra ...string) (*ingestProc, error) {
+	listen, admin := freeAddr(), freeAddr()
+	args := append([]string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", loadgenPubKey(), "-log-level", "warn"}, extra...)
+	var natsURL, dataDir string
+	if host == nil {
+		natsAddr := freeAddr()
+		natsURL, dataDir = "nats://"+natsAddr, filepath.Join(b.o.Dir, name+"-data")
+		args = append(args, "-nats-listen", natsAddr, "-data-dir", dataDir)
+	} else {
+		natsURL, dataDir = host.natsURL, host.dataDir
+		args = append(args, host.loginFlags(natsembed.UserIngest)...)
+	}
+	p, err := procs.Start(name, filepath.Join(b.o.Bin, "ingest"), args, filepath.Join(b.o.Dir, name+".log"), 500*time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	b.procs = append(b.procs, p)
+	ip := &ingestProc{proc: p, webhookURL: "http://" + listen + "/webhooks/cobo", natsURL: natsURL, dataDir: dataDir}
+	if err := waitTCP(listen, 10*time.Second); err != nil {
+		return nil, fmt.Errorf("%s: %w (see %s)", name, err, p.Log)
+	}
+	return ip, nil
+}
+
+// WorkerResult is one worker-throughput run.
+type WorkerResult struct {
+	Workers   int
+	Events    int
+	Seconds   float64
+	PerSecond float64
+}
+
+// drain resets the worker consumer and the orders bucket, starts n
+// workers, and measures how fast they commit and ack want events. The
+// clock starts once 1% is acked, so process start-up is not counted.
+func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (WorkerResult, error) {
+	// Resetting the consumer and the bucket is an admin's change.
+	nc, err := ing.connect(natsembed.UserAdmin)
+	if err != nil {
+		return WorkerResult{}, fmt.Errorf("connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return WorkerResult{}, err
+	}
+	if err := js.DeleteConsumer(ctx, events.StreamName, events.ConsumerName); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return WorkerResult{}, fmt.Errorf("reset consumer: %w", err)
+	}
+	if s, err := js.Stream(ctx, "KV_"+events.OrdersBucket); err == nil {
+		if err := s.Purge(ctx); err != nil {
+			return WorkerResult{}, fmt.Errorf("reset orders: %w", err)
+		}
+	}
+	stream, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return WorkerResult{}, err
+	}
+	total := int(stream.CachedInfo().State.Msgs)
+	want = min(want, total)
+	var ws []*procs.Proc
+	defer func() {
+		for _, w := range ws {
+			w.Stop(15 * time.Second)
+		}
+	}()
+	for i := range n {
+		name := fmt.Sprintf("worker-%d-of-%d", i+1, n)
+		w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
+			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
+		), filepath.Join(b.o.Dir, name+".log"), 0)
+		if err != nil {
+			return WorkerResult{}, err
+		}
+		ws = append(ws, w)
+	}
+	var t0 time.Time
+	var acked0 int
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		if ctx.Err() != nil {
+			return WorkerResult{}, ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+		cons, err := js.Consumer(ctx, events.StreamName, events.ConsumerName)
+		if err != nil {
+			continue // the workers are still creating it
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			continue
+		}
+		acked := int(info.AckFloor.Consumer)
+		if t0.IsZero() && acked >= max(1, total/100) {
+			t0, acked0 = time.Now(), acked
+		}
+		if !t0.IsZero() && acked >= total {
+			secs := time.Since(t0).Seconds()
+			return WorkerResult{Workers: n, Events: total - acked0, Seconds: secs, PerSecond: float64(total-acked0) / secs}, nil
+		}
+	}
+	return WorkerResult{}, fmt.Errorf("%d workers did not drain %d events within 5 minutes", n, total)
+}
+
+// ProcMemory is one process's RSS over the soak.
+type ProcMemory struct {
+	Name             string
+	Start, End, Peak int64
+}
+
+// SoakResult is the soak's load and memory.
+type SoakResult struct {
+	Duration time.Duration
+	Load     loadgen.Result
+	Procs    []ProcMemory
+}
+
+func (b *bench) soak(ctx context.Context) (SoakResult, error) {
+	key := loadgen.KeyFromSeed(loadgen.DefaultSeed)
+	// The JetStream server runs in a process of its own (an ingest with
+	// its embedded server that gets no webhooks), so that the memory of
+	// ingest's own code and that of the server's indexes are told apart.
+	host, err := b.startIngest("soak-nats", nil)
+	if err != nil {
+		return SoakResult{}, err
+	}
+	ing, err := b.startIngest("soak-ingest", host)
+	if err != nil {
+		return SoakResult{}, err
+	}
+	all := []*procs.Proc{host.proc, ing.proc}
+	for i := range 2 {
+		name := fmt.Sprintf("soak-worker-%d", i+1)
+		w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
+			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
+		), filepath.Join(b.o.Dir, name+".log"), 300*time.Millisecond)
+		if err != nil {
+			return SoakResult{}, err
+		}
+		b.procs = append(b.procs, w)
+		all = append(all, w)
+	}
+	mem := make([]ProcMemory, len(all))
+	for i, p := range all {
+		mem[i].Name = p.Name
+	}
+	sample := func(into func(i int, rss int64)) {
+		for i, p := range all {
+			if rss, err := p.RSS(); err == nil {
+				into(i, rss)
+			}
+		}
+	}
+	// The first sample is taken after a warm-up, once caches and pools
+	// have reached their working size; growth after that is what leaks.
+	warm := min(10*time.Second, b.o.Soak/6)
+	res := SoakResult{Duration: b.o.Soak}
+	loadDone := make(chan error, 1)
+	go func() {
+		var err error
+		res.Load, err = loadgen.Run(ctx, loadgen.Options{
+			URL: ing.webhookURL, Key: key, N: b.o.SoakRate*int(b.o.Soak.Seconds()) + 1,
+			Duration: b.o.Soak, Concurrency: 256, Rate: b.o.SoakRate, RunID: "soak",
+		})
+		loadDone <- err
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	start := time.Now()
+	started := false
+	for {
+		select {
+		case err := <-loadDone:
+			if err != nil {
+				return res, err
+			}
+			// Let the workers catch up before the last sample.
+			time.Sleep(2 * time.Second)
+			sample(func(i int, rss int64) { mem[i].End = rss; mem[i].Peak = max(mem[i].Peak, rss) })
+			res.Procs = mem
+			return res, nil
+		case <-tick.C:
+			if !started && time.Since(start) >= warm {
+				started = true
+				sample(func(i int, rss int64) { mem[i].Start = rss })
+			}
+			sample(func(i int, rss int64) { mem[i].Peak = max(mem[i].Peak, rss) })
+		}
+	}
+}
+
+// GoBench is one parsed Go benchmark line.
+type GoBench struct {
+	Name    string
+	Metrics map[string]float64 // unit -> value, e.g. "ns/op", "items/s"
+}
+
+func parseGoBench(path string) ([]GoBench, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []GoBench
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 || !strings.HasPrefix(fields[0], "Benchmark") {
+			continue
+		}
+		gb := GoBench{Name: fields[0], Metrics: map[string]float64{}}
+		// Drop the -GOMAXPROCS suffix so names are stable across machines.
+		if i := strings.LastIndexByte(gb.Name, '-'); i > 0 {
+			if _, err := strconv.Atoi(gb.Name[i+1:]); err == nil {
+				gb.Name = gb.Name[:i]
+			}
+		}
+		for i := 2; i+1 < len(fields); i += 2 {
+			if v, err := strconv.ParseFloat(fields[i], 64); err == nil {
+				gb.Metrics[fields[i+1]] = v
+			}
+		}
+		out = append(out, gb)
+	}
+	return out, sc.Err()
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = " " + strings.TrimSpace(string(b))
+	}
+	memTotal := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 1 && f[0] == "MemTotal:" {
+			if kb, err := strconv.ParseFloat(f[1], 64); err == nil {
+				memTotal = fmt.Sprintf(", %.0f GiB RAM", kb/(1<<20))
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores%s, %s/%s%s, %s", model, runtime.NumCPU(), memTotal, runtime.GOOS, runtime.GOARCH, kernel, runtime.Version())
+}
+
+func loadgenPubKey() string { return loadgen.PublicKeyHex(loadgen.KeyFromSeed(loadgen.DefaultSeed)) }
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitTCP(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening after %s", addr, timeout)
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
