@@ -1,13 +1,11 @@
 package allocation_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,24 +21,6 @@ import (
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
 )
-
-// lockedBuffer collects log lines written from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestStuckItemsAreMarkedAndPolledUntilDone: Cobo keeps one item of a
 // batch Transferring. Past StuckAfter it is marked stuck on its order,
@@ -79,7 +59,7 @@ func TestStuckItemsAreMarkedAndPolledUntilDone(t *testing.T) {
 	_, err = allocation.NewOutbox(js).Publish(ctx, o)
 	require.NoError(t, err)
 
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	reg := prometheus.NewRegistry()
 	bt, err := allocation.NewBatcher(ctx, js, client, store, allocation.BatcherConfig{
 		BatchWait: 20 * time.Millisecond, RecoverEvery: 20 * time.Millisecond, RecoverAfter: 20 * time.Millisecond,

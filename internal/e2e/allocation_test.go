@@ -312,18 +312,7 @@ func TestFailedItemsAreSurfacedNotRetried(t *testing.T) {
 	s.sim.SetItemFailure("M9000")
 	w := s.startWorker(t, nil)
 	sendHistories(t, s, "O-fail")
-	testutil.WaitFor(t, 20*time.Second, "allocations recorded", func() bool {
-		v, ok := getOrder(t, s.ing, "O-fail")
-		if !ok || len(v.Allocations) != 3 {
-			return false
-		}
-		for _, a := range v.Allocations {
-			if !a.Final() {
-				return false
-			}
-		}
-		return true
-	})
+	waitItemsFinal(t, s.ing, "O-fail", 3, 20*time.Second)
 	v, _ := getOrder(t, s.ing, "O-fail")
 	for _, a := range v.Allocations {
 		if a.Destination == "M9000" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,4 +229,14 @@ func metricValue(t *testing.T, w *testutil.RunningWorker, series string) float64
 		}
 	}
 	return 0
+}
+
+// waitItemsFinal waits until the order has n allocation items, all final
+// (completed or failed).
+func waitItemsFinal(t *testing.T, s *ingest.Service, orderID string, n int, timeout time.Duration) {
+	t.Helper()
+	testutil.WaitFor(t, timeout, "the allocation items of "+orderID+" final", func() bool {
+		v, ok := getOrder(t, s, orderID)
+		return ok && len(v.Allocations) == n && !slices.ContainsFunc(v.Allocations, func(a domain.AllocationItem) bool { return !a.Final() })
+	})
 }

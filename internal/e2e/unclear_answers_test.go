@@ -86,18 +86,7 @@ func TestPricingPlan30001IsNotResentForever(t *testing.T) {
 	s.sim.InjectFault(cobosim.Fault{Method: http.MethodPost, PathPrefix: batchRoute, Kind: cobosim.FaultPricingPlan, Count: 1 << 30})
 	w := s.startWorker(t, nil)
 	sendHistories(t, s, "O-30001")
-	testutil.WaitFor(t, 30*time.Second, "every item final", func() bool {
-		v, ok := getOrder(t, s.ing, "O-30001")
-		if !ok || len(v.Allocations) != 3 {
-			return false
-		}
-		for _, a := range v.Allocations {
-			if !a.Final() {
-				return false
-			}
-		}
-		return true
-	})
+	waitItemsFinal(t, s.ing, "O-30001", 3, 30*time.Second)
 	v, _ := getOrder(t, s.ing, "O-30001")
 	for _, a := range v.Allocations {
 		require.Equal(t, domain.AllocFailed, a.Status, a.ID)

@@ -1,38 +1,19 @@
 package payer_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/sandbox/payer"
+	"github.com/paystream/paystream/internal/testutil"
 )
-
-// lockedBuffer is a bytes.Buffer the payer's goroutines and the test share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestTrustHintWhenEveryAnswerIs401 plays into a receiver that trusts
 // another key: every attempt is answered 401, so the payer logs
@@ -41,7 +22,7 @@ func (b *lockedBuffer) String() string {
 func TestTrustHintWhenEveryAnswerIs401(t *testing.T) {
 	t.Parallel()
 	c := newCollector(t, newKey(t), nil) // trusts a key the payer does not sign with
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	cfg := baseConfig(c.srv.URL, newKey(t))
 	cfg.Orders, cfg.Duplicates, cfg.MaxAttempts, cfg.Concurrency = 4, 0, 2, 2
 	cfg.Logger = zerolog.New(&logs)
@@ -70,7 +51,7 @@ func TestNoTrustHintWhenSomeAnswersAreAccepted(t *testing.T) {
 		}
 		return http.StatusUnauthorized
 	})
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	cfg := baseConfig(c.srv.URL, key)
 	cfg.Orders, cfg.Duplicates, cfg.MaxAttempts, cfg.Concurrency = 4, 0, 1, 1
 	cfg.Logger = zerolog.New(&logs)
@@ -89,7 +70,7 @@ func TestNoTrustHintWhenSomeAnswersAreAccepted(t *testing.T) {
 func TestDefaultTrustHintNamesTheKey(t *testing.T) {
 	t.Parallel()
 	c := newCollector(t, newKey(t), nil)
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	key := newKey(t)
 	cfg := baseConfig(c.srv.URL, key)
 	cfg.Orders, cfg.MaxAttempts, cfg.Concurrency = 1, 1, 1
