@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -24,15 +26,20 @@ import (
 // the embedded server's default, fsyncing every write before the ack;
 // "lazy" syncs every 2 minutes (-store-sync 2m, JetStream's own default).
 // "serial" is one publisher waiting for each ack; "concurrent-64" is 64
-// publishers, as ingest under load has one per request in flight.
+// publishers, as ingest under load has one per request in flight;
+// "group-64" is 64 publishers through a GroupCommitter, ingest's default.
 func BenchmarkPublishSync(b *testing.B) {
 	for _, sync := range []struct {
 		name     string
 		interval time.Duration
 	}{{"always", 0}, {"lazy", 2 * time.Minute}} {
-		for _, par := range []int{1, 64} {
+		for _, par := range []int{1, 64, -64} {
 			name := "serial"
-			if par > 1 {
+			switch {
+			case par < 0:
+				par = -par
+				name = fmt.Sprintf("group-%d", par)
+			case par > 1:
 				name = fmt.Sprintf("concurrent-%d", par)
 			}
 			b.Run(sync.name+"/"+name, func(b *testing.B) {
@@ -44,17 +51,30 @@ func BenchmarkPublishSync(b *testing.B) {
 				_, err = events.EnsureEventStream(ctx, js, events.StreamConfig{})
 				require.NoError(b, err)
 				run := strconv.FormatInt(time.Now().UnixNano(), 36)
+				pub := func(m *nats.Msg) error {
+					_, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(events.StreamName))
+					return err
+				}
+				if strings.HasPrefix(name, "group") {
+					g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{})
+					require.NoError(b, err)
+					b.Cleanup(g.Close)
+					pub = func(m *nats.Msg) error {
+						_, err := g.Publish(ctx, m)
+						return err
+					}
+				}
 				var next atomic.Int64
 				b.ResetTimer()
 				b.SetParallelism((par + 1) / 2) // RunParallel multiplies by GOMAXPROCS (2 here)
 				if par == 1 {
 					for i := range b.N {
-						publish(b, ctx, js, run, i)
+						publish(b, pub, run, i)
 					}
 				} else {
 					b.RunParallel(func(pb *testing.PB) {
 						for pb.Next() {
-							publish(b, ctx, js, run, int(next.Add(1)))
+							publish(b, pub, run, int(next.Add(1)))
 						}
 					})
 				}
@@ -64,7 +84,7 @@ func BenchmarkPublishSync(b *testing.B) {
 	}
 }
 
-func publish(b *testing.B, ctx context.Context, js jetstream.JetStream, run string, i int) {
+func publish(b *testing.B, pub func(*nats.Msg) error, run string, i int) {
 	body := loadgen.Body(run, i)
 	env, err := cobo.ParseEnvelope(body)
 	if err != nil {
@@ -72,7 +92,7 @@ func publish(b *testing.B, ctx context.Context, js jetstream.JetStream, run stri
 		return
 	}
 	d := cobo.Delivery{Envelope: env, Body: body, Timestamp: "1700000000000", Signature: "00", ReceivedAt: time.Now()}
-	if _, err := js.PublishMsg(ctx, events.NewMsg(d), jetstream.WithExpectStream(events.StreamName)); err != nil {
+	if err := pub(events.NewMsg(d)); err != nil {
 		b.Error(err)
 	}
 }

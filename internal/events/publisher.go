@@ -14,12 +14,22 @@ import (
 
 // Publisher stores verified deliveries on the event stream.
 type Publisher struct {
-	js jetstream.JetStream
+	publish func(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error)
 }
 
-// NewPublisher returns a Publisher on js. The stream must exist.
+// NewPublisher returns a Publisher that stores each delivery with its own
+// synchronous publish on js. The stream must exist.
 func NewPublisher(js jetstream.JetStream) *Publisher {
-	return &Publisher{js: js}
+	return &Publisher{publish: func(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+		return PublishDeduplicated(ctx, js, msg, StreamName)
+	}}
+}
+
+// NewGroupPublisher returns a Publisher that stores deliveries through g,
+// which must publish to the event stream: concurrent deliveries share a
+// disk sync, and each is still answered only once it is stored.
+func NewGroupPublisher(g *GroupCommitter) *Publisher {
+	return &Publisher{publish: g.Publish}
 }
 
 // errCodeDuplicateInProcess is JetStream's "duplicate message id is in
@@ -33,7 +43,7 @@ const errCodeDuplicateInProcess = 10158
 // Cobo may deliver one event twice at once; PublishDeduplicated waits for
 // the copy being stored and reports the duplicate, rather than failing.
 func (p *Publisher) Store(ctx context.Context, d cobo.Delivery) (duplicate bool, err error) {
-	ack, err := PublishDeduplicated(ctx, p.js, NewMsg(d), StreamName)
+	ack, err := p.publish(ctx, NewMsg(d))
 	if err != nil {
 		return false, fmt.Errorf("publish event %s: %w", d.EventID, err)
 	}

@@ -172,6 +172,9 @@ func StreamDrift(want, have jetstream.StreamConfig) []string {
 		d.field("Duplicates", want.Duplicates, have.Duplicates)
 	}
 	d.field("Discard", want.Discard, have.Discard)
+	if want.AllowAtomicPublish {
+		d.field("AllowAtomicPublish", want.AllowAtomicPublish, have.AllowAtomicPublish)
+	}
 	return append(d, foreign(have)...)
 }
 

@@ -92,6 +92,9 @@ func EnsureEventStream(ctx context.Context, js jetstream.JetStream, cfg StreamCo
 		Replicas:    cfg.Replicas,
 		Duplicates:  cfg.DuplicateWindow,
 		Discard:     jetstream.DiscardOld,
+		// Ingest stores the webhooks in flight as one atomic batch, one
+		// disk sync for many (GroupCommitter). Only settable at creation.
+		AllowAtomicPublish: true,
 	})
 }
 

@@ -1,0 +1,350 @@
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Headers of JetStream's atomic batch publish (nats-server 2.12+).
+const (
+	headerBatchID     = "Nats-Batch-Id"
+	headerBatchSeq    = "Nats-Batch-Sequence"
+	headerBatchCommit = "Nats-Batch-Commit"
+)
+
+// errCodeAtomicDisabled is JetStream's "atomic publish is disabled" (10174):
+// the stream was created without allow_atomic.
+const errCodeAtomicDisabled = 10174
+
+// Defaults for GroupConfig.
+const (
+	DefaultGroupMinBatch = 8
+	DefaultGroupMaxBatch = 256
+	DefaultGroupInFlight = 2
+)
+
+// GroupConfig configures a GroupCommitter.
+type GroupConfig struct {
+	// MinBatch is the fewest waiting messages sent as one atomic batch;
+	// fewer are published one by one, concurrently. An atomic batch has a
+	// fixed cost on the server (a staging store on disk for a file-backed
+	// single-replica stream) that only many messages repay.
+	MinBatch int
+	// MaxBatch caps one batch; the server refuses more than 1,000.
+	MaxBatch int
+	// InFlight is how many batches (or groups of single publishes) are
+	// outstanding at once, so that the server always has the next group
+	// queued while it commits one.
+	InFlight int
+	// Logger gets a line when batches are refused and the committer falls
+	// back to single publishes.
+	Logger zerolog.Logger
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c GroupConfig) WithDefaults() GroupConfig {
+	if c.MinBatch == 0 {
+		c.MinBatch = DefaultGroupMinBatch
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultGroupMaxBatch
+	}
+	if c.InFlight == 0 {
+		c.InFlight = DefaultGroupInFlight
+	}
+	return c
+}
+
+// Validate reports the first invalid field by name.
+func (c GroupConfig) Validate() error {
+	switch {
+	case c.MinBatch < 2:
+		return fmt.Errorf("MinBatch must be at least 2, got %d", c.MinBatch)
+	case c.MaxBatch < c.MinBatch || c.MaxBatch > 1000:
+		return fmt.Errorf("MaxBatch must be between MinBatch and 1000, got %d", c.MaxBatch)
+	case c.InFlight < 1:
+		return fmt.Errorf("InFlight must be at least 1, got %d", c.InFlight)
+	}
+	return nil
+}
+
+// GroupCommitter publishes messages to one stream so that many concurrent
+// publishes share one disk sync: the messages waiting while earlier ones
+// are being stored go to JetStream as one atomic batch, which a
+// single-replica file store commits with one fsync (and a replicated
+// stream with one consensus round). Each Publish still returns only after
+// the server has acknowledged its message as stored, so a caller's
+// guarantee is that of a synchronous publish.
+//
+// A batch fails whole when one of its message ids was already seen
+// (JetStream error 10201), and whenever it fails for any reason its
+// messages are published again one by one, whose deduplication by message
+// id tells each caller whether its message was new or a duplicate. A
+// stream created without allow_atomic refuses batches; the committer then
+// publishes one by one for good.
+type GroupCommitter struct {
+	js     jetstream.JetStream
+	stream string
+	cfg    GroupConfig
+	queue  chan *groupReq
+	// atomicOff is set once the stream refused atomic batches.
+	atomicOff atomic.Bool
+	stop      chan struct{}
+	done      sync.WaitGroup
+	closeOnce sync.Once
+	mu        sync.RWMutex
+	closed    bool
+
+	// idPrefix and nextID name batches: unique among this committer's,
+	// and random so that two ingest processes never share one.
+	idPrefix string
+	nextID   atomic.Uint64
+
+	batches, batched, fallbacks atomic.Int64
+}
+
+type groupReq struct {
+	ctx  context.Context
+	msg  *nats.Msg
+	ack  *jetstream.PubAck
+	err  error
+	done chan struct{}
+}
+
+// NewGroupCommitter starts a committer publishing to stream through js;
+// Close stops it. Every message must carry a Nats-Msg-Id.
+func NewGroupCommitter(js jetstream.JetStream, stream string, cfg GroupConfig) (*GroupCommitter, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("group commit config: %w", err)
+	}
+	var prefix [8]byte
+	_, _ = rand.Read(prefix[:]) // never fails (crypto/rand)
+	g := &GroupCommitter{js: js, stream: stream, cfg: cfg, queue: make(chan *groupReq, 4*cfg.MaxBatch), stop: make(chan struct{}), idPrefix: hex.EncodeToString(prefix[:])}
+	for range cfg.InFlight {
+		g.done.Go(g.loop)
+	}
+	return g, nil
+}
+
+// ErrCommitterClosed is returned by Publish after Close.
+var ErrCommitterClosed = errors.New("group committer closed")
+
+// Publish stores msg and returns JetStream's acknowledgement, as
+// PublishDeduplicated does (ack.Duplicate is true when the stream already
+// held msg's id). On an error, msg may or may not have been stored, as for
+// any publish whose answer was lost.
+func (g *GroupCommitter) Publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	r := &groupReq{ctx: ctx, msg: msg, done: make(chan struct{})}
+	// Held while enqueueing so that Close, which takes it exclusively,
+	// answers everything enqueued before it.
+	g.mu.RLock()
+	if g.closed {
+		g.mu.RUnlock()
+		return nil, ErrCommitterClosed
+	}
+	select {
+	case g.queue <- r:
+	case <-ctx.Done():
+		g.mu.RUnlock()
+		return nil, ctx.Err()
+	}
+	g.mu.RUnlock()
+	select {
+	case <-r.done:
+		return r.ack, r.err
+	case <-ctx.Done():
+		// The committer still publishes it; the caller's answer is "not
+		// known", which a provider's retry resolves by deduplication.
+		return nil, ctx.Err()
+	}
+}
+
+// Close stops the committer after the messages already taken are
+// answered; later Publish calls fail with ErrCommitterClosed.
+func (g *GroupCommitter) Close() {
+	g.closeOnce.Do(func() {
+		g.mu.Lock()
+		g.closed = true
+		g.mu.Unlock()
+		close(g.stop)
+	})
+	g.done.Wait()
+	// Answer what is still queued, so no caller waits for ever.
+	for {
+		select {
+		case r := <-g.queue:
+			r.err = ErrCommitterClosed
+			close(r.done)
+		default:
+			return
+		}
+	}
+}
+
+// Stats reports how many atomic batches committed, how many messages they
+// carried, and how many batches fell back to single publishes.
+func (g *GroupCommitter) Stats() (batches, messages, fallbacks int64) {
+	return g.batches.Load(), g.batched.Load(), g.fallbacks.Load()
+}
+
+func (g *GroupCommitter) loop() {
+	group := make([]*groupReq, 0, g.cfg.MaxBatch)
+	for {
+		group = group[:0]
+		select {
+		case r := <-g.queue:
+			group = append(group, r)
+		case <-g.stop:
+			return
+		}
+		// Take what is waiting now, without waiting for more: whatever
+		// arrives while this group is stored is the next group.
+	fill:
+		for len(group) < g.cfg.MaxBatch {
+			select {
+			case r := <-g.queue:
+				group = append(group, r)
+			default:
+				break fill
+			}
+		}
+		if len(group) < g.cfg.MinBatch || g.atomicOff.Load() {
+			g.singles(group)
+			continue
+		}
+		if err := g.commit(group); err != nil {
+			g.fallbacks.Add(1)
+			g.cfg.Logger.Debug().Err(err).Int("messages", len(group)).Msg("atomic batch refused; publishing its messages one by one")
+			g.singles(group)
+		}
+	}
+}
+
+// singles publishes each request on its own, concurrently, and answers it.
+func (g *GroupCommitter) singles(group []*groupReq) {
+	var wg sync.WaitGroup
+	for _, r := range group {
+		wg.Go(func() {
+			r.ack, r.err = PublishDeduplicated(r.ctx, g.js, r.msg, g.stream)
+			close(r.done)
+		})
+	}
+	wg.Wait()
+}
+
+// batchAck is the commit's answer: a PubAck with the batch's id and size,
+// or an API error.
+type batchAck struct {
+	jetstream.PubAck
+	BatchID string              `json:"batch"`
+	Count   int                 `json:"count"`
+	Error   *jetstream.APIError `json:"error"`
+}
+
+// commit publishes group as one atomic batch and, when the server
+// committed it, answers every request. On an error nothing is answered.
+func (g *GroupCommitter) commit(group []*groupReq) error {
+	// Two copies of one event in a batch would fail it (10201): the later
+	// copies are answered as duplicates once the first is stored.
+	seen := make(map[string]*groupReq, len(group))
+	var send []*groupReq
+	var dups []*groupReq
+	for _, r := range group {
+		if _, ok := seen[r.msg.Header.Get(jetstream.MsgIDHeader)]; ok {
+			dups = append(dups, r)
+			continue
+		}
+		seen[r.msg.Header.Get(jetstream.MsgIDHeader)] = r
+		send = append(send, r)
+	}
+	// The batch is bounded by the latest of its callers' deadlines: a
+	// caller that gave up does not cut it short for those still waiting.
+	ctx, cancel := context.WithTimeout(context.Background(), defaultCommitTimeout)
+	if dl, ok := latestDeadline(send); ok {
+		cancel()
+		ctx, cancel = context.WithDeadline(context.Background(), dl)
+	}
+	defer cancel()
+	nc := g.js.Conn()
+	id := g.idPrefix + "-" + strconv.FormatUint(g.nextID.Add(1), 10)
+	var resp *nats.Msg
+	for i, r := range send {
+		m := nats.NewMsg(r.msg.Subject)
+		m.Data = r.msg.Data
+		for k, v := range r.msg.Header {
+			m.Header[k] = v
+		}
+		m.Header.Set(headerBatchID, id)
+		m.Header.Set(headerBatchSeq, strconv.Itoa(i+1))
+		m.Header.Set(jetstream.ExpectedStreamHeader, g.stream)
+		if i < len(send)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return fmt.Errorf("batch %s message %d: %w", id, i+1, err)
+			}
+			continue
+		}
+		m.Header.Set(headerBatchCommit, "1")
+		var err error
+		if resp, err = nc.RequestMsgWithContext(ctx, m); err != nil {
+			return fmt.Errorf("commit batch %s: %w", id, err)
+		}
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return fmt.Errorf("commit batch %s: unreadable answer: %w", id, err)
+	}
+	if ack.Error != nil {
+		if ack.Error.ErrorCode == errCodeAtomicDisabled && !g.atomicOff.Swap(true) {
+			g.cfg.Logger.Warn().Str("stream", g.stream).Msg("the stream refuses atomic batches (created without allow_atomic): every event is published and synced on its own (deploy/nats/README.md, upgrading)")
+		}
+		return fmt.Errorf("commit batch %s: %w", id, ack.Error)
+	}
+	if ack.Count != len(send) || ack.BatchID != id {
+		return fmt.Errorf("commit batch %s: the server committed batch %q of %d messages, not %d", id, ack.BatchID, ack.Count, len(send))
+	}
+	g.batches.Add(1)
+	g.batched.Add(int64(len(send)))
+	first := ack.Sequence - uint64(len(send)) + 1
+	for i, r := range send {
+		r.ack = &jetstream.PubAck{Stream: ack.Stream, Sequence: first + uint64(i), Domain: ack.Domain}
+		close(r.done)
+	}
+	for _, r := range dups {
+		orig := seen[r.msg.Header.Get(jetstream.MsgIDHeader)]
+		r.ack = &jetstream.PubAck{Stream: ack.Stream, Sequence: orig.ack.Sequence, Domain: ack.Domain, Duplicate: true}
+		close(r.done)
+	}
+	return nil
+}
+
+// defaultCommitTimeout bounds a batch whose callers set no deadline.
+const defaultCommitTimeout = 5 * time.Second
+
+// latestDeadline is the latest deadline among the requests' contexts;
+// false when one of them has none.
+func latestDeadline(rs []*groupReq) (time.Time, bool) {
+	var latest time.Time
+	for _, r := range rs {
+		dl, ok := r.ctx.Deadline()
+		if !ok {
+			return time.Time{}, false
+		}
+		if dl.After(latest) {
+			latest = dl
+		}
+	}
+	return latest, true
+}
