@@ -166,7 +166,8 @@ func (c workerConfig) bitgo() (*bitgo.Config, error) {
 }
 
 // workerFlagsOf names the flags behind each part of worker.Config and
-// apply.Config, for the errors they report by part (ConfigError.Field).
+// apply.Config, for the errors they report by part (ConfigError.Field; one
+// type, worker.ConfigError being apply.ConfigError).
 var workerFlagsOf = map[string]string{
 	"Verifier":             "-cobo-env, -cobo-pubkey",
 	"Pprof":                "-pprof, -metrics-listen, -metrics-token-file",
@@ -183,18 +184,11 @@ var workerFlagsOf = map[string]string{
 // nameFlags prefixes a configuration error with the flags that set the
 // part at fault; other errors are returned as they are.
 func nameFlags(err error) error {
-	var field string
-	var we *worker.ConfigError
-	var ae *apply.ConfigError
-	switch {
-	case errors.As(err, &we):
-		field = we.Field
-	case errors.As(err, &ae):
-		field = ae.Field
-	default:
+	var ce *worker.ConfigError
+	if !errors.As(err, &ce) {
 		return err
 	}
-	if flags, ok := workerFlagsOf[field]; ok {
+	if flags, ok := workerFlagsOf[ce.Field]; ok {
 		return fmt.Errorf("%s: %w", flags, err)
 	}
 	return err

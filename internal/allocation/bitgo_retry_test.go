@@ -21,6 +21,7 @@ import (
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/testutil"
 )
@@ -85,7 +86,7 @@ func newBitGoRig(t *testing.T, simCfg bitgosim.Config, script func(n int, w http
 	t.Cleanup(hs.Close)
 	r.client, err = bitgo.New(bitgo.Config{
 		BaseURL: hs.URL, EnterpriseID: "ent-1", AccessToken: "token", SigningKey: key, Currencies: bitgo.DefaultCurrencies(),
-		HTTP: &http.Client{Timeout: 500 * time.Millisecond}, MaxAttempts: 3, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond,
+		Config: httpretry.Config{HTTP: &http.Client{Timeout: 500 * time.Millisecond}, MaxAttempts: 3, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond},
 	})
 	require.NoError(t, err)
 	return r

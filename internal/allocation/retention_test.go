@@ -23,6 +23,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
@@ -171,7 +172,7 @@ func TestSettledBitGoRequestsExpire(t *testing.T) {
 	}))
 	t.Cleanup(hs.Close)
 	client, err := bitgo.New(bitgo.Config{BaseURL: hs.URL, EnterpriseID: "ent-1", AccessToken: "token", SigningKey: key, Currencies: bitgo.DefaultCurrencies(),
-		MaxAttempts: 1, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond})
+		Config: httpretry.Config{MaxAttempts: 1, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond}})
 	require.NoError(t, err)
 	s, err := allocation.NewBitGoSender(context.Background(), js, client, store, allocation.BitGoSenderConfig{
 		Poll: 20 * time.Millisecond, Retry: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond, SendTimeout: time.Second,

@@ -73,14 +73,16 @@ type Config struct {
 }
 
 // ConfigError is a Config that Validate or New refused (New's error wraps
-// it). Its message names the field at fault; Field is that field (e.g.
-// "Verifier", "Allocation.Cobo"), for a command to name the flag that set
-// it.
+// it); worker.ConfigError is the same type, for worker.Config. Its message
+// names the field at fault; Field is that field or the part it is in (e.g.
+// "Verifier", "Allocation.Cobo", "Consumer"), for a command to name the
+// flag that set it.
 type ConfigError struct {
 	Field string
 	Err   error
 }
 
+// Error returns the cause's message, which names the field.
 func (e *ConfigError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the cause.

@@ -42,11 +42,11 @@ const (
 	ProdBaseURL = "https://app.bitgo.com"
 )
 
-// Defaults for Config.
+// Defaults for Config: httpretry's, but for the timeout.
 const (
-	DefaultMaxAttempts = 5
-	DefaultBackoffBase = 200 * time.Millisecond
-	DefaultBackoffMax  = 5 * time.Second
+	DefaultMaxAttempts = httpretry.DefaultMaxAttempts
+	DefaultBackoffBase = httpretry.DefaultBackoffBase
+	DefaultBackoffMax  = httpretry.DefaultBackoffMax
 	// DefaultHTTPTimeout bounds one exchange: the timeout of the client
 	// used when Config.HTTP is nil, and the default AttemptTimeout.
 	DefaultHTTPTimeout = 30 * time.Second
@@ -155,10 +155,12 @@ type Allocation struct {
 }
 
 // Config configures a Client. BaseURL, EnterpriseID, AccessToken,
-// SigningKey and Currencies are required. HTTP, MaxAttempts, BackoffBase,
-// BackoffMax and AttemptTimeout are the base every provider client shares
-// (httpretry.Config, see Retry).
+// SigningKey and Currencies are required. The embedded httpretry.Config is
+// the base every provider client shares: HTTP (when nil, a client with
+// DefaultHTTPTimeout), MaxAttempts, BackoffBase, BackoffMax and
+// AttemptTimeout (DefaultHTTPTimeout), the Default constants when zero.
 type Config struct {
+	httpretry.Config
 	// BaseURL is TestBaseURL, ProdBaseURL or a simulator, without a path.
 	BaseURL string
 	// EnterpriseID is the BitGo enterprise that owns the connections.
@@ -171,37 +173,21 @@ type Config struct {
 	SigningKey *secp256k1.PrivateKey
 	// Currencies maps Cobo token ids to BitGo currencies. New copies it.
 	Currencies map[string]Currency
-	// HTTP is the transport. When nil, a client with DefaultHTTPTimeout
-	// is used.
-	HTTP *http.Client
-	// MaxAttempts bounds tries of one call; DefaultMaxAttempts when zero.
-	MaxAttempts int
-	// BackoffBase and BackoffMax bound the jittered, doubling delay between
-	// tries; the defaults apply when zero.
-	BackoffBase, BackoffMax time.Duration
-	// AttemptTimeout bounds one exchange; DefaultHTTPTimeout when zero.
-	AttemptTimeout time.Duration
 }
 
-// Retry returns the HTTP and retry settings as the base provider clients
-// share.
-func (c Config) Retry() httpretry.Config {
-	return httpretry.Config{HTTP: c.HTTP, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax, AttemptTimeout: c.AttemptTimeout}
-}
-
-func (c Config) withDefaults() Config {
-	r := c.Retry().WithDefaults(httpretry.Config{
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	c.Config = c.Config.WithDefaults(httpretry.Config{
 		HTTP:           &http.Client{Timeout: DefaultHTTPTimeout},
-		MaxAttempts:    DefaultMaxAttempts,
-		BackoffBase:    DefaultBackoffBase,
-		BackoffMax:     DefaultBackoffMax,
 		AttemptTimeout: DefaultHTTPTimeout,
 	})
-	c.HTTP, c.MaxAttempts, c.BackoffBase, c.BackoffMax, c.AttemptTimeout = r.HTTP, r.MaxAttempts, r.BackoffBase, r.BackoffMax, r.AttemptTimeout
 	return c
 }
 
-func (c Config) validate() error {
+// Validate reports the first invalid field by name, the embedded
+// httpretry.Config's included. The message never contains the token or
+// key.
+func (c Config) Validate() error {
 	u, err := url.Parse(c.BaseURL)
 	switch {
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
@@ -222,7 +208,7 @@ func (c Config) validate() error {
 	case len(c.Currencies) == 0:
 		return errors.New("Currencies must map at least one token id")
 	}
-	if err := c.Retry().Validate(); err != nil {
+	if err := c.Config.Validate(); err != nil {
 		return err
 	}
 	for token, cur := range c.Currencies {
@@ -239,9 +225,8 @@ func (c Config) validate() error {
 // Client prepares and sends BitGo partner-connection allocations. It is
 // safe for concurrent use.
 type Client struct {
-	cfg       Config
-	transport httpretry.Config
-	base      string
+	cfg  Config
+	base string
 	// nonce makes a Prepare nonce; tests fix it.
 	nonce func() (string, error)
 }
@@ -249,8 +234,8 @@ type Client struct {
 // New returns a Client for cfg with defaults applied. An invalid config is
 // an error naming the field; it never contains the token or key.
 func New(cfg Config) (*Client, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bitgo client config: %w", err)
 	}
 	cur := make(map[string]Currency, len(cfg.Currencies))
@@ -259,10 +244,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.Currencies = cur
 	return &Client{
-		cfg:       cfg,
-		transport: cfg.Retry(),
-		base:      strings.TrimRight(cfg.BaseURL, "/"),
-		nonce:     randomNonce,
+		cfg:   cfg,
+		base:  strings.TrimRight(cfg.BaseURL, "/"),
+		nonce: randomNonce,
 	}, nil
 }
 
@@ -610,9 +594,9 @@ func (c *Client) enterpriseURL() string {
 // the last failure, both wrapped.
 func (c *Client) retry(ctx context.Context, op func(context.Context) outcome) (Allocation, error) {
 	var last outcome
-	for attempt := 1; attempt <= c.transport.MaxAttempts; attempt++ {
+	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			if err := backoff.Wait(ctx, c.transport.Backoff(attempt-1)); err != nil {
+			if err := backoff.Wait(ctx, c.cfg.Backoff(attempt-1)); err != nil {
 				return last.alloc, fmt.Errorf("%w (last error: %w)", err, last.err)
 			}
 		}
@@ -627,13 +611,13 @@ func (c *Client) retry(ctx context.Context, op func(context.Context) outcome) (A
 			return last.alloc, fmt.Errorf("%w (last error: %w)", err, last.err)
 		}
 	}
-	return last.alloc, fmt.Errorf("gave up after %d attempts: %w", c.transport.MaxAttempts, last.err)
+	return last.alloc, fmt.Errorf("gave up after %d attempts: %w", c.cfg.MaxAttempts, last.err)
 }
 
 // exchange performs one HTTP exchange and reads the answer. Errors name
 // the method and path only: the URL has no secrets, but headers do.
 func (c *Client) exchange(ctx context.Context, method, u string, body []byte) (int, []byte, error) {
-	ctx, cancel := c.transport.Attempt(ctx)
+	ctx, cancel := c.cfg.Attempt(ctx)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
@@ -649,7 +633,7 @@ func (c *Client) exchange(ctx context.Context, method, u string, body []byte) (i
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.transport.HTTP.Do(req)
+	resp, err := c.cfg.HTTP.Do(req)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: %w", method, req.URL.Path, unwrapURLError(err))
 	}

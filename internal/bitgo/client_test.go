@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/bitgo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 )
 
@@ -71,9 +72,7 @@ func (e *env) newClient(t *testing.T, token string) *bitgo.Client {
 		AccessToken:  token,
 		SigningKey:   e.key,
 		Currencies:   bitgo.DefaultCurrencies(),
-		HTTP:         e.srv.Client(),
-		BackoffBase:  time.Millisecond,
-		BackoffMax:   2 * time.Millisecond,
+		Config:       httpretry.Config{HTTP: e.srv.Client(), BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond},
 	})
 	require.NoError(t, err)
 	return c
@@ -201,7 +200,7 @@ func TestSendWrongSigningKey(t *testing.T) {
 	require.NoError(t, err)
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
-		SigningKey: other, Currencies: bitgo.DefaultCurrencies(), HTTP: e.srv.Client(),
+		SigningKey: other, Currencies: bitgo.DefaultCurrencies(), Config: httpretry.Config{HTTP: e.srv.Client()},
 	})
 	require.NoError(t, err)
 	r, err := c.Prepare(connectionID, "pay-badsig", "ETH_USDT", decimal.RequireFromString("1"), "")
@@ -295,8 +294,7 @@ func TestSendContextCanceledAfterRetryableAnswer(t *testing.T) {
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
 		SigningKey: e.key, Currencies: bitgo.DefaultCurrencies(),
-		HTTP:        &http.Client{Transport: cancelAfter{base: e.srv.Client().Transport, cancel: cancel}},
-		BackoffBase: time.Hour, BackoffMax: time.Hour,
+		Config: httpretry.Config{HTTP: &http.Client{Transport: cancelAfter{base: e.srv.Client().Transport, cancel: cancel}}, BackoffBase: time.Hour, BackoffMax: time.Hour},
 	})
 	require.NoError(t, err)
 	_, err = c.Send(ctx, e.prepare(t, "pay-cancel"))
@@ -387,8 +385,8 @@ func TestSendAnswers(t *testing.T) {
 			require.NoError(t, err)
 			c, err := bitgo.New(bitgo.Config{
 				BaseURL: srv.URL + "/", EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-				Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), MaxAttempts: 3,
-				BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+				Currencies: bitgo.DefaultCurrencies(),
+				Config:     httpretry.Config{HTTP: srv.Client(), MaxAttempts: 3, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond},
 			})
 			require.NoError(t, err)
 			a, err := c.Send(context.Background(), bitgo.Request{ConnectionID: "conn/1", ClientExternalID: "ext", Body: []byte(`{"x":1}`)})
@@ -429,8 +427,8 @@ func TestSendResendsIdenticalBytes(t *testing.T) {
 	require.NoError(t, err)
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-		Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(),
-		BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+		Currencies: bitgo.DefaultCurrencies(),
+		Config:     httpretry.Config{HTTP: srv.Client(), BackoffBase: time.Millisecond, BackoffMax: time.Millisecond},
 	})
 	require.NoError(t, err)
 	body := `{"amount":{"currency":"ofcusdt","quantity":"1"},"payload":"p"}`
@@ -480,13 +478,26 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c := bitgo.Config{}.WithDefaults()
+	require.Equal(t, bitgo.DefaultHTTPTimeout, c.HTTP.Timeout)
+	require.Equal(t, bitgo.DefaultHTTPTimeout, c.AttemptTimeout)
+	require.Equal(t, bitgo.DefaultMaxAttempts, c.MaxAttempts)
+	require.Equal(t, bitgo.DefaultBackoffBase, c.BackoffBase)
+	require.Equal(t, bitgo.DefaultBackoffMax, c.BackoffMax)
+	require.ErrorContains(t, c.Validate(), "BaseURL", "the provider's fields are checked, not only the embedded base's")
+	own := &http.Client{}
+	require.Same(t, own, bitgo.Config{Config: httpretry.Config{HTTP: own}}.WithDefaults().HTTP)
+}
+
 func TestNewCopiesCurrencies(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	cur := map[string]bitgo.Currency{"ETH_USDT": {Name: "ofcusdt", Decimals: 6}}
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: e.srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken,
-		SigningKey: e.key, Currencies: cur, HTTP: e.srv.Client(),
+		SigningKey: e.key, Currencies: cur, Config: httpretry.Config{HTTP: e.srv.Client()},
 	})
 	require.NoError(t, err)
 	delete(cur, "ETH_USDT")
@@ -530,8 +541,8 @@ func TestSendReplayRefusedIsReplayError(t *testing.T) {
 			require.NoError(t, err)
 			c, err := bitgo.New(bitgo.Config{
 				BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-				Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), MaxAttempts: 3,
-				BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+				Currencies: bitgo.DefaultCurrencies(),
+				Config:     httpretry.Config{HTTP: srv.Client(), MaxAttempts: 3, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond},
 			})
 			require.NoError(t, err)
 			_, err = c.Send(context.Background(), bitgo.Request{ConnectionID: connectionID, ClientExternalID: "ext", Body: []byte(`{}`)})
@@ -585,7 +596,8 @@ func TestFindPagesToTheEnd(t *testing.T) {
 	client := func(srv *httptest.Server) *bitgo.Client {
 		c, err := bitgo.New(bitgo.Config{
 			BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-			Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(), BackoffBase: time.Millisecond, BackoffMax: time.Millisecond,
+			Currencies: bitgo.DefaultCurrencies(),
+			Config:     httpretry.Config{HTTP: srv.Client(), BackoffBase: time.Millisecond, BackoffMax: time.Millisecond},
 		})
 		require.NoError(t, err)
 		return c
@@ -640,8 +652,8 @@ func TestAttemptTimeoutBoundsOneExchange(t *testing.T) {
 	t.Cleanup(func() { close(release); srv.Close() })
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-		Currencies: bitgo.DefaultCurrencies(), HTTP: &http.Client{},
-		MaxAttempts: 2, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, AttemptTimeout: 50 * time.Millisecond,
+		Currencies: bitgo.DefaultCurrencies(),
+		Config:     httpretry.Config{HTTP: &http.Client{}, MaxAttempts: 2, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, AttemptTimeout: 50 * time.Millisecond},
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -24,6 +24,7 @@ import (
 	"github.com/paystream/paystream/internal/console"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/replay"
@@ -65,12 +66,12 @@ func providers(t *testing.T, orders []history) (*worker.AllocationConfig, *cobos
 	require.NoError(t, err)
 	return &worker.AllocationConfig{
 		Rules: r,
-		Cobo: cobo.ClientConfig{BaseURL: csrv.URL + "/v2", Signer: api, MaxAttempts: 4,
-			BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond},
+		Cobo: cobo.ClientConfig{BaseURL: csrv.URL + "/v2", Signer: api,
+			Config: httpretry.Config{MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond}},
 		Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
 		BitGo: &bitgo.Config{BaseURL: bsrv.URL, EnterpriseID: "ent-1", AccessToken: "test-token", SigningKey: key,
-			Currencies: bitgo.DefaultCurrencies(), HTTP: &http.Client{Timeout: time.Second},
-			MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+			Currencies: bitgo.DefaultCurrencies(),
+			Config:     httpretry.Config{HTTP: &http.Client{Timeout: time.Second}, MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond}},
 		BitGoSender:   allocation.BitGoSenderConfig{Poll: 50 * time.Millisecond, Retry: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, SendTimeout: 5 * time.Second},
 		IntentAckWait: 3 * time.Second,
 		// Sweeps run often, so that listing and removing the outbox marks

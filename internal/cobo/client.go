@@ -21,48 +21,28 @@ import (
 // request_id.
 var ErrBatchNotFound = errors.New("batch allocation not found")
 
-// Defaults for ClientConfig.
+// Defaults for ClientConfig: httpretry's.
 const (
-	DefaultMaxAttempts    = 5
-	DefaultBackoffBase    = 200 * time.Millisecond
-	DefaultBackoffMax     = 5 * time.Second
-	DefaultAttemptTimeout = 10 * time.Second
+	DefaultMaxAttempts    = httpretry.DefaultMaxAttempts
+	DefaultBackoffBase    = httpretry.DefaultBackoffBase
+	DefaultBackoffMax     = httpretry.DefaultBackoffMax
+	DefaultAttemptTimeout = httpretry.DefaultAttemptTimeout
 )
 
-// ClientConfig configures a Client. HTTP, MaxAttempts, BackoffBase,
-// BackoffMax and AttemptTimeout are the base every provider client shares
-// (httpretry.Config, see Retry).
+// ClientConfig configures a Client. The embedded httpretry.Config is the
+// base every provider client shares: HTTP (a default client when nil),
+// MaxAttempts (tries of one call on 5xx, 429 and timeouts), BackoffBase,
+// BackoffMax and AttemptTimeout, the Default constants when zero.
 type ClientConfig struct {
+	httpretry.Config
 	// BaseURL includes the /v2 prefix, e.g. https://api.dev.cobo.com/v2.
 	BaseURL string
 	// Signer signs every request. Required.
 	Signer *APISigner
-	// HTTP is the transport; a default client is used when nil.
-	HTTP *http.Client
-	// MaxAttempts bounds tries of one call on 5xx, 429 and timeouts.
-	MaxAttempts int
-	// BackoffBase and BackoffMax bound the delay between tries.
-	BackoffBase, BackoffMax time.Duration
-	// AttemptTimeout bounds one HTTP exchange.
-	AttemptTimeout time.Duration
 	// Observe, when set, sees every exchange: the endpoint name, the HTTP
 	// status (0 for a transport error), Cobo's error_code (0 if none) and
 	// the duration. Metrics hang off it.
 	Observe func(endpoint string, status, errorCode int, d time.Duration)
-}
-
-// retryDefaults are the defaults of the HTTP and retry settings.
-var retryDefaults = httpretry.Config{
-	MaxAttempts:    DefaultMaxAttempts,
-	BackoffBase:    DefaultBackoffBase,
-	BackoffMax:     DefaultBackoffMax,
-	AttemptTimeout: DefaultAttemptTimeout,
-}
-
-// Retry returns the HTTP and retry settings as the base provider clients
-// share.
-func (c ClientConfig) Retry() httpretry.Config {
-	return httpretry.Config{HTTP: c.HTTP, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax, AttemptTimeout: c.AttemptTimeout}
 }
 
 // WithDefaults returns a copy with zero fields set to their defaults.
@@ -70,12 +50,13 @@ func (c ClientConfig) WithDefaults() ClientConfig {
 	if c.BaseURL == "" {
 		c.BaseURL = DevAPIURL
 	}
-	r := c.Retry().WithDefaults(retryDefaults)
-	c.HTTP, c.MaxAttempts, c.BackoffBase, c.BackoffMax, c.AttemptTimeout = r.HTTP, r.MaxAttempts, r.BackoffBase, r.BackoffMax, r.AttemptTimeout
+	c.Config = c.Config.WithDefaults(httpretry.Config{})
 	return c
 }
 
-func (c ClientConfig) validate() error {
+// Validate reports the first invalid field by name, the embedded
+// httpretry.Config's included.
+func (c ClientConfig) Validate() error {
 	u, err := url.Parse(c.BaseURL)
 	switch {
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
@@ -83,25 +64,24 @@ func (c ClientConfig) validate() error {
 	case c.Signer == nil:
 		return errors.New("Signer is required")
 	}
-	return c.Retry().Validate()
+	return c.Config.Validate()
 }
 
 // Client calls Cobo's payments API with signed requests. It is safe for
 // concurrent use.
 type Client struct {
-	cfg       ClientConfig
-	transport httpretry.Config
-	base      *url.URL
+	cfg  ClientConfig
+	base *url.URL
 }
 
 // NewClient returns a Client for cfg.
 func NewClient(cfg ClientConfig) (*Client, error) {
 	cfg = cfg.WithDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cobo client config: %w", err)
 	}
 	base, _ := url.Parse(strings.TrimRight(cfg.BaseURL, "/"))
-	return &Client{cfg: cfg, transport: cfg.Retry(), base: base}, nil
+	return &Client{cfg: cfg, base: base}, nil
 }
 
 // CreateBatchAllocation creates a batch, idempotently on req.RequestID.
@@ -195,9 +175,9 @@ func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Va
 		u.RawQuery = q.Encode()
 	}
 	var lastErr error
-	for attempt := 1; attempt <= c.transport.MaxAttempts; attempt++ {
+	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
 		if attempt > 1 {
-			if err := backoff.Wait(ctx, c.transport.Backoff(attempt-1)); err != nil {
+			if err := backoff.Wait(ctx, c.cfg.Backoff(attempt-1)); err != nil {
 				return fmt.Errorf("%w (last error: %v)", err, lastErr)
 			}
 		}
@@ -216,11 +196,11 @@ func (c *Client) do(ctx context.Context, endpoint, method, path string, q url.Va
 			return err
 		}
 	}
-	return fmt.Errorf("after %d attempts: %w", c.transport.MaxAttempts, lastErr)
+	return fmt.Errorf("after %d attempts: %w", c.cfg.MaxAttempts, lastErr)
 }
 
 func (c *Client) once(ctx context.Context, endpoint, method string, u *url.URL, body []byte, out any) (retry bool, err error) {
-	ctx, cancel := c.transport.Attempt(ctx)
+	ctx, cancel := c.cfg.Attempt(ctx)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
@@ -241,7 +221,7 @@ func (c *Client) once(ctx context.Context, endpoint, method string, u *url.URL, 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	start := time.Now()
-	resp, err := c.transport.HTTP.Do(req)
+	resp, err := c.cfg.HTTP.Do(req)
 	if err != nil {
 		c.observe(endpoint, 0, 0, start)
 		// Transport errors and timeouts: the server may or may not have

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpretry"
 )
 
 const testSecret = "0101010101010101010101010101010101010101010101010101010101010101"
@@ -59,7 +60,8 @@ func fakeCobo(t *testing.T, signer *cobo.APISigner, answer func(w http.ResponseW
 
 func newClient(t *testing.T, signer *cobo.APISigner, url string) *cobo.Client {
 	t.Helper()
-	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: url + "/v2", Signer: signer, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond, MaxAttempts: 4})
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: url + "/v2", Signer: signer,
+		Config: httpretry.Config{BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond, MaxAttempts: 4}})
 	require.NoError(t, err)
 	return c
 }
@@ -259,4 +261,19 @@ func TestAPIErrorClasses(t *testing.T) {
 		require.Equal(t, tc.dup, tc.err.DuplicateRequest(), "duplicate %+v", tc.err)
 		require.Equal(t, tc.retry, tc.err.Retryable(), "retryable %+v", tc.err)
 	}
+}
+
+func TestClientConfigDefaultsAndValidate(t *testing.T) {
+	t.Parallel()
+	c := cobo.ClientConfig{}.WithDefaults()
+	require.Equal(t, cobo.DevAPIURL, c.BaseURL)
+	require.NotNil(t, c.HTTP)
+	require.Equal(t, cobo.DefaultMaxAttempts, c.MaxAttempts)
+	require.Equal(t, cobo.DefaultAttemptTimeout, c.AttemptTimeout)
+	require.ErrorContains(t, c.Validate(), "Signer", "the provider's fields are checked, not only the embedded base's")
+
+	signer, err := cobo.NewAPISigner(testSecret)
+	require.NoError(t, err)
+	_, err = cobo.NewClient(cobo.ClientConfig{Signer: signer, Config: httpretry.Config{MaxAttempts: -1}})
+	require.ErrorContains(t, err, "cobo client config: MaxAttempts")
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/console"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
@@ -97,8 +98,8 @@ func startStack(t *testing.T) *stack {
 	s.ing = ing
 	s.alloc = &worker.AllocationConfig{
 		Rules: rules,
-		Cobo: cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: api, MaxAttempts: 4,
-			BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond},
+		Cobo: cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: api,
+			Config: httpretry.Config{MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond}},
 		Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond,
 			SendTimeout: 5 * time.Second, RetryMax: 200 * time.Millisecond, StuckAfter: 500 * time.Millisecond},
 		IntentAckWait: 3 * time.Second,

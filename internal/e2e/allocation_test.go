@@ -22,6 +22,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/reconcile"
@@ -113,8 +114,9 @@ func (s *allocStack) startWorker(t *testing.T, g *gate) *testutil.RunningWorker 
 	alloc := &worker.AllocationConfig{
 		Rules: s.rules,
 		Cobo: cobo.ClientConfig{
-			BaseURL: s.simURL + "/v2", Signer: s.api, HTTP: &http.Client{Transport: transport},
-			MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond,
+			BaseURL: s.simURL + "/v2", Signer: s.api,
+			Config: httpretry.Config{HTTP: &http.Client{Transport: transport},
+				MaxAttempts: 4, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond},
 		},
 		Batcher: allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second,
 			RetryMax: time.Second, SettleAfter: time.Second},

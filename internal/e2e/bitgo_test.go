@@ -13,6 +13,7 @@ import (
 	"github.com/paystream/paystream/internal/allocation"
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/domain"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
@@ -39,8 +40,9 @@ type bitgoSide struct {
 func (b *bitgoSide) clientConfig(transport http.RoundTripper) *bitgo.Config {
 	return &bitgo.Config{
 		BaseURL: b.url, EnterpriseID: "ent-1", AccessToken: b.token, SigningKey: b.key,
-		Currencies: bitgo.DefaultCurrencies(), HTTP: &http.Client{Transport: transport, Timeout: 500 * time.Millisecond},
-		MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
+		Currencies: bitgo.DefaultCurrencies(),
+		Config: httpretry.Config{HTTP: &http.Client{Transport: transport, Timeout: 500 * time.Millisecond},
+			MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
 	}
 }
 

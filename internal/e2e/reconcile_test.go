@@ -16,6 +16,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/reconcile"
@@ -68,7 +69,7 @@ func waitDrained(t *testing.T, js jetstream.JetStream) {
 // API key.
 func (s *allocStack) coboOrder(t *testing.T, orderID string) cobo.OrderData {
 	t.Helper()
-	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, MaxAttempts: 1})
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	o, err := c.GetOrder(context.Background(), orderID)
 	require.NoError(t, err)
@@ -218,7 +219,7 @@ func viewOf(t *testing.T, s *allocStack, orderID string) string {
 // listOrders reads Cobo's whole order list with the stack's API key.
 func listOrders(t *testing.T, s *allocStack) []cobo.OrderData {
 	t.Helper()
-	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, MaxAttempts: 1})
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: s.simURL + "/v2", Signer: s.api, Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	var out []cobo.OrderData
 	req := cobo.ListOrdersRequest{Limit: cobo.MaxListLimit}

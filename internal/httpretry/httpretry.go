@@ -5,6 +5,7 @@
 package httpretry
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -13,25 +14,38 @@ import (
 	"github.com/paystream/paystream/internal/backoff"
 )
 
+// Defaults of Config's fields, for a provider that has no reason to differ.
+const (
+	DefaultMaxAttempts    = 5
+	DefaultBackoffBase    = 200 * time.Millisecond
+	DefaultBackoffMax     = 5 * time.Second
+	DefaultAttemptTimeout = 10 * time.Second
+)
+
 // Config is the base of a provider client's configuration: the HTTP and
-// retry settings. The provider's config carries the same fields by name
-// (cobo.ClientConfig, bitgo.Config) and hands them over with its Retry
-// method, so that callers keep setting them as before.
+// retry settings. A provider's config embeds it (cobo.ClientConfig,
+// bitgo.Config), so that its fields read as the provider config's own
+// (cfg.MaxAttempts); a composite literal names it, as in
+// cobo.ClientConfig{BaseURL: u, Config: httpretry.Config{MaxAttempts: 1}}.
+// The provider applies WithDefaults, with its own defaults where they
+// differ, and Validate, and uses Backoff and Attempt in its calls.
 type Config struct {
-	// HTTP is the transport; the default's client when nil.
+	// HTTP is the transport; the provider's default client when nil.
 	HTTP *http.Client
-	// MaxAttempts bounds the tries of one call.
+	// MaxAttempts bounds the tries of one call (on 5xx, 429 and transport
+	// errors and timeouts); at least 1.
 	MaxAttempts int
 	// BackoffBase and BackoffMax bound the jittered, doubling delay
 	// between tries (backoff.UpperHalf: concurrent clients do not retry in
-	// step).
+	// step); 0 < BackoffBase <= BackoffMax.
 	BackoffBase, BackoffMax time.Duration
-	// AttemptTimeout bounds one HTTP exchange.
+	// AttemptTimeout bounds one HTTP exchange; positive.
 	AttemptTimeout time.Duration
 }
 
-// WithDefaults returns a copy with zero fields set from d; a nil HTTP
-// becomes d.HTTP, or a fresh client when that is nil too.
+// WithDefaults returns a copy with zero fields set from d, and from the
+// Default constants where d's are zero too; a nil HTTP becomes d.HTTP, or
+// a fresh client when that is nil too.
 func (c Config) WithDefaults(d Config) Config {
 	if c.HTTP == nil {
 		c.HTTP = d.HTTP
@@ -39,18 +53,10 @@ func (c Config) WithDefaults(d Config) Config {
 			c.HTTP = &http.Client{}
 		}
 	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = d.MaxAttempts
-	}
-	if c.BackoffBase == 0 {
-		c.BackoffBase = d.BackoffBase
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = d.BackoffMax
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = d.AttemptTimeout
-	}
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, d.MaxAttempts, DefaultMaxAttempts)
+	c.BackoffBase = cmp.Or(c.BackoffBase, d.BackoffBase, DefaultBackoffBase)
+	c.BackoffMax = cmp.Or(c.BackoffMax, d.BackoffMax, DefaultBackoffMax)
+	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, d.AttemptTimeout, DefaultAttemptTimeout)
 	return c
 }
 

@@ -19,6 +19,10 @@ func TestWithDefaultsAndValidate(t *testing.T) {
 	require.Equal(t, 200*time.Millisecond, c.BackoffBase)
 	require.NoError(t, c.Validate())
 
+	zero := httpretry.Config{}.WithDefaults(httpretry.Config{AttemptTimeout: time.Minute})
+	require.Equal(t, httpretry.Config{HTTP: zero.HTTP, MaxAttempts: httpretry.DefaultMaxAttempts, BackoffBase: httpretry.DefaultBackoffBase,
+		BackoffMax: httpretry.DefaultBackoffMax, AttemptTimeout: time.Minute}, zero, "the package's defaults fill what d leaves zero")
+
 	own := &http.Client{Timeout: time.Second}
 	require.Same(t, own, httpretry.Config{HTTP: own}.WithDefaults(defaults).HTTP)
 

@@ -22,6 +22,7 @@ import (
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/handlers"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/reconcile"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	tu "github.com/paystream/paystream/internal/testutil"
@@ -75,7 +76,7 @@ func newFixture(t *testing.T) *fixture {
 	sim := cobosim.New(cobosim.Config{APIKeys: []string{signer.APIKey()}, Logger: zerolog.Nop()})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: signer, MaxAttempts: 1})
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: signer, Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	orders := events.NewOrderStore(kv)
 	return &fixture{js: js, points: points, orders: orders, sim: sim, lister: &countingLister{Lister: client}, core: handlers.New(orders)}

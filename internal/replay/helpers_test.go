@@ -21,6 +21,7 @@ import (
 	"github.com/paystream/paystream/internal/cobo"
 	"github.com/paystream/paystream/internal/domain"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/replay"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
@@ -103,7 +104,7 @@ func (s *stack) allocationConfig() *worker.AllocationConfig {
 	return &worker.AllocationConfig{
 		Rules: s.alloc.rules,
 		Cobo: cobo.ClientConfig{BaseURL: s.alloc.url + "/v2", Signer: s.alloc.api,
-			MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 2 * time.Second},
+			Config: httpretry.Config{MaxAttempts: 3, BackoffBase: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, AttemptTimeout: 2 * time.Second}},
 		Batcher:       allocation.BatcherConfig{BatchWait: 50 * time.Millisecond, RecoverEvery: 100 * time.Millisecond, RecoverAfter: 300 * time.Millisecond, SendTimeout: 5 * time.Second},
 		IntentAckWait: 3 * time.Second,
 	}

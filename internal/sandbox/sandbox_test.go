@@ -22,6 +22,7 @@ import (
 
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/testutil"
@@ -109,7 +110,8 @@ func TestSeedShapeAndScriptedRefusals(t *testing.T) {
 	faults, err := cobosim.ParseFaultList("unauthorized:1,30001:1", http.MethodPost, "/v2/payments/batch_allocations")
 	require.NoError(t, err)
 	sb := serve(t, sandbox.Config{Listen: "127.0.0.1:0", APISecretFile: secretFile, Faults: faults, CoboShape: cobosim.ShapeSeed})
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: "http://" + sb.Addr() + "/v2", Signer: signer, MaxAttempts: 1})
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: "http://" + sb.Addr() + "/v2", Signer: signer,
+		Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	body := `{"request_id":"r-seed","allocation_params":[{"token_id":"ETH_USDT","amount":"1.5","source_account":"developer","destination_account":"M1001","description":"late payment"}]}`
 	post := func() (int, []byte) {
@@ -214,7 +216,7 @@ func TestPlaysForeignOrders(t *testing.T) {
 	require.Zero(t, st.BitGoAllocations)
 	require.Zero(t, st.ForeignOrderBitGoAllocations)
 
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: base + "/v2", Signer: signer, MaxAttempts: 1})
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: base + "/v2", Signer: signer, Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	foreign := map[string]bool{}
 	for _, id := range st.ForeignOrderIDs {
@@ -257,7 +259,7 @@ func TestPlaysForeignOrders(t *testing.T) {
 	key, err := bitgo.ParseSigningKey(string(rawKey))
 	require.NoError(t, err)
 	bg, err := bitgo.New(bitgo.Config{BaseURL: base, EnterpriseID: sandbox.DefaultBitGoEnterprise, AccessToken: strings.TrimSpace(string(token)),
-		SigningKey: key, Currencies: bitgo.DefaultCurrencies(), MaxAttempts: 1})
+		SigningKey: key, Currencies: bitgo.DefaultCurrencies(), Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 	for i, notes := range []string{"settlement " + theirs, "settlement O-ours"} {
 		req, err := bg.Prepare("conn-1", "ext-"+strconv.Itoa(i), "ETH_USDT", decimal.RequireFromString("2"), notes)

@@ -54,7 +54,7 @@ func NewReconciler(ctx context.Context, cfg ReconcilerConfig) (*reconcile.Reconc
 	}
 	client, err := cobo.NewClient(cfg.Allocation.Cobo)
 	if err != nil {
-		return nil, fmt.Errorf("reconciler config: %w", &ConfigError{"Allocation.Cobo", fmt.Errorf("Allocation.Cobo: %w", err)})
+		return nil, fmt.Errorf("reconciler config: %w", &ConfigError{Field: "Allocation.Cobo", Err: fmt.Errorf("Allocation.Cobo: %w", err)})
 	}
 	kv, err := cfg.JetStream.KeyValue(ctx, events.OrdersBucket)
 	if err != nil {

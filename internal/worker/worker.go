@@ -137,49 +137,38 @@ func (c Config) WithDefaults() Config {
 }
 
 // ConfigError is a Config that Start refused before connecting anywhere.
-// Its message names the field at fault; Field is the part of Config it is
-// in (e.g. "Consumer", "Allocation.Batcher"), for a command to name the
-// flags that set it.
-type ConfigError struct {
-	Field string
-	Err   error
-}
-
-func (e *ConfigError) Error() string { return e.Err.Error() }
-
-// Unwrap returns the cause.
-func (e *ConfigError) Unwrap() error { return e.Err }
+// It is the apply core's type, one for both configurations: its message
+// names the field at fault; Field is the part of Config it is in (e.g.
+// "Consumer", "Allocation.Batcher"), for a command to name the flags that
+// set it.
+type ConfigError = apply.ConfigError
 
 // validate checks c with the checks of each part's own package, so that a
 // bad part is refused before Start connects anywhere.
 func (c Config) validate() error {
 	// What the apply core needs is its own to check; its errors name the
-	// same fields as Config has.
+	// same fields as Config has, as a *ConfigError.
 	if err := c.applyConfig().Validate(); err != nil {
-		var ae *apply.ConfigError
-		if errors.As(err, &ae) {
-			return &ConfigError{ae.Field, ae.Err}
-		}
 		return err
 	}
 	if c.Pprof && c.MetricsToken == "" && c.MetricsListen != "-" && !httpapi.IsLoopback(c.MetricsListen) {
-		return &ConfigError{"Pprof", fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)}
+		return &ConfigError{Field: "Pprof", Err: fmt.Errorf("Pprof on MetricsListen %q, which is not loopback, needs MetricsToken", c.MetricsListen)}
 	}
 	if c.LagInterval <= 0 || c.StopTimeout <= 0 {
-		return &ConfigError{"LagInterval", fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)}
+		return &ConfigError{Field: "LagInterval", Err: fmt.Errorf("LagInterval and StopTimeout must be positive, got %s and %s", c.LagInterval, c.StopTimeout)}
 	}
 	if err := c.Stream.Validate(); err != nil {
-		return &ConfigError{"Stream", fmt.Errorf("Stream.%w", err)}
+		return &ConfigError{Field: "Stream", Err: fmt.Errorf("Stream.%w", err)}
 	}
 	if err := c.Consumer.Validate(); err != nil {
-		return &ConfigError{"Consumer", fmt.Errorf("Consumer.%w", err)}
+		return &ConfigError{Field: "Consumer", Err: fmt.Errorf("Consumer.%w", err)}
 	}
 	a := c.Allocation
 	if a == nil {
 		return nil
 	}
 	if a.BitGo == nil && a.Rules.UsesBitGo() {
-		return &ConfigError{"Allocation.BitGo", errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")}
+		return &ConfigError{Field: "Allocation.BitGo", Err: errors.New("Allocation.BitGo is required: the rules route items to bitgo: destinations")}
 	}
 	for _, part := range []struct {
 		field string
@@ -191,7 +180,7 @@ func (c Config) validate() error {
 		{"Allocation.Reconcile", a.Reconcile.WithDefaults().Validate()},
 	} {
 		if part.err != nil {
-			return &ConfigError{part.field, fmt.Errorf("%s.%w", part.field, part.err)}
+			return &ConfigError{Field: part.field, Err: fmt.Errorf("%s.%w", part.field, part.err)}
 		}
 	}
 	return nil
@@ -261,11 +250,11 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		// by the same metrics.
 		acfg.Allocation.Cobo.Observe = acfg.AllocMetrics.ObserveCobo
 		if client, err = cobo.NewClient(acfg.Allocation.Cobo); err != nil {
-			return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.Cobo", fmt.Errorf("Allocation.Cobo: %w", err)})
+			return nil, fmt.Errorf("worker config: %w", &ConfigError{Field: "Allocation.Cobo", Err: fmt.Errorf("Allocation.Cobo: %w", err)})
 		}
 		if a.BitGo != nil {
 			if bg, err = bitgo.New(*a.BitGo); err != nil {
-				return nil, fmt.Errorf("worker config: %w", &ConfigError{"Allocation.BitGo", fmt.Errorf("Allocation.BitGo: %w", err)})
+				return nil, fmt.Errorf("worker config: %w", &ConfigError{Field: "Allocation.BitGo", Err: fmt.Errorf("Allocation.BitGo: %w", err)})
 			}
 		}
 	}

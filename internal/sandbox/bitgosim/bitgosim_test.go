@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/bitgo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 )
 
@@ -54,8 +55,7 @@ func newFixtureWith(t *testing.T, cfg bitgosim.Config) *fixture {
 		AccessToken:  accessToken,
 		SigningKey:   key,
 		Currencies:   bitgo.DefaultCurrencies(),
-		HTTP:         srv.Client(),
-		MaxAttempts:  1,
+		Config:       httpretry.Config{HTTP: srv.Client(), MaxAttempts: 1},
 	})
 	require.NoError(t, err)
 	return &fixture{sim: sim, srv: srv, key: key, client: c}
@@ -390,7 +390,7 @@ func TestNoSigningPubRejectsAll(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c, err := bitgo.New(bitgo.Config{
 		BaseURL: srv.URL, EnterpriseID: enterpriseID, AccessToken: accessToken, SigningKey: key,
-		Currencies: bitgo.DefaultCurrencies(), HTTP: srv.Client(),
+		Currencies: bitgo.DefaultCurrencies(), Config: httpretry.Config{HTTP: srv.Client()},
 	})
 	require.NoError(t, err)
 	r, err := c.Prepare(connectionID, "x", "ETH_USDT", decimal.NewFromInt(1), "")

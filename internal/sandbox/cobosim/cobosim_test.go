@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 )
 
@@ -589,8 +590,8 @@ func TestClientIdempotencyAgainstFaults(t *testing.T) {
 			signer, err := cobo.NewAPISigner(e.secret)
 			require.NoError(t, err)
 			client, err := cobo.NewClient(cobo.ClientConfig{
-				BaseURL: e.srv.URL + "/v2", Signer: signer, MaxAttempts: 5,
-				BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond,
+				BaseURL: e.srv.URL + "/v2", Signer: signer,
+				Config: httpretry.Config{MaxAttempts: 5, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond},
 			})
 			require.NoError(t, err)
 			var req cobo.CreateBatchAllocationRequest

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 )
 
@@ -47,7 +48,7 @@ func TestListOrders(t *testing.T) {
 	put("O-b", "M1001", "Underpaid", 300, 350)
 	put("O-d", "M1002", "Processing", 400, 410)
 	e.sim.RecordForeignOrder("O-foreign")
-	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: e.srv.URL + "/v2", Signer: e.signer, MaxAttempts: 1})
+	c, err := cobo.NewClient(cobo.ClientConfig{BaseURL: e.srv.URL + "/v2", Signer: e.signer, Config: httpretry.Config{MaxAttempts: 1}})
 	require.NoError(t, err)
 
 	require.Equal(t, []string{"O-e", "O-d", "O-c", "O-b", "O-a"}, listAll(t, c, cobo.ListOrdersRequest{Limit: 2}))

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/httpretry"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/sandbox/payer"
 )
@@ -32,7 +33,8 @@ func apiClient(t *testing.T) (*cobosim.Sim, *cobo.Client) {
 	sim := cobosim.New(cobosim.Config{APIKeys: []string{signer.APIKey()}, Logger: zerolog.Nop()})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: signer, MaxAttempts: 1, AttemptTimeout: 2 * time.Second})
+	client, err := cobo.NewClient(cobo.ClientConfig{BaseURL: srv.URL + "/v2", Signer: signer,
+		Config: httpretry.Config{MaxAttempts: 1, AttemptTimeout: 2 * time.Second}})
 	require.NoError(t, err)
 	return sim, client
 }
