@@ -3,9 +3,9 @@
 // and latency (saturation and a fixed offered rate) with the load
 // generator, the ceilings it sits under (Ed25519 verification and
 // JetStream synchronous publish, from the Go benchmarks), worker
-// throughput with 1, 2 and 4 workers, allocation throughput, and memory
-// over a soak. `make bench` runs it; every phase is bounded in count and
-// time.
+// throughput with 1, 2 and 4 workers, allocation throughput, recovery
+// after a worker is killed with SIGKILL under load, and memory over a
+// soak. `make bench` runs it; every phase is bounded in count and time.
 package benchrun
 
 import (
@@ -54,6 +54,10 @@ type Options struct {
 	// Soak is how long the soak runs, at SoakRate webhooks per second.
 	Soak     time.Duration
 	SoakRate int
+	// RecoveryOrders are played by the sandbox at RecoveryRate per second
+	// to two workers with allocation rules, one killed with SIGKILL (see
+	// recovery); 0 skips the measurement.
+	RecoveryOrders, RecoveryRate int
 }
 
 // Run measures, printing progress to stdout, and rewrites o.Out.
@@ -127,6 +131,13 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	}
 	ing.proc.Stop(15 * time.Second)
 
+	// Recovery: a worker killed with SIGKILL under load with allocations.
+	if o.RecoveryOrders > 0 {
+		if r.Recovery, err = b.recovery(ctx); err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+	}
+
 	// Soak: a fresh ingest and two workers under a steady load.
 	if o.Soak > 0 {
 		say("soak: %s at %d/s with 2 workers", o.Soak, o.SoakRate)
@@ -141,6 +152,9 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 		return err
 	}
 	say("wrote %s", o.Out)
+	if p := r.Recovery.Problem; p != "" {
+		return fmt.Errorf("recovery: %s", p)
+	}
 	return nil
 }
 
@@ -256,9 +270,7 @@ func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (Worker
 	}()
 	for i := range n {
 		name := fmt.Sprintf("worker-%d-of-%d", i+1, n)
-		w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
-			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
-		), filepath.Join(b.o.Dir, name+".log"), 0)
+		w, _, err := b.startWorker(ing, name, 0)
 		if err != nil {
 			return WorkerResult{}, err
 		}
@@ -321,9 +333,7 @@ func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 	all := []*procs.Proc{host.proc, ing.proc}
 	for i := range 2 {
 		name := fmt.Sprintf("soak-worker-%d", i+1)
-		w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(ing.loginFlags(natsembed.UserWorker),
-			"-cobo-pubkey", loadgenPubKey(), "-metrics-listen", freeAddr(), "-log-level", "warn",
-		), filepath.Join(b.o.Dir, name+".log"), 300*time.Millisecond)
+		w, _, err := b.startWorker(ing, name, 300*time.Millisecond)
 		if err != nil {
 			return SoakResult{}, err
 		}

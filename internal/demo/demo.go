@@ -150,15 +150,18 @@ func (c Config) validate() error {
 	return nil
 }
 
-// files are the keys and rules a run writes into Dir.
-type files struct {
-	coboSecret, rules, bitgoToken, bitgoKey string
+// Files are the keys and rules a run writes into its directory: the
+// sandbox is given the same key files to check what the workers send.
+type Files struct {
+	CoboSecret, Rules, BitGoToken, BitGoKey string
 }
 
-// prepare checks the binaries and recreates dir with a fresh Cobo API
-// key, BitGo token and signing key, and the rules.
-func prepare(binDir, dir string) (files, error) {
-	var f files
+// Prepare checks that binDir holds ingest, worker and sandbox, and
+// recreates dir with a fresh Cobo API key, BitGo token and signing key,
+// and the demo's rules. The benchmark runner prepares its recovery
+// measurement with it too.
+func Prepare(binDir, dir string) (Files, error) {
+	var f Files
 	for _, b := range []string{"ingest", "worker", "sandbox"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			return f, fmt.Errorf("binary %s missing in %s: run make build", b, binDir)
@@ -175,7 +178,7 @@ func prepare(binDir, dir string) (files, error) {
 	for _, s := range []struct {
 		path *string
 		name string
-	}{{&f.coboSecret, "cobo-api-secret"}, {&f.bitgoToken, "bitgo-token"}, {&f.bitgoKey, "bitgo-signing-key"}} {
+	}{{&f.CoboSecret, "cobo-api-secret"}, {&f.BitGoToken, "bitgo-token"}, {&f.BitGoKey, "bitgo-signing-key"}} {
 		b := make([]byte, 32)
 		if _, err := rand.Read(b); err != nil {
 			return f, fmt.Errorf("generate %s: %w", s.name, err)
@@ -185,11 +188,29 @@ func prepare(binDir, dir string) (files, error) {
 			return f, fmt.Errorf("write %s: %w", s.name, err)
 		}
 	}
-	f.rules = filepath.Join(dir, "rules.json")
-	if err := os.WriteFile(f.rules, []byte(demoRules), 0o600); err != nil {
+	f.Rules = filepath.Join(dir, "rules.json")
+	if err := os.WriteFile(f.Rules, []byte(demoRules), 0o600); err != nil {
 		return f, fmt.Errorf("write rules: %w", err)
 	}
 	return f, nil
+}
+
+// WorkerArgs are the worker flags that allocate by the rules through the
+// sandbox listening on sandboxAddr (its Cobo and BitGo simulators), with
+// f's keys, in batches that wait 500 ms to fill.
+func (f Files) WorkerArgs(sandboxAddr string) []string {
+	return []string{"-rules", f.Rules, "-cobo-api-url", "http://" + sandboxAddr + "/v2", "-cobo-api-secret-file", f.CoboSecret,
+		"-bitgo-url", "http://" + sandboxAddr, "-bitgo-enterprise-id", demoEnterprise,
+		"-bitgo-token-file", f.BitGoToken, "-bitgo-signing-key-file", f.BitGoKey,
+		"-batch-wait", "500ms"}
+}
+
+// SandboxArgs are the sandbox flags that make it accept what a worker
+// with WorkerArgs sends: f's Cobo API key, BitGo enterprise, token and
+// signing key.
+func (f Files) SandboxArgs() []string {
+	return []string{"-api-secret-file", f.CoboSecret,
+		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", f.BitGoToken, "-bitgo-signing-key-file", f.BitGoKey}
 }
 
 // Run starts ingest, the workers and the sandbox, prints progress until
@@ -207,7 +228,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
 		defer cancel()
 	}
-	fl, err := prepare(cfg.BinDir, cfg.Dir)
+	fl, err := Prepare(cfg.BinDir, cfg.Dir)
 	if err != nil {
 		return err
 	}
@@ -235,11 +256,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	workerArgs := []string{"-nats-url", "nats://" + addr(pp.nats),
 		"-nats-user", natsembed.UserWorker, "-nats-password-file", natsembed.PasswordFile(dataDir, natsembed.UserWorker),
-		"-cobo-pubkey", key,
-		"-rules", fl.rules, "-cobo-api-url", "http://" + addr(pp.sandbox) + "/v2", "-cobo-api-secret-file", fl.coboSecret,
-		"-bitgo-url", "http://" + addr(pp.sandbox), "-bitgo-enterprise-id", demoEnterprise,
-		"-bitgo-token-file", fl.bitgoToken, "-bitgo-signing-key-file", fl.bitgoKey,
-		"-batch-wait", "500ms", "-log-level", "info"}
+		"-cobo-pubkey", key, "-log-level", "info"}
+	workerArgs = append(workerArgs, fl.WorkerArgs(addr(pp.sandbox))...)
 	if cfg.UndeliveredOrders > 0 {
 		workerArgs = append(workerArgs, "-reconcile-every", UndeliveredReconcileEvery.String())
 	}
@@ -262,12 +280,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	rate := strconv.FormatFloat(cfg.Rate, 'f', -1, 64)
-	if _, err := f.start("sandbox", "-listen", addr(pp.sandbox), "-webhook-url", "http://"+addr(pp.ingest)+"/webhooks/cobo",
-		"-api-secret-file", fl.coboSecret, "-orders", strconv.Itoa(cfg.Orders), "-rate", rate, "-faults", cfg.Faults,
-		"-bitgo-enterprise-id", demoEnterprise, "-bitgo-token-file", fl.bitgoToken, "-bitgo-signing-key-file", fl.bitgoKey,
-		"-bitgo-nonce-once="+strconv.FormatBool(cfg.BitGoNonceOnce), "-bitgo-faults", cfg.BitGoFaults,
+	sandboxArgs := append([]string{"-listen", addr(pp.sandbox), "-webhook-url", "http://" + addr(pp.ingest) + "/webhooks/cobo",
+		"-orders", strconv.Itoa(cfg.Orders), "-rate", rate, "-faults", cfg.Faults,
+		"-bitgo-nonce-once=" + strconv.FormatBool(cfg.BitGoNonceOnce), "-bitgo-faults", cfg.BitGoFaults,
 		"-foreign-orders", strconv.Itoa(cfg.ForeignOrders), "-undelivered-orders", strconv.Itoa(cfg.UndeliveredOrders),
-		"-cobo-shape", cfg.CoboShape, "-merchants", cfg.Merchants, "-log-level", "warn"); err != nil {
+		"-cobo-shape", cfg.CoboShape, "-merchants", cfg.Merchants, "-log-level", "warn"}, fl.SandboxArgs()...)
+	if _, err := f.start("sandbox", sandboxArgs...); err != nil {
 		return err
 	}
 	say("sandbox on http://%s playing %d orders at %s/s with duplicates, shuffles and late payments", addr(pp.sandbox), cfg.Orders, rate)
@@ -279,7 +297,7 @@ func Run(ctx context.Context, cfg Config) error {
 		say("%d of the orders never get a webhook: the workers reconcile with Cobo every %s to complete them", cfg.UndeliveredOrders, UndeliveredReconcileEvery)
 	}
 
-	token, err := os.ReadFile(fl.bitgoToken)
+	token, err := os.ReadFile(fl.BitGoToken)
 	if err != nil {
 		return fmt.Errorf("read bitgo token: %w", err)
 	}
@@ -398,7 +416,7 @@ func (st *settling) next(s, prev snapshot) []string {
 // re-apply), and prints its URL with the token in the fragment: the page
 // takes it once into the tab's sessionStorage and removes it from the
 // address bar, and a fragment never reaches a server or a log.
-func startConsole(ctx context.Context, f *fleet, dir, dataDir, webhookKey string, fl files, pp ports, say func(string, ...any)) error {
+func startConsole(ctx context.Context, f *fleet, dir, dataDir, webhookKey string, fl Files, pp ports, say func(string, ...any)) error {
 	b := make([]byte, 24)
 	if _, err := rand.Read(b); err != nil {
 		return fmt.Errorf("generate admin token: %w", err)
@@ -410,7 +428,7 @@ func startConsole(ctx context.Context, f *fleet, dir, dataDir, webhookKey string
 	}
 	p, err := f.start("worker-console", "console", "-listen", addr(pp.console), "-admin-token-file", tokenFile,
 		"-nats-url", "nats://"+addr(pp.nats), "-nats-user", natsembed.UserOperator, "-nats-password-file", natsembed.PasswordFile(dataDir, natsembed.UserOperator),
-		"-cobo-pubkey", webhookKey, "-rules", fl.rules, "-cobo-api-url", "http://"+addr(pp.sandbox)+"/v2", "-cobo-api-secret-file", fl.coboSecret,
+		"-cobo-pubkey", webhookKey, "-rules", fl.Rules, "-cobo-api-url", "http://"+addr(pp.sandbox)+"/v2", "-cobo-api-secret-file", fl.CoboSecret,
 		"-ingest-admin-url", "http://"+addr(pp.admin), "-refresh", "2s", "-log-level", "warn")
 	if err != nil {
 		return err

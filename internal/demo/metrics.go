@@ -133,3 +133,14 @@ func (s sample) has(pairs []string) bool {
 	}
 	return true
 }
+
+// Metric reads a text exposition from r and sums the series named name
+// whose labels include every pair of want (see metrics.sum): one figure
+// of a process's /metrics, for the benchmark runner.
+func Metric(r io.Reader, name string, want ...string) (float64, error) {
+	m, err := parseMetrics(r)
+	if err != nil {
+		return 0, err
+	}
+	return m.sum(name, want...), nil
+}

@@ -129,3 +129,10 @@ func statCPU(stat []byte) (time.Duration, error) {
 	// supports there (the kernel ABI fixes it, whatever CONFIG_HZ is).
 	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
+
+// Kill ends the process with SIGKILL, as a crash would, with no chance
+// to clean up, and waits until it has exited.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}

@@ -26,3 +26,17 @@ func TestStatCPU(t *testing.T) {
 	_, err = statCPU(self)
 	require.NoError(t, err)
 }
+
+func TestKill(t *testing.T) {
+	// A shell that ignores SIGINT: Stop would wait its grace, Kill does not.
+	p, err := Start("stubborn", "/bin/sh", []string{"-c", `trap "" INT; exec sleep 30`}, t.TempDir()+"/stubborn.log", 50*time.Millisecond)
+	require.NoError(t, err)
+	start := time.Now()
+	p.Kill()
+	select {
+	case <-p.Done():
+	default:
+		t.Fatal("Kill returned before the process exited")
+	}
+	require.Less(t, time.Since(start), 5*time.Second)
+}
