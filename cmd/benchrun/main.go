@@ -38,11 +38,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.SoakRate, "soak-rate", 1000, "offered webhooks/s during the soak")
 	fs.IntVar(&o.RecoveryOrders, "recovery-orders", 400, "orders played to two allocating workers, one killed with SIGKILL, to time the recovery; 0 skips it")
 	fs.IntVar(&o.RecoveryRate, "recovery-rate", 40, "orders started per second during the recovery measurement")
+	var verifyOnly string
+	fs.StringVar(&verifyOnly, "serve-verify-only", "", "serve ingest's webhook route on this address, verifying and storing nothing (the verify-only ceiling; benchrun starts itself with it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", cli.ErrBadFlag, fs.Arg(0))
+	}
+	if verifyOnly != "" {
+		return benchrun.ServeVerifyOnly(ctx, verifyOnly, benchrun.LoadgenPubKey())
 	}
 	return benchrun.Run(ctx, o, stdout)
 }

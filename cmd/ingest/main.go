@@ -70,6 +70,7 @@ type config struct {
 	natsTLSCert, natsTLSKey             string
 	maxSkew, maxAge, dedup              time.Duration
 	storeSync                           string
+	groupCommit                         string
 	storeTimeout                        time.Duration
 	replicas, maxInFlight               int
 	pprof                               bool
@@ -94,6 +95,7 @@ func newFlags(c *config, getenv func(string) string, out io.Writer) *cli.Flags {
 	fs.DurationTo(&c.maxAge, "stream-max-age", "PAYSTREAM_STREAM_MAX_AGE", events.DefaultMaxAge, "how long events are kept for replay")
 	fs.DurationTo(&c.dedup, "dedup-window", "PAYSTREAM_DEDUP_WINDOW", events.DefaultDuplicateWindow, "how long event_ids are remembered for dedup")
 	fs.StringTo(&c.storeSync, "store-sync", "PAYSTREAM_STORE_SYNC", "always", "embedded server: fsync every event before answering 200 (always), or only every <duration> (faster; an OS crash or power loss loses what was answered since)")
+	fs.StringTo(&c.groupCommit, "group-commit", "PAYSTREAM_GROUP_COMMIT", ingest.GroupCommitAuto, "store concurrent webhooks as one atomic batch, one disk sync for many: auto (only on the embedded server with -store-sync always), on or off")
 	fs.DurationTo(&c.storeTimeout, "store-timeout", "PAYSTREAM_STORE_TIMEOUT", 1500*time.Millisecond, "deadline to store an event before answering 503")
 	fs.IntTo(&c.maxInFlight, "max-inflight", "PAYSTREAM_MAX_INFLIGHT", webhook.DefaultMaxInFlight, "webhooks handled at once; more get a fast 503 (Cobo retries)")
 	fs.BoolTo(&c.pprof, "pprof", "PAYSTREAM_PPROF", false, "serve the Go profiler under /debug/pprof/ on the admin listener")
@@ -115,6 +117,11 @@ func (c config) validate() error {
 		return fmt.Errorf("-pprof on -admin-listen %s, which is not loopback, needs -admin-token-file", c.adminListen)
 	case c.maxAge > 0 && c.dedup > c.maxAge:
 		return fmt.Errorf("-dedup-window (%s) must not be longer than -stream-max-age (%s)", c.dedup, c.maxAge)
+	}
+	switch c.groupCommit {
+	case ingest.GroupCommitAuto, ingest.GroupCommitOn, ingest.GroupCommitOff:
+	default:
+		return fmt.Errorf("-group-commit: want auto, on or off, got %q", c.groupCommit)
 	}
 	if _, err := ingest.ParseStoreSync(c.storeSync); err != nil {
 		return fmt.Errorf("-store-sync: %w", err)
@@ -146,6 +153,7 @@ func (c config) config(ctx context.Context, log zerolog.Logger) (ingest.Config, 
 		MaxSkew:           c.maxSkew,
 		StoreTimeout:      c.storeTimeout,
 		StoreSync:         sync,
+		GroupCommit:       c.groupCommit,
 		MaxInFlight:       c.maxInFlight,
 		Stream:            events.StreamConfig{Replicas: c.replicas, MaxAge: c.maxAge, DuplicateWindow: c.dedup},
 		Logger:            log,

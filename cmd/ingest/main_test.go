@@ -30,6 +30,7 @@ func TestFlagRulesNameTheFlags(t *testing.T) {
 		{[]string{"-cobo-env", "dev", "-pprof", "-admin-listen", ":8081"}, "-pprof on -admin-listen :8081, which is not loopback, needs -admin-token-file"},
 		{[]string{"-cobo-env", "dev", "-dedup-window", "48h", "-stream-max-age", "24h"}, "-dedup-window (48h0m0s) must not be longer than -stream-max-age (24h0m0s)"},
 		{[]string{"-cobo-env", "dev", "-store-sync", "sometimes"}, "-store-sync: want always or a positive duration"},
+		{[]string{"-cobo-env", "dev", "-group-commit", "maybe"}, "-group-commit: want auto, on or off"},
 		{[]string{"-cobo-env", "dev", "extra"}, `unexpected argument "extra"`},
 		{[]string{"-cobo-env", "dev", "-log-level", "loud"}, "-log-level, -log-format"},
 	}

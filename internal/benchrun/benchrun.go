@@ -27,6 +27,7 @@ import (
 
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/ingest"
 	"github.com/paystream/paystream/internal/loadgen"
 	"github.com/paystream/paystream/internal/natsembed"
 	"github.com/paystream/paystream/internal/procs"
@@ -78,9 +79,53 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	}
 	key := loadgen.KeyFromSeed(loadgen.DefaultSeed)
 
-	// Ingest: saturation, then the fixed rate, against one process.
 	b := &bench{o: o, say: say}
 	defer b.stopAll()
+	sat := func(url, runID string) (loadgen.Result, error) {
+		return loadgen.Run(ctx, loadgen.Options{URL: url, Key: key, N: o.SaturationN, Duration: 2 * time.Minute, Concurrency: o.Concurrency, RunID: runID, Presign: true})
+	}
+
+	// The ceilings, each driven by the same load as ingest in this run.
+	// Verify-only: ingest's HTTP stack and verifier, storing nothing.
+	vURL, vProc, err := b.startVerifyOnly()
+	if err != nil {
+		return err
+	}
+	say("verify-only ceiling: %d webhooks, %d in flight", o.SaturationN, o.Concurrency)
+	vcpu0, err := vProc.CPU()
+	if err != nil {
+		return err
+	}
+	if r.VerifyOnly, err = sat(vURL, "verify"); err != nil {
+		return err
+	}
+	vcpu1, err := vProc.CPU()
+	if err != nil {
+		return err
+	}
+	r.VerifyOnlyCPUus = float64((vcpu1 - vcpu0).Microseconds()) / float64(max(r.VerifyOnly.Sent, 1))
+	vProc.Stop(15 * time.Second)
+	say("  %.0f answered/s, CPU %.0f µs per webhook", r.VerifyOnly.PerSecond, r.VerifyOnlyCPUus)
+	// Durable publish: concurrent fsync-always publishes of the same
+	// payloads, one by one and group-committed; and lazy, for reference.
+	for _, c := range []struct {
+		name  string
+		sync  time.Duration
+		group bool
+		into  *PublishCeiling
+	}{
+		{"publish-always", 0, false, &r.PublishAlways},
+		{"publish-always-group", 0, true, &r.PublishGroup},
+		{"publish-lazy", lazySyncInterval, false, &r.PublishLazy},
+	} {
+		say("%s ceiling: %d publishes, %d in flight", c.name, o.SaturationN, o.Concurrency)
+		if *c.into, err = publishCeiling(ctx, o.Dir, c.name, o.SaturationN, o.Concurrency, c.sync, c.group); err != nil {
+			return err
+		}
+		say("  %.0f stored/s, CPU %.0f µs per message", c.into.PerSecond, c.into.CPUus)
+	}
+
+	// Ingest: saturation, then the fixed rate, against one process.
 	ing, err := b.startIngest("ingest", nil)
 	if err != nil {
 		return err
@@ -90,7 +135,7 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if r.Saturation, err = loadgen.Run(ctx, loadgen.Options{URL: ing.webhookURL, Key: key, N: o.SaturationN, Duration: 2 * time.Minute, Concurrency: o.Concurrency, RunID: "sat", Presign: true}); err != nil {
+	if r.Saturation, err = sat(ing.webhookURL, "sat"); err != nil {
 		return err
 	}
 	cpu1, err := ing.proc.CPU()
@@ -100,6 +145,17 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	r.IngestCPUus = float64((cpu1 - cpu0).Microseconds()) / float64(max(r.Saturation.Sent, 1))
 	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms; CPU per webhook: ingest %.0f µs, load generator %.0f µs",
 		r.Saturation.PerSecond, r.Saturation.P50ms, r.Saturation.P99ms, r.IngestCPUus, r.Saturation.CPUus)
+	// The same without group commit: what it buys.
+	single, err := b.startIngest("ingest-single", nil, "-group-commit", ingest.GroupCommitOff)
+	if err != nil {
+		return err
+	}
+	say("ingest at saturation with -group-commit off: %d webhooks, %d in flight", o.SaturationN, o.Concurrency)
+	if r.SaturationSingle, err = sat(single.webhookURL, "sat-single"); err != nil {
+		return err
+	}
+	single.proc.Stop(15 * time.Second)
+	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.SaturationSingle.PerSecond, r.SaturationSingle.P50ms, r.SaturationSingle.P99ms)
 	// The same saturation with the lazy fsync an operator may choose
 	// (-store-sync 2m): what durability costs, measured side by side.
 	lazy, err := b.startIngest("ingest-lazy", nil, "-store-sync", lazySync)
@@ -107,7 +163,7 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 		return err
 	}
 	say("ingest at saturation with -store-sync %s: %d webhooks, %d in flight", lazySync, o.SaturationN, o.Concurrency)
-	if r.SaturationLazy, err = loadgen.Run(ctx, loadgen.Options{URL: lazy.webhookURL, Key: key, N: o.SaturationN, Duration: 2 * time.Minute, Concurrency: o.Concurrency, RunID: "sat-lazy", Presign: true}); err != nil {
+	if r.SaturationLazy, err = sat(lazy.webhookURL, "sat-lazy"); err != nil {
 		return err
 	}
 	lazy.proc.Stop(15 * time.Second)
@@ -160,7 +216,10 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 
 // lazySync is the -store-sync interval of the lazy-fsync measurement:
 // JetStream's own default.
-const lazySync = "2m"
+const (
+	lazySync         = "2m"
+	lazySyncInterval = 2 * time.Minute
+)
 
 type bench struct {
 	o     Options
@@ -204,7 +263,7 @@ func (ip *ingestProc) connect(user string) (*nats.Conn, error) {
 // with host, one that stores on host's server as the ingest user.
 func (b *bench) startIngest(name string, host *ingestProc, extra ...string) (*ingestProc, error) {
 	listen, admin := freeAddr(), freeAddr()
-	args := append([]string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", loadgenPubKey(), "-log-level", "warn"}, extra...)
+	args := append([]string{"-listen", listen, "-admin-listen", admin, "-cobo-pubkey", LoadgenPubKey(), "-log-level", "warn"}, extra...)
 	var natsURL, dataDir string
 	if host == nil {
 		natsAddr := freeAddr()
@@ -450,7 +509,9 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores%s, %s/%s%s, %s", model, runtime.NumCPU(), memTotal, runtime.GOOS, runtime.GOARCH, kernel, runtime.Version())
 }
 
-func loadgenPubKey() string { return loadgen.PublicKeyHex(loadgen.KeyFromSeed(loadgen.DefaultSeed)) }
+// LoadgenPubKey is the hex public key of the load generator's default
+// signing key: what the processes under test trust.
+func LoadgenPubKey() string { return loadgen.PublicKeyHex(loadgen.KeyFromSeed(loadgen.DefaultSeed)) }
 
 // freeAddr returns a loopback address with a port free right now.
 func freeAddr() string {

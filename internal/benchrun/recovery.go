@@ -108,7 +108,7 @@ func (b *bench) recovery(ctx context.Context) (RecoveryResult, error) {
 	}
 	// The sandbox signs webhooks with the key ingest trusts: the load
 	// generator's, derived from the same seed the same way.
-	if sandbox.WebhookPubKeyHex(loadgen.DefaultSeed) != loadgenPubKey() {
+	if sandbox.WebhookPubKeyHex(loadgen.DefaultSeed) != LoadgenPubKey() {
 		return res, errors.New("the sandbox's webhook key from the load generator's seed is not the load generator's key")
 	}
 	dir := filepath.Join(o.Dir, "recovery")
@@ -390,7 +390,7 @@ func (w orderWatch) items() (items, failed, cobo, bitgo int) {
 // metrics address.
 func (b *bench) startWorker(ing *ingestProc, name string, settle time.Duration, extra ...string) (*procs.Proc, string, error) {
 	metrics := freeAddr()
-	args := append(ing.loginFlags(natsembed.UserWorker), "-cobo-pubkey", loadgenPubKey(), "-metrics-listen", metrics, "-log-level", "warn")
+	args := append(ing.loginFlags(natsembed.UserWorker), "-cobo-pubkey", LoadgenPubKey(), "-metrics-listen", metrics, "-log-level", "warn")
 	w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(args, extra...), filepath.Join(b.o.Dir, name+".log"), settle)
 	return w, metrics, err
 }

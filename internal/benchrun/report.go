@@ -20,6 +20,16 @@ type report struct {
 	// SaturationLazy is the same load on an ingest with -store-sync
 	// lazySync: acknowledged before fsync.
 	SaturationLazy loadgen.Result
+	// SaturationSingle is the same load on an ingest with -group-commit
+	// off: every webhook synced on its own.
+	SaturationSingle loadgen.Result
+	// VerifyOnly is the same load on ingest's HTTP stack and verifier,
+	// storing nothing; VerifyOnlyCPUus its CPU per webhook.
+	VerifyOnly      loadgen.Result
+	VerifyOnlyCPUus float64
+	// The publish ceilings: fsync always one by one and group-committed,
+	// and lazy fsync one by one.
+	PublishAlways, PublishGroup, PublishLazy PublishCeiling
 	// IngestCPUus is ingest's CPU per webhook sent at saturation, its
 	// embedded JetStream server included.
 	IngestCPUus float64
@@ -81,6 +91,7 @@ func (r *report) markdown() string {
 		p("| %s | %d | %.0f | %.2f | %.2f | %.2f | %.1f | %d |", name, res.Sent, res.PerSecond, res.P50ms, res.P90ms, res.P99ms, res.MaxMs, res.Failed)
 	}
 	row(fmt.Sprintf("saturation, %d in flight, fsync before every 200 (default)", r.Opts.Concurrency), r.Saturation)
+	row(fmt.Sprintf("saturation, %d in flight, fsync before every 200, `-group-commit off` (each webhook synced on its own)", r.Opts.Concurrency), r.SaturationSingle)
 	row(fmt.Sprintf("saturation, %d in flight, `-store-sync %s` (acknowledged before fsync)", r.Opts.Concurrency, lazySync), r.SaturationLazy)
 	row(fmt.Sprintf("%d/s offered, fsync before every 200", r.Opts.Rate), r.Fixed)
 	if lazy := r.SaturationLazy.PerSecond; lazy > 0 {
@@ -95,7 +106,8 @@ func (r *report) markdown() string {
 			ing, lg, cores, ing+lg, cores*1e6/(ing+lg), cores, cores*1e6/ing)
 		p("")
 	}
-	p("### The ceilings ingest sits under")
+	b.WriteString(r.ceilings())
+	p("### The ceilings ingest sits under (Go benchmarks)")
 	p("")
 	p("| limit (Go benchmark) | per second | ingest at saturation as a share |")
 	p("|---|---|---|")
@@ -213,4 +225,54 @@ func secs(ok bool, s float64) string {
 		return "—"
 	}
 	return fmt.Sprintf("%.1f s", s)
+}
+
+// Targets of issue 17 for ingest against its ceilings.
+const (
+	targetLazyOfVerify     = 0.50
+	targetDurableOfPublish = 0.85
+	goalGroupOfPublish     = 2.0
+)
+
+// ceilings is the table of ingest against the ceilings measured in this
+// run by the same load, each ratio next to its target.
+func (r *report) ceilings() string {
+	if r.VerifyOnly.PerSecond == 0 || r.PublishAlways.PerSecond == 0 {
+		return ""
+	}
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	verdict := func(ratio, target float64) string {
+		if ratio >= target {
+			return "✔"
+		}
+		return "✘"
+	}
+	p("### Ingest against its ceilings, measured in this run")
+	p("")
+	p("Each ceiling gets the same load as ingest: %d webhooks (or publishes), %d in flight, payloads built before the clock starts. **Verify-only** is ingest's HTTP stack and verifier (the same handler, server limits and Ed25519 check) in a process of its own, answering 200 without storing. **Durable publish** is %d concurrent synchronous publishes of the same payloads, as ingest stores them, into a fresh embedded server syncing every write, from publishers connected in-process as ingest is; **group-committed** sends them through ingest's group committer (`-group-commit`, atomic batches of what is waiting).", r.Opts.SaturationN, r.Opts.Concurrency, r.Opts.Concurrency)
+	p("")
+	p("| ceiling | per second | CPU per message | compared with | ratio | target |")
+	p("|---|---|---|---|---|---|")
+	lazyRatio := r.SaturationLazy.PerSecond / r.VerifyOnly.PerSecond
+	p("| verify-only (HTTP + Ed25519, nothing stored) | %.0f | %.0f µs | ingest `-store-sync %s`: %.0f/s | %.2f | ≥ %.2f %s |", r.VerifyOnly.PerSecond, r.VerifyOnlyCPUus, lazySync, r.SaturationLazy.PerSecond, lazyRatio, targetLazyOfVerify, verdict(lazyRatio, targetLazyOfVerify))
+	durRatio := r.Saturation.PerSecond / r.PublishAlways.PerSecond
+	p("| durable publish, fsync always, one by one | %.0f | %.0f µs | ingest (default): %.0f/s | %.2f | ≥ %.2f %s |", r.PublishAlways.PerSecond, r.PublishAlways.CPUus, r.Saturation.PerSecond, durRatio, targetDurableOfPublish, verdict(durRatio, targetDurableOfPublish))
+	if r.PublishGroup.PerSecond > 0 {
+		groupRatio := r.PublishGroup.PerSecond / r.PublishAlways.PerSecond
+		avg := 0.0
+		if r.PublishGroup.Batches > 0 {
+			avg = float64(r.PublishGroup.Batched) / float64(r.PublishGroup.Batches)
+		}
+		p("| durable publish, fsync always, group-committed (%d batches, %.0f messages each on average) | %.0f | %.0f µs | durable publish one by one | %.2f | goal ≥ %.1f %s |", r.PublishGroup.Batches, avg, r.PublishGroup.PerSecond, r.PublishGroup.CPUus, groupRatio, goalGroupOfPublish, verdict(groupRatio, goalGroupOfPublish))
+		p("| | | | ingest (default) against the group-committed ceiling | %.2f | |", r.Saturation.PerSecond/r.PublishGroup.PerSecond)
+	}
+	if r.SaturationSingle.PerSecond > 0 {
+		p("| | | | ingest `-group-commit off` against durable publish one by one | %.2f | |", r.SaturationSingle.PerSecond/r.PublishAlways.PerSecond)
+	}
+	if r.PublishLazy.PerSecond > 0 {
+		p("| publish, lazy fsync, one by one (reference) | %.0f | %.0f µs | ingest `-store-sync %s` | %.2f | |", r.PublishLazy.PerSecond, r.PublishLazy.CPUus, lazySync, r.SaturationLazy.PerSecond/r.PublishLazy.PerSecond)
+	}
+	p("")
+	return b.String()
 }

@@ -32,7 +32,7 @@ const errCodeAtomicDisabled = 10174
 const (
 	DefaultGroupMinBatch = 8
 	DefaultGroupMaxBatch = 256
-	DefaultGroupInFlight = 2
+	DefaultGroupInFlight = 1
 )
 
 // GroupConfig configures a GroupCommitter.
@@ -45,8 +45,9 @@ type GroupConfig struct {
 	// MaxBatch caps one batch; the server refuses more than 1,000.
 	MaxBatch int
 	// InFlight is how many batches (or groups of single publishes) are
-	// outstanding at once, so that the server always has the next group
-	// queued while it commits one.
+	// outstanding at once. One makes the largest batches: everything that
+	// arrives while a batch commits is the next batch, and a file store
+	// commits batches one at a time anyway (measured best on 2 cores).
 	InFlight int
 	// Logger gets a line when batches are refused and the committer falls
 	// back to single publishes.

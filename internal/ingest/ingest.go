@@ -40,6 +40,13 @@ const (
 	WebhookPath = "/webhooks/cobo"
 )
 
+// Values of Config.GroupCommit.
+const (
+	GroupCommitAuto = "auto"
+	GroupCommitOn   = "on"
+	GroupCommitOff  = "off"
+)
+
 // Config configures the ingest service.
 type Config struct {
 	// Listen is the public webhook listener.
@@ -84,6 +91,12 @@ type Config struct {
 	// means it is on disk; a positive interval trades that for speed (see
 	// natsembed.Config.SyncInterval).
 	StoreSync time.Duration
+	// GroupCommit says whether concurrent webhooks are stored as one
+	// JetStream atomic batch, one disk sync for many (events.GroupCommitter):
+	// GroupCommitAuto (the default) does so exactly when the embedded server
+	// syncs every write (StoreSync zero), where it is measured to pay
+	// (BENCHMARKS.md); GroupCommitOn and GroupCommitOff force it.
+	GroupCommit string
 	// Stream sizes the event stream.
 	Stream events.StreamConfig
 	// Logger receives the service's logs.
@@ -107,6 +120,9 @@ func (c Config) WithDefaults() Config {
 	if c.StoreTimeout == 0 {
 		c.StoreTimeout = webhook.DefaultStoreTimeout
 	}
+	if c.GroupCommit == "" {
+		c.GroupCommit = GroupCommitAuto
+	}
 	c.Stream = c.Stream.WithDefaults()
 	return c
 }
@@ -129,6 +145,11 @@ func (c Config) validate() error {
 	}
 	if c.StoreSync < 0 {
 		return fmt.Errorf("StoreSync must not be negative (0 syncs always), got %s", c.StoreSync)
+	}
+	switch c.GroupCommit {
+	case GroupCommitAuto, GroupCommitOn, GroupCommitOff:
+	default:
+		return fmt.Errorf("GroupCommit must be %s, %s or %s, got %q", GroupCommitAuto, GroupCommitOn, GroupCommitOff, c.GroupCommit)
 	}
 	if c.MaxSkew < 0 {
 		return fmt.Errorf("MaxSkew must not be negative, got %s", c.MaxSkew)
@@ -163,6 +184,20 @@ func StoreSyncString(d time.Duration) string {
 	return d.String()
 }
 
+// groupCommit resolves GroupCommit: auto groups only on an embedded
+// server that syncs every write. With a lazy sync an atomic batch costs
+// more than the single publishes it replaces (its staging store on disk),
+// and on a remote server paystream cannot tell how it syncs.
+func (c Config) groupCommit() bool {
+	switch c.GroupCommit {
+	case GroupCommitOn:
+		return true
+	case GroupCommitOff:
+		return false
+	}
+	return c.NATSURL == "" && c.StoreSync == 0
+}
+
 // TrustedKeys returns the webhook keys the config trusts.
 func (c Config) TrustedKeys() []string { return cobo.TrustedKeys(c.CoboEnv, c.CoboPubKeys) }
 
@@ -173,6 +208,8 @@ type Service struct {
 	creds    natsembed.Credentials
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	// group is nil unless webhooks are group-committed.
+	group    *events.GroupCommitter
 	public   *http.Server
 	admin    *http.Server
 	publicLn net.Listener
@@ -240,9 +277,17 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store := events.NewPublisher(s.js)
+	if cfg.groupCommit() {
+		if s.group, err = events.NewGroupCommitter(s.js, events.StreamName, events.GroupConfig{Logger: cfg.Logger}); err != nil {
+			return nil, err
+		}
+		store = events.NewGroupPublisher(s.group)
+		registerGroupMetrics(reg, s.group)
+	}
 	wh, err := webhook.NewHandler(webhook.Config{
 		Verifier:     verifier,
-		Store:        events.NewPublisher(s.js),
+		Store:        store,
 		StoreTimeout: cfg.StoreTimeout,
 		MaxSkew:      cfg.MaxSkew,
 		MaxInFlight:  cfg.MaxInFlight,
@@ -271,7 +316,8 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	}))
 	go func() { s.served <- serve(s.public, s.publicLn) }()
 	go func() { s.served <- serve(s.admin, s.adminLn) }()
-	cfg.Logger.Info().Str("listen", s.PublicAddr()).Str("admin_listen", s.AdminAddr()).Int("trusted_keys", len(cfg.TrustedKeys())).Msg("ingest started")
+	cfg.Logger.Info().Str("listen", s.PublicAddr()).Str("admin_listen", s.AdminAddr()).Int("trusted_keys", len(cfg.TrustedKeys())).
+		Bool("group_commit", s.group != nil).Msg("ingest started")
 	return s, nil
 }
 
@@ -304,6 +350,21 @@ func (r *orderReader) Get(ctx context.Context, orderID string) (*domain.Order, u
 		r.mu.Unlock()
 	}
 	return store.Get(ctx, orderID)
+}
+
+// registerGroupMetrics exposes the group committer's counters.
+func registerGroupMetrics(reg prometheus.Registerer, g *events.GroupCommitter) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "paystream_ingest_store_batches_total", Help: "Atomic batches of webhooks committed with one store sync.",
+		}, func() float64 { b, _, _ := g.Stats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "paystream_ingest_store_batched_total", Help: "Webhooks stored as part of an atomic batch.",
+		}, func() float64 { _, m, _ := g.Stats(); return float64(m) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "paystream_ingest_store_batch_fallbacks_total", Help: "Atomic batches refused (an event already stored, or the stream lacks allow_atomic) and stored one by one instead.",
+		}, func() float64 { _, _, f := g.Stats(); return float64(f) }),
+	)
 }
 
 func serve(srv *http.Server, ln net.Listener) error {
@@ -366,6 +427,10 @@ func (s *Service) close() {
 		if ln != nil {
 			_ = ln.Close()
 		}
+	}
+	if s.group != nil {
+		// After the listeners stopped: no webhook waits on it any more.
+		s.group.Close()
 	}
 	natsconn.Drain(s.nc, natsconn.DefaultDrainWait)
 	if s.embedded != nil {

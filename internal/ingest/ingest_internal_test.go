@@ -51,3 +51,22 @@ func TestTrustIsExplicit(t *testing.T) {
 	_, err := Start(context.Background(), Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", DataDir: t.TempDir()})
 	require.ErrorContains(t, err, "CoboEnv or CoboPubKeys is required")
 }
+
+// Group commit is on by default exactly where it was measured to pay: the
+// embedded server syncing every write.
+func TestGroupCommitDefault(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		cfg  Config
+		want bool
+	}{
+		{Config{}, true},
+		{Config{StoreSync: 2 * time.Minute}, false},
+		{Config{NATSURL: "nats://n1:4222"}, false},
+		{Config{NATSURL: "nats://n1:4222", GroupCommit: GroupCommitOn}, true},
+		{Config{GroupCommit: GroupCommitOff}, false},
+	} {
+		require.Equal(t, c.want, c.cfg.WithDefaults().groupCommit(), "%+v", c.cfg)
+	}
+	require.ErrorContains(t, Config{CoboEnv: "dev", GroupCommit: "maybe"}.WithDefaults().validate(), "GroupCommit")
+}

@@ -1,0 +1,193 @@
+package benchrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
+	"github.com/paystream/paystream/internal/httpapi"
+	"github.com/paystream/paystream/internal/ingest"
+	"github.com/paystream/paystream/internal/loadgen"
+	"github.com/paystream/paystream/internal/natsembed"
+	"github.com/paystream/paystream/internal/procs"
+	"github.com/paystream/paystream/internal/webhook"
+)
+
+// ServeVerifyOnly serves ingest's webhook route with ingest's HTTP stack
+// (the same handler, server limits and verifier) on listen, but answers
+// 200 without storing anything: the ceiling ingest's HTTP and
+// verification put on it, measured by the same load as ingest. It trusts
+// pubKeyHex and serves until ctx is done. `benchrun -serve-verify-only`
+// runs it in a process of its own, as ingest is.
+func ServeVerifyOnly(ctx context.Context, listen, pubKeyHex string) error {
+	verifier, err := cobo.NewVerifier(pubKeyHex)
+	if err != nil {
+		return fmt.Errorf("verify-only: %w", err)
+	}
+	wh, err := webhook.NewHandler(webhook.Config{
+		Verifier: verifier,
+		Store:    discardStore{},
+		Logger:   zerolog.Nop(),
+		Metrics:  webhook.NewMetrics(prometheus.NewRegistry()),
+	})
+	if err != nil {
+		return fmt.Errorf("verify-only: %w", err)
+	}
+	r := mux.NewRouter()
+	r.Handle(ingest.WebhookPath, wh)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("verify-only: %w", err)
+	}
+	srv := httpapi.NewServer(r)
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("verify-only: %w", err)
+	}
+	return nil
+}
+
+// discardStore stores nothing and reports every delivery as new.
+type discardStore struct{}
+
+func (discardStore) Store(context.Context, cobo.Delivery) (bool, error) { return false, nil }
+
+// startVerifyOnly starts this executable as a verify-only server.
+func (b *bench) startVerifyOnly() (url string, p *procs.Proc, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, fmt.Errorf("verify-only: %w", err)
+	}
+	listen := freeAddr()
+	p, err = procs.Start("verify-only", self, []string{"-serve-verify-only", listen}, filepath.Join(b.o.Dir, "verify-only.log"), 0)
+	if err != nil {
+		return "", nil, err
+	}
+	b.procs = append(b.procs, p)
+	if err := waitTCP(listen, 10*time.Second); err != nil {
+		return "", nil, fmt.Errorf("verify-only: %w (see %s)", err, p.Log)
+	}
+	return "http://" + listen + ingest.WebhookPath, p, nil
+}
+
+// PublishCeiling is one run of concurrent JetStream publishes.
+type PublishCeiling struct {
+	Name      string
+	Messages  int
+	PerSecond float64
+	// CPUus is this process's CPU per message: the embedded server and
+	// the publishers.
+	CPUus float64
+	// Batches and Batched count the group committer's atomic batches.
+	Batches, Batched int64
+}
+
+// publishCeiling stores n of loadgen's webhook payloads, as ingest stores
+// them (subject, headers, message id), from concurrency publishers into a
+// fresh embedded server in this process, connected in-process as ingest
+// is. syncEvery is the server's fsync interval (0: every write); group sends
+// through an events.GroupCommitter, as ingest with -group-commit does.
+func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, syncEvery time.Duration, group bool) (PublishCeiling, error) {
+	res := PublishCeiling{Name: name, Messages: n}
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(dir, name), SyncInterval: syncEvery})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	nc, err := nats.Connect("", nats.InProcessServer(srv))
+	if err != nil {
+		return res, fmt.Errorf("%s: connect: %w", name, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	if _, err := events.EnsureEventStream(ctx, js, events.StreamConfig{}); err != nil {
+		return res, err
+	}
+	publish := events.NewPublisher(js)
+	var g *events.GroupCommitter
+	if group {
+		if g, err = events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{}); err != nil {
+			return res, err
+		}
+		defer g.Close()
+		publish = events.NewGroupPublisher(g)
+	}
+	// Built before the clock starts, as loadgen presigns.
+	run := name + "-" + time.Now().UTC().Format("150405")
+	sig := strings.Repeat("ab", 64)
+	ds := make([]cobo.Delivery, n)
+	for i := range ds {
+		body := loadgen.Body(run, i)
+		env, err := cobo.ParseEnvelope(body)
+		if err != nil {
+			return res, err
+		}
+		ds[i] = cobo.Delivery{Envelope: env, Body: body, Timestamp: "1700000000000", Signature: sig, ReceivedAt: time.Now()}
+	}
+	var next atomic.Int64
+	var failed atomic.Int64
+	cpu0 := selfCPU()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				if _, err := publish.Store(pctx, ds[i]); err != nil {
+					failed.Add(1)
+				}
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	if f := failed.Load(); f > 0 {
+		return res, fmt.Errorf("%s: %d of %d publishes failed", name, f, n)
+	}
+	res.PerSecond = float64(n) / secs
+	res.CPUus = float64((selfCPU() - cpu0).Microseconds()) / float64(n)
+	if g != nil {
+		res.Batches, res.Batched, _ = g.Stats()
+	}
+	return res, ctx.Err()
+}
+
+// selfCPU is this process's user+system CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
