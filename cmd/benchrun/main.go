@@ -36,6 +36,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.WorkerEvents, "worker-events", 40000, "events each worker-throughput run drains")
 	fs.DurationTo(&o.Soak, "soak", "PAYSTREAM_BENCH_SOAK", time.Minute, "soak duration (10m for the published figure)")
 	fs.IntVar(&o.SoakRate, "soak-rate", 1000, "offered webhooks/s during the soak")
+	fs.BoolVar(&o.SoakDefaultWindows, "soak-default-windows", false, "soak with the default dedup window, stream max age and retention (they take days to fill) instead of short ones that fill within minutes")
 	fs.IntVar(&o.RecoveryOrders, "recovery-orders", 400, "orders played to two allocating workers, one killed with SIGKILL, to time the recovery; 0 skips it")
 	fs.IntVar(&o.RecoveryRate, "recovery-rate", 40, "orders started per second during the recovery measurement")
 	var verifyOnly string

@@ -55,6 +55,11 @@ type Options struct {
 	// Soak is how long the soak runs, at SoakRate webhooks per second.
 	Soak     time.Duration
 	SoakRate int
+	// SoakDefaultWindows soaks with the default dedup window (24 h),
+	// stream max age (30 days) and retention (90 days) instead of short
+	// ones (SoakWindows), which fill within minutes, so that the memory
+	// they bound is seen to stop growing.
+	SoakDefaultWindows bool
 	// RecoveryOrders are played by the sandbox at RecoveryRate per second
 	// to two workers with allocation rules, one killed with SIGKILL (see
 	// recovery); 0 skips the measurement.
@@ -374,25 +379,59 @@ type SoakResult struct {
 	Duration time.Duration
 	Load     loadgen.Result
 	Procs    []ProcMemory
+	// Windows are the windows the soak ran with; zero for the defaults.
+	Windows SoakWindows
+	// Series is every process's RSS (in Procs' order) once a minute.
+	Series []SoakSample
 }
+
+// SoakSample is the processes' RSS At into the soak.
+type SoakSample struct {
+	At  time.Duration
+	RSS []int64
+}
+
+// SoakWindows are the short windows of a soak: everything the server
+// keeps per event or per order is gone again after Full.
+type SoakWindows struct {
+	Dedup, MaxAge, Retention time.Duration
+}
+
+// Full is when the windows are full: an order settled at the start
+// expires Retention after its last change and its marker (kept as long as
+// the retention, at most an hour) MarkerTTL after that.
+func (w SoakWindows) Full() time.Duration {
+	return max(w.Dedup, w.MaxAge) + w.Retention + events.Retention{Keep: w.Retention}.WithDefaults().MarkerTTL()
+}
+
+// shortWindows fill within minutes: a 30 s dedup window, 1 m stream max
+// age and 90 s retention (it must exceed the max age): full after 4 m.
+var shortWindows = SoakWindows{Dedup: 30 * time.Second, MaxAge: time.Minute, Retention: 90 * time.Second}
 
 func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 	key := loadgen.KeyFromSeed(loadgen.DefaultSeed)
 	// The JetStream server runs in a process of its own (an ingest with
 	// its embedded server that gets no webhooks), so that the memory of
 	// ingest's own code and that of the server's indexes are told apart.
-	host, err := b.startIngest("soak-nats", nil)
+	res := SoakResult{Duration: b.o.Soak}
+	var streamFlags, workerFlags []string
+	if !b.o.SoakDefaultWindows {
+		res.Windows = shortWindows
+		streamFlags = []string{"-dedup-window", shortWindows.Dedup.String(), "-stream-max-age", shortWindows.MaxAge.String()}
+		workerFlags = []string{"-retention", shortWindows.Retention.String()}
+	}
+	host, err := b.startIngest("soak-nats", nil, streamFlags...)
 	if err != nil {
 		return SoakResult{}, err
 	}
-	ing, err := b.startIngest("soak-ingest", host)
+	ing, err := b.startIngest("soak-ingest", host, streamFlags...)
 	if err != nil {
 		return SoakResult{}, err
 	}
 	all := []*procs.Proc{host.proc, ing.proc}
 	for i := range 2 {
 		name := fmt.Sprintf("soak-worker-%d", i+1)
-		w, _, err := b.startWorker(ing, name, 300*time.Millisecond)
+		w, _, err := b.startWorker(ing, name, 300*time.Millisecond, workerFlags...)
 		if err != nil {
 			return SoakResult{}, err
 		}
@@ -413,7 +452,6 @@ func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 	// The first sample is taken after a warm-up, once caches and pools
 	// have reached their working size; growth after that is what leaks.
 	warm := min(10*time.Second, b.o.Soak/6)
-	res := SoakResult{Duration: b.o.Soak}
 	loadDone := make(chan error, 1)
 	go func() {
 		var err error
@@ -442,6 +480,11 @@ func (b *bench) soak(ctx context.Context) (SoakResult, error) {
 			if !started && time.Since(start) >= warm {
 				started = true
 				sample(func(i int, rss int64) { mem[i].Start = rss })
+			}
+			if at := time.Since(start).Round(time.Minute); at > 0 && (len(res.Series) == 0 || res.Series[len(res.Series)-1].At < at) && time.Since(start) >= at {
+				s := SoakSample{At: at, RSS: make([]int64, len(all))}
+				sample(func(i int, rss int64) { s.RSS[i] = rss })
+				res.Series = append(res.Series, s)
 			}
 			sample(func(i int, rss int64) { mem[i].Peak = max(mem[i].Peak, rss) })
 		}

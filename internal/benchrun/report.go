@@ -157,13 +157,18 @@ func (r *report) markdown() string {
 		p("")
 		p("### Soak: memory over %s", r.Soak.Duration)
 		p("")
-		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms), with the default 24 h dedup window and 30-day retention. The JetStream server runs in a process of its own (`soak-nats`: an ingest with its embedded server that receives no webhooks); `soak-ingest` stores on it. RSS is sampled after a warm-up and at the end.", r.Opts.SoakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms)
+		windows := "with the default 24 h dedup window, 30-day stream max age and 90-day retention"
+		if w := r.Soak.Windows; w.Retention > 0 {
+			windows = fmt.Sprintf("with short windows that fill within the soak: `-dedup-window %s -stream-max-age %s` on ingest, `-retention %s` on the workers (every window full %s in)", w.Dedup, w.MaxAge, w.Retention, w.Full())
+		}
+		p("ingest and two workers under %d webhooks/s offered for %s (%d stored, p99 %.1f ms), %s. The JetStream server runs in a process of its own (`soak-nats`: an ingest with its embedded server that receives no webhooks); `soak-ingest` stores on it. RSS is sampled after a warm-up, every minute and at the end.", r.Opts.SoakRate, r.Soak.Duration, r.Soak.Load.Stored, r.Soak.Load.P99ms, windows)
 		p("")
 		p("| process | RSS after warm-up | RSS at end | peak | growth |")
 		p("|---|---|---|---|---|")
 		for _, m := range r.Soak.Procs {
 			p("| %s | %.1f MiB | %.1f MiB | %.1f MiB | %+.1f MiB |", m.Name, mib(m.Start), mib(m.End), mib(m.Peak), mib(m.End-m.Start))
 		}
+		b.WriteString(r.Soak.series())
 	}
 	p("")
 	p("### All Go benchmarks")
@@ -274,5 +279,55 @@ func (r *report) ceilings() string {
 		p("| publish, lazy fsync, one by one (reference) | %.0f | %.0f µs | ingest `-store-sync %s` | %.2f | |", r.PublishLazy.PerSecond, r.PublishLazy.CPUus, lazySync, r.SaturationLazy.PerSecond/r.PublishLazy.PerSecond)
 	}
 	p("")
+	return b.String()
+}
+
+// series is the soak's RSS minute by minute and, with short windows, each
+// process's growth after they were full.
+func (s SoakResult) series() string {
+	if len(s.Series) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	p("")
+	head, sep := "| minute |", "|---|"
+	for _, m := range s.Procs {
+		head += " " + m.Name + " |"
+		sep += "---|"
+	}
+	p("%s", head)
+	p("%s", sep)
+	for _, smp := range s.Series {
+		row := fmt.Sprintf("| %.0f |", smp.At.Minutes())
+		for _, rss := range smp.RSS {
+			row += fmt.Sprintf(" %.1f MiB |", mib(rss))
+		}
+		p("%s", row)
+	}
+	full := s.Windows.Full()
+	if s.Windows.Retention == 0 {
+		return b.String()
+	}
+	var after []SoakSample
+	for _, smp := range s.Series {
+		if smp.At >= full {
+			after = append(after, smp)
+		}
+	}
+	p("")
+	if len(after) < 2 {
+		p("The windows were not full before the soak ended (they are %s in); run `make bench SOAK=%s` or longer to see the memory after.", full, (full + 4*time.Minute).Round(time.Minute))
+		return b.String()
+	}
+	var parts []string
+	for i, m := range s.Procs {
+		lo, hi := after[0].RSS[i], after[0].RSS[i]
+		for _, smp := range after {
+			lo, hi = min(lo, smp.RSS[i]), max(hi, smp.RSS[i])
+		}
+		parts = append(parts, fmt.Sprintf("%s %+.1f MiB (range %.1f MiB)", m.Name, mib(after[len(after)-1].RSS[i]-after[0].RSS[i]), mib(hi-lo)))
+	}
+	p("**Once the windows were full** (minute %.0f to %.0f): %s.", after[0].At.Minutes(), after[len(after)-1].At.Minutes(), strings.Join(parts, ", "))
 	return b.String()
 }

@@ -282,24 +282,26 @@ func (g *GroupCommitter) commit(group []*groupReq) error {
 	nc := g.js.Conn()
 	id := g.idPrefix + "-" + strconv.FormatUint(g.nextID.Add(1), 10)
 	var resp *nats.Msg
+	// The batch headers go on the callers' own messages, saving a copy
+	// per message; a batch that fails takes them off again (unbatch)
+	// before its messages are published one by one.
 	for i, r := range send {
-		m := nats.NewMsg(r.msg.Subject)
-		m.Data = r.msg.Data
-		for k, v := range r.msg.Header {
-			m.Header[k] = v
-		}
+		m := r.msg
 		m.Header.Set(headerBatchID, id)
 		m.Header.Set(headerBatchSeq, strconv.Itoa(i+1))
 		m.Header.Set(jetstream.ExpectedStreamHeader, g.stream)
 		if i < len(send)-1 {
 			if err := nc.PublishMsg(m); err != nil {
+				unbatch(send)
 				return fmt.Errorf("batch %s message %d: %w", id, i+1, err)
 			}
 			continue
 		}
 		m.Header.Set(headerBatchCommit, "1")
 		var err error
-		if resp, err = nc.RequestMsgWithContext(ctx, m); err != nil {
+		resp, err = nc.RequestMsgWithContext(ctx, m)
+		unbatch(send)
+		if err != nil {
 			return fmt.Errorf("commit batch %s: %w", id, err)
 		}
 	}
@@ -329,6 +331,15 @@ func (g *GroupCommitter) commit(group []*groupReq) error {
 		close(r.done)
 	}
 	return nil
+}
+
+// unbatch removes the batch headers commit put on the messages.
+func unbatch(rs []*groupReq) {
+	for _, r := range rs {
+		r.msg.Header.Del(headerBatchID)
+		r.msg.Header.Del(headerBatchSeq)
+		r.msg.Header.Del(headerBatchCommit)
+	}
 }
 
 // defaultCommitTimeout bounds a batch whose callers set no deadline.
