@@ -253,6 +253,13 @@ func (b *Batcher) Run(ctx context.Context) error {
 	defer it.Stop()
 
 	var pending []jetstream.Msg
+	// Whichever way Run ends, what it holds is handed back, which also
+	// ends the in-progress marks.
+	defer func() {
+		for _, m := range pending {
+			_ = m.Nak()
+		}
+	}()
 	var firstAt time.Time
 	nextRecover, nextCheck := time.Now(), time.Now()
 	for ctx.Err() == nil {
@@ -288,9 +295,6 @@ func (b *Batcher) Run(ctx context.Context) error {
 			b.flush(ctx, pending)
 			pending = nil
 		}
-	}
-	for _, m := range pending {
-		_ = m.Nak()
 	}
 	return nil
 }

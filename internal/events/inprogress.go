@@ -1,9 +1,11 @@
 package events
 
 import (
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -53,10 +55,13 @@ func (k *inProgress) mark() {
 		// left to the ack wait, and redelivered if nothing answers it.
 		return
 	}
-	// Under the lock: stop waits for a mark being sent. An error (the
-	// connection is gone) changes nothing: the next mark tries again, and
-	// without any the message is redelivered, which is always safe.
-	_ = k.msg.InProgress()
+	// Under the lock: stop waits for a mark being sent. A failed mark
+	// changes nothing (the next one tries again, and without any the
+	// message is redelivered, which is always safe), but on a closed
+	// connection, or once the message is answered, none will ever be sent.
+	if err := k.msg.InProgress(); errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return
+	}
 	k.timer.Reset(k.interval)
 }
 
