@@ -180,8 +180,11 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor
 // in-flight ones to finish (each bounded by HandleTimeout). It returns
 // earlier, with an error, only when the pull cannot go on: the durable
 // consumer was deleted (the error wraps ErrConsumerGone) or the
-// connection was closed.
-func (c *Consumer) Run(ctx context.Context) error {
+// connection was closed. Then, and whenever the connection is closed by
+// the time it ends, the in-flight events' contexts are cancelled before it
+// waits for them: their answers could not reach the server anyway, and the
+// events are redelivered.
+func (c *Consumer) Run(ctx context.Context) (err error) {
 	// Short pull expiry and heartbeats let a worker notice a lost pull
 	// request (server restart, leader change) in about two seconds instead
 	// of the client's 30-second default.
@@ -194,17 +197,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 		it.Drain()
 	}()
 
+	// The handlers' contexts are not ctx: a soft stop lets them finish.
+	hctx, cancelHandlers := context.WithCancel(context.Background())
+	defer cancelHandlers()
 	work := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
 	for range c.cfg.Concurrency {
 		wg.Go(func() {
 			for msg := range work {
-				c.handle(msg)
+				c.handle(hctx, msg)
 			}
 		})
 	}
 	defer wg.Wait()
 	defer close(work)
+	defer func() {
+		if err != nil || c.js.Conn().IsClosed() {
+			cancelHandlers()
+		}
+	}()
 
 	var stopBy time.Time
 	for {
@@ -248,11 +259,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
-		work <- msg
+		select {
+		case work <- msg:
+		case <-ctx.Done():
+			// Stopped while every handler is busy (handlers may run up
+			// to HandleTimeout): given back as above.
+			_ = msg.Nak()
+		}
 	}
 }
 
-func (c *Consumer) handle(msg jetstream.Msg) {
+func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	ev, err := DecodeMsg(msg)
 	id, order, typ := ev.EventID, ev.OrderID, ev.Type
@@ -277,7 +294,7 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandleTimeout)
+	ctx, cancel := context.WithTimeout(hctx, c.cfg.HandleTimeout)
 	// Marked in progress while it is processed, so that a slow handler
 	// (a Cobo call and its retries) is not redelivered to another worker
 	// meanwhile; stopped before the answer below.
