@@ -40,10 +40,14 @@ const (
 	DefaultBatchWait    = 2 * time.Second
 	DefaultRecoverEvery = 5 * time.Second
 	DefaultRecoverAfter = 30 * time.Second
-	DefaultIntentAck    = time.Minute
-	DefaultRetryMax     = 5 * time.Minute
-	DefaultSettleAfter  = 2 * time.Minute
-	DefaultStuckAfter   = 30 * time.Minute
+	// DefaultIntentAck is the ack wait of the intent consumers: how long
+	// an intent held by a process that died waits before another takes
+	// it. The batcher and the BitGo sender mark the intents they hold in
+	// progress every third of it, so it bounds no send.
+	DefaultIntentAck   = 5 * time.Second
+	DefaultRetryMax    = 5 * time.Minute
+	DefaultSettleAfter = 2 * time.Minute
+	DefaultStuckAfter  = 30 * time.Minute
 )
 
 // BatcherConfig configures a Batcher.
@@ -52,10 +56,25 @@ type BatcherConfig struct {
 	BatchMax int
 	// BatchWait is how long the first item of a batch waits for company.
 	BatchWait time.Duration
-	// RecoverEvery is how often unfinished batches are looked for.
+	// RecoverEvery is how often unfinished batches are looked for. Between
+	// two passes, the owners whose batches the last pass left to them are
+	// checked every HeartbeatEvery, and a pass runs at once when one of
+	// them is found dead.
 	RecoverEvery time.Duration
-	// RecoverAfter is how old an unfinished batch must be before any
-	// batcher resumes it, so a live batcher is not second-guessed.
+	// HeartbeatEvery is how often the batcher rewrites its heartbeat in
+	// OwnersBucket while it runs.
+	HeartbeatEvery time.Duration
+	// OwnerTimeout is how long the heartbeat of a batch's owner must have
+	// been stale (or gone) before another batcher resumes the batch. A
+	// batch whose owner's heartbeat is fresh is left to it, however old.
+	// It must be at least three HeartbeatEvery.
+	OwnerTimeout time.Duration
+	// RecoverAfter is the fallback: how long a batch must have been left
+	// untouched before a batcher resumes it when its owner's liveness is
+	// unknown (no owner named: written by an earlier version, or while its
+	// owner's heartbeats failed; or this batcher cannot read heartbeats),
+	// and before the owner itself resumes a batch of its own. It is also
+	// where the backoff of a batch that does not move on starts.
 	RecoverAfter time.Duration
 	// SendTimeout bounds one send of a batch, retries included.
 	SendTimeout time.Duration
@@ -94,6 +113,12 @@ func (c BatcherConfig) WithDefaults() BatcherConfig {
 	if c.RecoverAfter == 0 {
 		c.RecoverAfter = DefaultRecoverAfter
 	}
+	if c.HeartbeatEvery == 0 {
+		c.HeartbeatEvery = DefaultHeartbeatEvery
+	}
+	if c.OwnerTimeout == 0 {
+		c.OwnerTimeout = max(DefaultOwnerTimeout, 3*c.HeartbeatEvery)
+	}
 	if c.SendTimeout == 0 {
 		c.SendTimeout = time.Minute
 	}
@@ -123,6 +148,8 @@ func (c BatcherConfig) Validate() error {
 		return fmt.Errorf("RecoverEvery and RecoverAfter must be positive, got %s and %s", c.RecoverEvery, c.RecoverAfter)
 	case c.SendTimeout <= 0:
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
+	case validateHeartbeats(c.HeartbeatEvery, c.OwnerTimeout) != nil:
+		return validateHeartbeats(c.HeartbeatEvery, c.OwnerTimeout)
 	case c.RetryMax <= 0 || c.SettleAfter < 0 || c.StuckAfter <= 0:
 		return fmt.Errorf("RetryMax and StuckAfter must be positive and SettleAfter not negative, got %s, %s and %s", c.RetryMax, c.StuckAfter, c.SettleAfter)
 	case c.Retention < time.Second:
@@ -135,7 +162,9 @@ func (c BatcherConfig) Validate() error {
 // each item exactly once: an item is claimed by one batch, the batch is
 // persisted with its request_id before the first send, every resend uses
 // that request_id, and the outcome is recorded on the orders. Any number
-// of batchers may run; each resumes batches others left unfinished.
+// of batchers may run. Each owns the batches it writes (Batch.Owner) while
+// its heartbeat in OwnersBucket is fresh, and resumes the batches of
+// owners whose heartbeat went stale (see Recover).
 // What a batch sends is the orders' copies of planned items, never an
 // intent's fields; intents naming anything else are rejected (see flush).
 // An item is recorded failed only when Cobo certainly did not make it
@@ -146,6 +175,13 @@ type Batcher struct {
 	api    CoboAPI
 	orders OrderRepo
 	cfg    BatcherConfig
+	owners *owners
+
+	// waitingOn holds the owners whose batches the last complete
+	// recovery pass left to them (alive then); Run checks them between
+	// passes. waitMu guards it.
+	waitMu    sync.Mutex
+	waitingOn map[string]bool
 
 	// stuckMu guards stuck: items this batcher has marked stuck on their
 	// orders, so each is written once per process.
@@ -163,14 +199,31 @@ func NewBatcher(ctx context.Context, js jetstream.JetStream, api CoboAPI, orders
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher{js: js, store: st, api: api, orders: orders, cfg: cfg, stuck: map[string]bool{}}, nil
+	own := openOwners(ctx, js, "batcher", cfg.HeartbeatEvery, cfg.OwnerTimeout, cfg.Logger)
+	st.owner = own.owner
+	return &Batcher{js: js, store: st, api: api, orders: orders, cfg: cfg, owners: own, stuck: map[string]bool{}}, nil
 }
 
-// Run batches until ctx is done. A batch being sent when ctx ends is left
-// persisted and is resumed by a batcher later. A failed lookup of the
-// shared consumer is retried every second; Run returns its error only
-// when lookups have failed for a minute.
+// Run batches until ctx is done. While it runs, the batcher's heartbeat
+// in OwnersBucket is rewritten every HeartbeatEvery; when it returns the
+// heartbeat is removed, so that a batch it was sending when ctx ended
+// (left persisted) is resumed by another batcher at once. A batcher that
+// dies without removing it has its batches resumed once its heartbeat is
+// OwnerTimeout stale. The intents it holds are marked in progress until
+// they are acked or handed back. A failed lookup of the shared consumer
+// is retried every second; Run returns its error only when lookups have
+// failed for a minute.
 func (b *Batcher) Run(ctx context.Context) error {
+	// The heartbeat is written before anything is owned, and removed only
+	// once nothing is sent any more (deliver runs on this goroutine), so
+	// that a batcher seen gone has nothing in flight; hence a context of
+	// its own, ended by Run's return rather than by ctx.
+	b.owners.beat(ctx)
+	hctx, stopBeats := context.WithCancel(context.WithoutCancel(ctx))
+	beating := make(chan struct{})
+	go func() { b.owners.run(hctx); close(beating) }()
+	defer func() { stopBeats(); <-beating }()
+
 	// One failed lookup (a leader election, a reconnect) must not end
 	// batching for good while the rest of the worker runs on.
 	var cons jetstream.Consumer
@@ -192,6 +245,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
+	markEvery := events.InProgressEvery(intentAckWait(cons))
 	it, err := cons.Messages(jetstream.PullMaxMessages(4*b.cfg.BatchMax), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("batcher consume: %w", err)
@@ -199,10 +253,24 @@ func (b *Batcher) Run(ctx context.Context) error {
 	defer it.Stop()
 
 	var pending []jetstream.Msg
+	// Whichever way Run ends, what it holds is handed back, which also
+	// ends the in-progress marks.
+	defer func() {
+		for _, m := range pending {
+			_ = m.Nak()
+		}
+	}()
 	var firstAt time.Time
-	nextRecover := time.Now()
+	nextRecover, nextCheck := time.Now(), time.Now()
 	for ctx.Err() == nil {
-		if time.Now().After(nextRecover) {
+		due := time.Now().After(nextRecover)
+		if !due && time.Now().After(nextCheck) {
+			// A batch whose owner just died need not wait for the next
+			// pass: the owners the last pass left batches to are few.
+			nextCheck = time.Now().Add(b.cfg.HeartbeatEvery)
+			due = b.ownerDied(ctx)
+		}
+		if due {
 			b.Recover(ctx, b.cfg.RecoverAfter)
 			nextRecover = time.Now().Add(b.cfg.RecoverEvery)
 		}
@@ -216,7 +284,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 			if len(pending) == 0 {
 				firstAt = time.Now()
 			}
-			pending = append(pending, msg)
+			pending = append(pending, holdIntent(msg, markEvery))
 		case errors.Is(err, nats.ErrTimeout):
 		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 			return nil
@@ -227,9 +295,6 @@ func (b *Batcher) Run(ctx context.Context) error {
 			b.flush(ctx, pending)
 			pending = nil
 		}
-	}
-	for _, m := range pending {
-		_ = m.Nak()
 	}
 	return nil
 }
@@ -375,12 +440,30 @@ func (b *Batcher) settleClaims(ctx context.Context, batch *Batch, rev uint64) (u
 	return b.store.put(ctx, batch, rev)
 }
 
-// Recover resumes every batch last touched more than olderThan ago and
-// due (NextAt passed): it finishes claims, resends ready batches with
-// their request_id, looks up and splits refused ones, polls sent ones and
-// records outcomes. On the way it marks stuck items (StuckAfter) on their
-// orders and, after a scan of every batch, sets the stuck-item and
-// waiting-batch gauges. It returns how many batches it resumed.
+// Recover resumes every due batch (NextAt passed) that is
+//
+//   - owned by an owner whose heartbeat is gone or OwnerTimeout stale: at
+//     once, whatever its age;
+//   - this batcher's own, or of unknown owner (none named, or heartbeats
+//     unreadable from here): once last touched more than olderThan ago.
+//
+// A batch whose owner's heartbeat is fresh is left to that owner, however
+// old. Resuming finishes claims, resends ready batches with their
+// request_id, looks up and splits refused ones, polls sent ones and
+// records outcomes; its first write names this batcher the owner.
+//
+// Resuming is safe even when the owner was wrongly taken for dead (a
+// pause longer than OwnerTimeout): every write of a batch is a
+// compare-and-set on its revision, so of two batchers only one notes a
+// send and makes it; a batch persisted mid-send (InFlight) is resent only
+// with its one request_id, which Cobo refuses to create twice, and a
+// refusal is looked up (MayExist); and items join a batch only through
+// their claims. Those are the guards, as they were when recovery went by
+// age alone; the heartbeats only spare a live owner's batches.
+//
+// On the way it marks stuck items (StuckAfter) on their orders and, after
+// a scan of every batch, sets the stuck-item and waiting-batch gauges. It
+// returns how many batches it resumed.
 func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 	keys, err := b.store.keys(ctx)
 	if err != nil {
@@ -392,6 +475,8 @@ func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 	}
 	n, complete := 0, true
 	stuck, waiting, open := map[string]bool{}, map[string]int{}, map[string]bool{}
+	live := b.owners.view(ctx)
+	waitingOn := map[string]bool{}
 	for _, k := range keys {
 		if ctx.Err() != nil {
 			complete = false
@@ -418,11 +503,26 @@ func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 			}
 			b.markStuck(ctx, batch, items)
 		}
-		if now.Sub(batch.UpdatedAt) < olderThan || now.Before(batch.NextAt) {
+		if now.Before(batch.NextAt) {
 			continue
 		}
+		state := live.state(ctx, batch.Owner)
+		switch state {
+		case ownerAlive:
+			// Its owner drives it, and resumes it when due: taking it
+			// over would only race a live batcher.
+			waitingOn[batch.Owner] = true
+			continue
+		case ownerDead:
+			// Its owner is gone: at once, however recently it wrote.
+		default:
+			if now.Sub(batch.UpdatedAt) < olderThan {
+				continue
+			}
+		}
 		n++
-		b.cfg.Logger.Info().Str("request_id", batch.RequestID).Str("status", batch.Status).Int("attempts", batch.Attempts).Msg("resuming batch")
+		b.cfg.Logger.Info().Str("request_id", batch.RequestID).Str("status", batch.Status).Int("attempts", batch.Attempts).
+			Str("owner", batch.Owner).Bool("owner_gone", state == ownerDead).Msg("resuming batch")
 		if batch.Status == BatchClaiming {
 			if rev, err = b.settleClaims(ctx, batch, rev); err != nil || batch.Status != BatchReady {
 				continue
@@ -431,6 +531,9 @@ func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 		b.deliver(ctx, batch, rev)
 	}
 	if complete {
+		b.waitMu.Lock()
+		b.waitingOn = waitingOn
+		b.waitMu.Unlock()
 		b.metrics().cobo.itemsStuck.Set(float64(len(stuck)))
 		for _, r := range waitReasons {
 			b.metrics().cobo.batchesWaiting.WithLabelValues(r).Set(float64(waiting[r]))
@@ -439,6 +542,64 @@ func (b *Batcher) Recover(ctx context.Context, olderThan time.Duration) int {
 	}
 	return n
 }
+
+// ownerDied reports whether an owner the last recovery pass left batches
+// to has died since.
+func (b *Batcher) ownerDied(ctx context.Context) bool {
+	b.waitMu.Lock()
+	owners := make([]string, 0, len(b.waitingOn))
+	for o := range b.waitingOn {
+		owners = append(owners, o)
+	}
+	b.waitMu.Unlock()
+	if len(owners) == 0 {
+		return false
+	}
+	live := b.owners.view(ctx)
+	for _, o := range owners {
+		if live.state(ctx, o) == ownerDead {
+			return true
+		}
+	}
+	return false
+}
+
+// intentAckWait is the ack wait of an intent consumer as last read, the
+// default when unknown.
+func intentAckWait(cons jetstream.Consumer) time.Duration {
+	if info := cons.CachedInfo(); info != nil && info.Config.AckWait > 0 {
+		return info.Config.AckWait
+	}
+	return DefaultIntentAck
+}
+
+// heldIntent is an intent a sender holds: it is marked in progress until
+// it is answered (acked, handed back or terminated), so that a short ack
+// wait does not give it to another sender meanwhile.
+type heldIntent struct {
+	jetstream.Msg
+	stop func()
+}
+
+func holdIntent(msg jetstream.Msg, every time.Duration) heldIntent {
+	return heldIntent{Msg: msg, stop: events.KeepInProgress(msg, every, time.Time{})}
+}
+
+// Ack stops the marks, then acks.
+func (h heldIntent) Ack() error { h.stop(); return h.Msg.Ack() }
+
+// Nak stops the marks, then hands the intent back.
+func (h heldIntent) Nak() error { h.stop(); return h.Msg.Nak() }
+
+// NakWithDelay stops the marks (one after it would replace its delay),
+// then hands the intent back after delay.
+func (h heldIntent) NakWithDelay(delay time.Duration) error {
+	h.stop()
+	return h.Msg.NakWithDelay(delay)
+}
+
+// Term stops the marks, then terminates the intent.
+func (h heldIntent) Term() error { h.stop(); return h.Msg.Term() }
 
 func toRequest(batch *Batch) cobo.CreateBatchAllocationRequest {
 	req := cobo.CreateBatchAllocationRequest{RequestID: batch.RequestID}
@@ -592,8 +753,12 @@ var waitReasons = []string{WaitCredentials, WaitEndpoint, WaitProvider, WaitSett
 // Batch is a Cobo batch allocation as paystream persists it before the
 // first send, so that every retry sends the same request_id.
 type Batch struct {
-	RequestID         string                  `json:"request_id"`
-	Status            string                  `json:"status"`
+	RequestID string `json:"request_id"`
+	Status    string `json:"status"`
+	// Owner is the owner id (OwnersBucket) of the batcher that last wrote
+	// the batch, empty when its heartbeat was not healthy then (or it
+	// predates owners). Other batchers leave the batch to a live owner.
+	Owner             string                  `json:"owner,omitempty"`
 	Items             []domain.AllocationItem `json:"items"`
 	BatchAllocationID string                  `json:"batch_allocation_id,omitempty"`
 	ProviderStatus    string                  `json:"provider_status,omitempty"`
@@ -650,6 +815,8 @@ func (b *Batch) itemsSince() time.Time {
 type batchStore struct {
 	batches *events.ExpiringKV
 	claims  *events.ExpiringKV
+	// owner, when set, names the owner written on every batch put.
+	owner func() string
 }
 
 func openBatchStore(ctx context.Context, js jetstream.JetStream, r events.Retention, log zerolog.Logger) (*batchStore, error) {
@@ -689,6 +856,11 @@ func (s *batchStore) get(ctx context.Context, requestID string) (*Batch, uint64,
 // put writes b at revision rev (0 creates it).
 func (s *batchStore) put(ctx context.Context, b *Batch, rev uint64) (uint64, error) {
 	b.UpdatedAt = time.Now().UTC()
+	if s.owner != nil {
+		// Every write takes the batch over: a batch resumed from a dead
+		// owner is this batcher's from its first write on.
+		b.Owner = s.owner()
+	}
 	v, err := json.Marshal(b)
 	if err != nil {
 		return 0, fmt.Errorf("encode batch %s: %w", b.RequestID, err)

@@ -49,8 +49,17 @@ type BitGoSenderConfig struct {
 	Retry, RetryMax time.Duration
 	// SendTimeout bounds what one delivery asks of BitGo (a lookup and
 	// up to two sends, the client's retries included); it is also how long
-	// other senders leave an item alone while its send is in flight.
+	// other senders leave an item alone while its send is in flight,
+	// unless the sender making it is found dead first (its heartbeat
+	// OwnerTimeout stale).
 	SendTimeout time.Duration
+	// HeartbeatEvery is how often the sender rewrites its heartbeat in
+	// OwnersBucket while it runs.
+	HeartbeatEvery time.Duration
+	// OwnerTimeout is how long the heartbeat of the sender whose send of
+	// an item is in flight must have been stale (or gone) before another
+	// sender looks the item up. At least three HeartbeatEvery.
+	OwnerTimeout time.Duration
 	// Retention is how long an item's persisted request is kept once BitGo
 	// answered it for good (cleared or released), the workers' -retention:
 	// events.DefaultRetention when zero.
@@ -76,6 +85,12 @@ func (c BitGoSenderConfig) WithDefaults() BitGoSenderConfig {
 	if c.SendTimeout == 0 {
 		c.SendTimeout = 45 * time.Second
 	}
+	if c.HeartbeatEvery == 0 {
+		c.HeartbeatEvery = DefaultHeartbeatEvery
+	}
+	if c.OwnerTimeout == 0 {
+		c.OwnerTimeout = max(DefaultOwnerTimeout, 3*c.HeartbeatEvery)
+	}
 	if c.Retention == 0 {
 		c.Retention = events.DefaultRetention
 	}
@@ -93,6 +108,8 @@ func (c BitGoSenderConfig) Validate() error {
 		return fmt.Errorf("Retry must be positive and at most RetryMax, got %s and %s", c.Retry, c.RetryMax)
 	case c.SendTimeout <= 0:
 		return fmt.Errorf("SendTimeout must be positive, got %s", c.SendTimeout)
+	case validateHeartbeats(c.HeartbeatEvery, c.OwnerTimeout) != nil:
+		return validateHeartbeats(c.HeartbeatEvery, c.OwnerTimeout)
 	case c.Retention < time.Second:
 		return fmt.Errorf("Retention must be at least 1s, got %s", c.Retention)
 	}
@@ -132,8 +149,12 @@ type BitGoRecord struct {
 	Refused string `json:"refused,omitempty"`
 	// SendingUntil is when the send in flight, if any, gives up. Until
 	// then another sender leaves the item alone rather than look it up
-	// while the answer is on its way.
+	// while the answer is on its way, unless SendingOwner is dead.
 	SendingUntil time.Time `json:"sending_until"`
+	// SendingOwner is the owner id (OwnersBucket) of the sender making
+	// the send in flight; empty when its heartbeat was not healthy then,
+	// or it predates owners (SendingUntil alone counts).
+	SendingOwner string `json:"sending_owner,omitempty"`
 	// History lists the requests signed for the item, oldest first; past
 	// maxHistory the oldest but the first are dropped.
 	History   []BitGoSigned `json:"history,omitempty"`
@@ -214,6 +235,7 @@ type BitGoSender struct {
 	api      BitGoAPI
 	orders   OrderRepo
 	cfg      BitGoSenderConfig
+	owners   *owners
 }
 
 // NewBitGoSender returns a BitGoSender. EnsureResources must have run.
@@ -230,7 +252,8 @@ func NewBitGoSender(ctx context.Context, js jetstream.JetStream, api BitGoAPI, o
 	if err != nil {
 		return nil, err
 	}
-	return &BitGoSender{js: js, requests: requests, api: api, orders: orders, cfg: cfg}, nil
+	own := openOwners(ctx, js, "bitgo sender", cfg.HeartbeatEvery, cfg.OwnerTimeout, cfg.Logger)
+	return &BitGoSender{js: js, requests: requests, api: api, orders: orders, cfg: cfg, owners: own}, nil
 }
 
 // ClientExternalID is the BitGo idempotency key of an item: a UUID-shaped
@@ -241,12 +264,24 @@ func ClientExternalID(itemID string) string {
 }
 
 // Run delivers items until ctx is done; items in flight then are handed
-// back and resumed by any sender.
+// back and resumed by any sender. While it runs the sender's heartbeat in
+// OwnersBucket is rewritten every HeartbeatEvery, and removed when it
+// returns: a send it leaves in flight is looked up by another sender at
+// once, or once its heartbeat is OwnerTimeout stale if it died.
 func (s *BitGoSender) Run(ctx context.Context) error {
+	// Removed only after the last delivery has returned (see the batcher's
+	// Run): a context of its own.
+	s.owners.beat(ctx)
+	hctx, stopBeats := context.WithCancel(context.WithoutCancel(ctx))
+	beating := make(chan struct{})
+	go func() { s.owners.run(hctx); close(beating) }()
+	defer func() { stopBeats(); <-beating }()
+
 	cons, err := s.js.Consumer(ctx, IntentStream, BitGoConsumer)
 	if err != nil {
 		return fmt.Errorf("bitgo consumer: %w", err)
 	}
+	markEvery := events.InProgressEvery(intentAckWait(cons))
 	it, err := cons.Messages(jetstream.PullMaxMessages(2*s.cfg.Concurrency), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("bitgo consume: %w", err)
@@ -272,7 +307,7 @@ loop:
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			s.handle(ctx, msg)
+			s.handle(ctx, msg, markEvery)
 		}()
 	}
 	wg.Wait()
@@ -282,8 +317,9 @@ loop:
 
 // handle takes one intent as far as it can and acks it only once the
 // item's final outcome is on the order, or once the intent turns out
-// stale or rejected (see deliver).
-func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
+// stale or rejected (see deliver). The intent is marked in progress every
+// markEvery meanwhile.
+func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg, markEvery time.Duration) {
 	var it domain.AllocationItem
 	if err := json.Unmarshal(msg.Data(), &it); err != nil || it.ID == "" {
 		detail := "no item id"
@@ -303,9 +339,9 @@ func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 	// Keep the intent ours while BitGo answers slowly, so that another
 	// sender does not pick it up meanwhile; a crash still frees it within
 	// one ack wait.
-	stopBeat := heartbeat(msg)
+	stopMarks := events.KeepInProgress(msg, markEvery, time.Time{})
 	done, err := s.deliver(ctx, msg.Subject(), it, log)
-	stopBeat()
+	stopMarks()
 	if err != nil {
 		if ctx.Err() != nil {
 			_ = msg.Nak()
@@ -313,6 +349,11 @@ func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		meta, _ := msg.Metadata()
 		delay := s.retryDelay(meta)
+		if errors.Is(err, errSendInFlight) {
+			// Looked at again soon: the sender making it may be found
+			// dead well before its send would have given up.
+			delay = min(delay, s.cfg.Retry)
+		}
 		log.Warn().Err(err).Dur("retry_in", delay).Msg("bitgo allocation not finished; it will be looked up or sent again")
 		_ = msg.NakWithDelay(delay)
 		return
@@ -324,26 +365,9 @@ func (s *BitGoSender) handle(ctx context.Context, msg jetstream.Msg) {
 	_ = msg.Ack()
 }
 
-// heartbeat marks msg in progress every second until stopped.
-func heartbeat(msg jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
-}
+// errSendInFlight is wrapped by a delivery that found another sender's
+// send of the item in flight.
+var errSendInFlight = errors.New("another sender's send of the item is in flight")
 
 // retryDelay is the wait before an intent whose delivery did not finish
 // is delivered again: Retry doubling per delivery, capped at RetryMax.
@@ -469,9 +493,19 @@ func (s *BitGoSender) advance(ctx context.Context, cur domain.AllocationItem, re
 	for sends := 0; ; sends++ {
 		if rec.Unclear {
 			if wait := time.Until(rec.SendingUntil); wait > 0 {
-				// Its answer is on the way; a lookup now could miss an
-				// allocation being made and sign a request for nothing.
-				return fmt.Errorf("another sender's send of the item is in flight for at most %s more", wait.Round(time.Millisecond))
+				if s.owners.view(ctx).state(ctx, rec.SendingOwner) != ownerDead {
+					// Its answer is on the way; a lookup now could miss an
+					// allocation being made and sign a request for nothing.
+					return fmt.Errorf("%w for at most %s more", errSendInFlight, wait.Round(time.Millisecond))
+				}
+				// The sender making it died: no answer is on its way.
+				// BitGo may still be making an allocation from a request
+				// that left before the death, OwnerTimeout or more ago;
+				// should the lookup miss it, the fresh request carries the
+				// same clientExternalId, which BitGo refuses to allocate
+				// twice (409), and that refusal is looked up again.
+				log.Warn().Str("owner", rec.SendingOwner).Time("sending_until", rec.SendingUntil).
+					Msg("the sender of the item's send in flight is gone; looking the item up now")
 			}
 			var err error
 			if rev, err = s.reconcile(ctx, sctx, cur, rec, rev, log); err != nil || rec.Status != "" {
@@ -581,6 +615,7 @@ func (s *BitGoSender) send(ctx, sctx context.Context, rec *BitGoRecord, rev uint
 	rec.current().Sends++
 	rec.Unclear, rec.Refused = true, ""
 	rec.SendingUntil, _ = sctx.Deadline()
+	rec.SendingOwner = s.owners.owner()
 	// Persisted before the send: from here on BitGo may hold the
 	// allocation, whatever becomes of this process, and the next sender
 	// must look it up first.
@@ -589,7 +624,7 @@ func (s *BitGoSender) send(ctx, sctx context.Context, rec *BitGoRecord, rev uint
 		return rev, false, err
 	}
 	a, err := s.api.Send(sctx, rec.Request)
-	rec.SendingUntil = time.Time{}
+	rec.SendingUntil, rec.SendingOwner = time.Time{}, ""
 	again := s.answer(rec, a, err, rec.Sends == 1, log)
 	rev, err = s.put(ctx, rec, rev)
 	return rev, again, err

@@ -35,7 +35,11 @@ const (
 // EnsureResources creates the intent stream and the buckets when they do
 // not exist (never changing existing ones, see events.EnsureStream), the
 // buckets with per-key TTLs for cfg.Retention, and creates or updates the
-// batcher and BitGo consumers.
+// batcher and BitGo consumers with ackWait (DefaultIntentAck in the
+// workers). The owners bucket (OwnersBucket) is not required: when it
+// cannot be created (NATS permissions from before it existed) the error
+// is logged on cfg.Logger and the senders run without heartbeats, taking
+// over each other's work by age only.
 func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.StreamConfig, ackWait time.Duration) error {
 	cfg = cfg.WithDefaults()
 	if _, err := cfg.EnsureStream(ctx, js, jetstream.StreamConfig{
@@ -80,6 +84,13 @@ func EnsureResources(ctx context.Context, js jetstream.JetStream, cfg events.Str
 		}); err != nil {
 			return err
 		}
+	}
+	if _, err := cfg.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
+		Bucket: OwnersBucket, Description: "heartbeats of the running batchers and BitGo senders: owner id -> component, host, pid",
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, History: 1, TTL: ownersMaxAge,
+	}); err != nil {
+		cfg.Logger.Error().Err(err).Str("bucket", OwnersBucket).
+			Msg("cannot create the owners bucket; batchers and BitGo senders run without heartbeats, and take over a dead process's work only after the fallback age: allow the worker user this bucket (deploy/nats/accounts.conf)")
 	}
 	return nil
 }

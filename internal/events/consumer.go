@@ -31,9 +31,15 @@ type Processor interface {
 
 // Defaults for ConsumerConfig.
 const (
-	DefaultConcurrency   = 16
-	DefaultMaxDeliver    = 8
-	DefaultAckWait       = 30 * time.Second
+	DefaultConcurrency = 16
+	DefaultMaxDeliver  = 8
+	// DefaultAckWait is how long an event held by a worker that died
+	// waits before the server hands it to another: the recovery time of
+	// a crash. Workers mark the events they handle in progress every
+	// third of it (InProgressEvery), so it bounds no handler: it only
+	// has to outlast two lost or late marks (a pause of the process, a
+	// slow network) with room to spare.
+	DefaultAckWait       = 5 * time.Second
 	DefaultBackoffBase   = 500 * time.Millisecond
 	DefaultBackoffMax    = 30 * time.Second
 	DefaultHandleTimeout = 20 * time.Second
@@ -41,22 +47,28 @@ const (
 	DefaultStopGrace     = 2 * time.Second
 )
 
-// ConsumerConfig configures a Consumer. All workers must use the same
-// AckWait, since it is part of the shared durable consumer.
+// ConsumerConfig configures a Consumer. All workers should use the same
+// AckWait, since it is part of the shared durable consumer: the last
+// worker to start sets it (EnsureConsumer).
 type ConsumerConfig struct {
 	// Concurrency is how many events one worker processes at once.
 	Concurrency int
 	// MaxDeliver is how many deliveries an event gets before it is
 	// dead-lettered.
 	MaxDeliver int
-	// AckWait is how long the server waits for an ack before redelivering,
-	// e.g. after a worker crashed.
+	// AckWait is how long the server waits for an ack, or for a mark that
+	// the event is still in progress, before redelivering it, e.g. after a
+	// worker crashed. While Process runs the consumer marks the event in
+	// progress every AckWait/3, so a handler may run longer than AckWait.
 	AckWait time.Duration
 	// BackoffBase and BackoffMax bound the redelivery delay after a failure,
 	// which doubles per delivery.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
-	// HandleTimeout bounds one Process call. It must be below AckWait.
+	// HandleTimeout bounds one Process call (its context's deadline). It
+	// may exceed AckWait: the event is marked in progress while Process
+	// runs, and only until HandleTimeout, so a Process that ignores its
+	// deadline loses the event to redelivery one AckWait later.
 	HandleTimeout time.Duration
 	// PullMax is how many messages a worker buffers ahead.
 	PullMax int
@@ -86,7 +98,7 @@ func (c ConsumerConfig) WithDefaults() ConsumerConfig {
 		c.BackoffMax = DefaultBackoffMax
 	}
 	if c.HandleTimeout == 0 {
-		c.HandleTimeout = min(DefaultHandleTimeout, c.AckWait*2/3)
+		c.HandleTimeout = DefaultHandleTimeout
 	}
 	if c.PullMax == 0 {
 		c.PullMax = DefaultPullMax
@@ -108,16 +120,17 @@ func (c ConsumerConfig) Validate() error {
 		return fmt.Errorf("AckWait must be at least 1s, got %s", c.AckWait)
 	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
 		return fmt.Errorf("BackoffBase must be positive and at most BackoffMax, got %s and %s", c.BackoffBase, c.BackoffMax)
-	case c.HandleTimeout <= 0 || c.HandleTimeout >= c.AckWait:
-		return fmt.Errorf("HandleTimeout must be positive and below AckWait, got %s", c.HandleTimeout)
+	case c.HandleTimeout <= 0:
+		return fmt.Errorf("HandleTimeout must be positive, got %s", c.HandleTimeout)
 	case c.PullMax < 1:
 		return fmt.Errorf("PullMax must be at least 1, got %d", c.PullMax)
 	}
 	return nil
 }
 
-// EnsureConsumer creates or updates the shared durable pull consumer.
-// Redelivery is bounded by the worker (see ConsumerConfig.MaxDeliver), not
+// EnsureConsumer creates or updates the shared durable pull consumer,
+// with cfg's AckWait: a worker started with another ack wait (an upgrade
+// from the 30 s of earlier versions) sets it for every worker. Redelivery is bounded by the worker (see ConsumerConfig.MaxDeliver), not
 // the server, so that exhausted events land in the dead-letter stream
 // instead of being skipped. An existing one is updated (see EnsureDurable).
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
@@ -141,6 +154,9 @@ type Consumer struct {
 	cons jetstream.Consumer
 	proc Processor
 	cfg  ConsumerConfig
+	// markEvery is how often an event being processed is marked in
+	// progress.
+	markEvery time.Duration
 }
 
 // NewConsumer returns a Consumer of cons that processes with proc and
@@ -150,7 +166,13 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("consumer config: %w", err)
 	}
-	return &Consumer{js: js, cons: cons, proc: proc, cfg: cfg}, nil
+	// The durable's own ack wait is the one the server applies; another
+	// worker may have set a shorter one than ours.
+	ackWait := cfg.AckWait
+	if info := cons.CachedInfo(); info != nil && info.Config.AckWait > 0 {
+		ackWait = min(ackWait, info.Config.AckWait)
+	}
+	return &Consumer{js: js, cons: cons, proc: proc, cfg: cfg, markEvery: InProgressEvery(ackWait)}, nil
 }
 
 // Run processes events until ctx is done, then stops softly: it stops
@@ -158,8 +180,11 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, proc Processor
 // in-flight ones to finish (each bounded by HandleTimeout). It returns
 // earlier, with an error, only when the pull cannot go on: the durable
 // consumer was deleted (the error wraps ErrConsumerGone) or the
-// connection was closed.
-func (c *Consumer) Run(ctx context.Context) error {
+// connection was closed. Then, and whenever the connection is closed by
+// the time it ends, the in-flight events' contexts are cancelled before it
+// waits for them: their answers could not reach the server anyway, and the
+// events are redelivered.
+func (c *Consumer) Run(ctx context.Context) (err error) {
 	// Short pull expiry and heartbeats let a worker notice a lost pull
 	// request (server restart, leader change) in about two seconds instead
 	// of the client's 30-second default.
@@ -172,17 +197,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 		it.Drain()
 	}()
 
+	// The handlers' contexts are not ctx: a soft stop lets them finish.
+	hctx, cancelHandlers := context.WithCancel(context.Background())
+	defer cancelHandlers()
 	work := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
 	for range c.cfg.Concurrency {
 		wg.Go(func() {
 			for msg := range work {
-				c.handle(msg)
+				c.handle(hctx, msg)
 			}
 		})
 	}
 	defer wg.Wait()
 	defer close(work)
+	defer func() {
+		if err != nil || c.js.Conn().IsClosed() {
+			cancelHandlers()
+		}
+	}()
 
 	var stopBy time.Time
 	for {
@@ -226,11 +259,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
-		work <- msg
+		select {
+		case work <- msg:
+		case <-ctx.Done():
+			// Stopped while every handler is busy (handlers may run up
+			// to HandleTimeout): given back as above.
+			_ = msg.Nak()
+		}
 	}
 }
 
-func (c *Consumer) handle(msg jetstream.Msg) {
+func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	ev, err := DecodeMsg(msg)
 	id, order, typ := ev.EventID, ev.OrderID, ev.Type
@@ -255,8 +294,14 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandleTimeout)
+	ctx, cancel := context.WithTimeout(hctx, c.cfg.HandleTimeout)
+	// Marked in progress while it is processed, so that a slow handler
+	// (a Cobo call and its retries) is not redelivered to another worker
+	// meanwhile; stopped before the answer below.
+	deadline, _ := ctx.Deadline()
+	stopMarks := KeepInProgress(msg, c.markEvery, deadline)
 	err = c.proc.Process(ctx, ev)
+	stopMarks()
 	cancel()
 	if m := c.cfg.Metrics; m != nil {
 		m.handleLatency.Observe(time.Since(start).Seconds())

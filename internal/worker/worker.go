@@ -100,7 +100,8 @@ type AllocationConfig struct {
 	BitGoSender allocation.BitGoSenderConfig
 	// IntentAckWait is how long an allocation intent held by a dead
 	// process waits before another takes it; allocation.DefaultIntentAck
-	// when zero.
+	// when zero. Intents held by a live process are marked in progress
+	// every third of it, however long their send takes.
 	IntentAckWait time.Duration
 	// Sweeper tunes the sweep that publishes again the intents of items
 	// left planned (OrphanAfter, allocation.DefaultOrphanAfter when zero).
