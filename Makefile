@@ -34,7 +34,8 @@ fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
 run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbox (Ctrl-C stops)
 	$(BIN)/demo $(DEMO_ARGS)
 
-# Soak length for `make bench`; the published figure uses SOAK=10m.
+# Soak length for `make bench`; the published figure uses SOAK=8m (the soak's short
+# windows are full after 4 minutes, BENCHMARKS.md).
 SOAK      ?= 1m
 
 .PHONY: bench
