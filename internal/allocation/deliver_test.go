@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -86,6 +87,21 @@ type harness struct {
 // newHarness is a batcher on a real JetStream, with fast timings.
 func newHarness(t *testing.T, api allocation.CoboAPI) *harness {
 	t.Helper()
+	h, _, js := newStores(t)
+	var err error
+	h.b, err = allocation.NewBatcher(context.Background(), js, api, h.orders, allocation.BatcherConfig{
+		RecoverAfter: 20 * time.Millisecond, RetryMax: 50 * time.Millisecond, SettleAfter: 400 * time.Millisecond, SendTimeout: time.Second,
+		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), Metrics: allocation.NewMetrics(h.reg),
+	})
+	require.NoError(t, err)
+	return h
+}
+
+// newStores starts a JetStream server with the allocation resources and
+// the orders bucket, and returns a harness of its stores without a
+// batcher.
+func newStores(t *testing.T) (*harness, *server.Server, jetstream.JetStream) {
+	t.Helper()
 	srv := testutil.StartJetStream(t)
 	_, js := testutil.Connect(t, srv)
 	ctx := context.Background()
@@ -97,12 +113,7 @@ func newHarness(t *testing.T, api allocation.CoboAPI) *harness {
 	require.NoError(t, err)
 	h.claims, err = js.KeyValue(ctx, allocation.ClaimsBucket)
 	require.NoError(t, err)
-	h.b, err = allocation.NewBatcher(ctx, js, api, h.orders, allocation.BatcherConfig{
-		RecoverAfter: 20 * time.Millisecond, RetryMax: 50 * time.Millisecond, SettleAfter: 400 * time.Millisecond, SendTimeout: time.Second,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), Metrics: allocation.NewMetrics(h.reg),
-	})
-	require.NoError(t, err)
-	return h
+	return h, srv, js
 }
 
 // plant writes an order with n planned Cobo items and returns them.

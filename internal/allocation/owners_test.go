@@ -39,17 +39,7 @@ type ownerRig struct {
 
 func newOwnerRig(t *testing.T) *ownerRig {
 	t.Helper()
-	srv := testutil.StartJetStream(t)
-	_, js := testutil.Connect(t, srv)
-	ctx := context.Background()
-	require.NoError(t, allocation.EnsureResources(ctx, js, events.StreamConfig{}, 5*time.Second))
-	kv, err := events.EnsureOrdersBucket(ctx, js, events.StreamConfig{})
-	require.NoError(t, err)
-	h := &harness{orders: events.NewOrderStore(kv), reg: prometheus.NewRegistry()}
-	h.batches, err = js.KeyValue(ctx, allocation.BatchesBucket)
-	require.NoError(t, err)
-	h.claims, err = js.KeyValue(ctx, allocation.ClaimsBucket)
-	require.NoError(t, err)
+	h, srv, js := newStores(t)
 	return &ownerRig{harness: h, srv: srv, js: js}
 }
 
