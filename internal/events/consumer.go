@@ -348,7 +348,10 @@ func (c *Consumer) deadLetter(msg jetstream.Msg, ev Event, log zerolog.Logger, k
 	}
 	dl.Data = msg.Data()
 	for k, v := range msg.Headers() {
-		if k != jetstream.MsgIDHeader {
+		// An event stored in an atomic batch keeps the batch's headers;
+		// copied, they would make this publish a batch message, which the
+		// dead-letter stream refuses.
+		if k != jetstream.MsgIDHeader && !IsBatchHeader(k) {
 			dl.Header[k] = v
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,12 @@ const (
 	headerBatchSeq    = "Nats-Batch-Sequence"
 	headerBatchCommit = "Nats-Batch-Commit"
 )
+
+// IsBatchHeader reports whether k is one of the atomic batch headers. The
+// server keeps them on the messages a batch stored, so whoever publishes a
+// stored event's headers again (a dead letter, a redrive) must drop them:
+// otherwise that publish is taken for part of a batch.
+func IsBatchHeader(k string) bool { return strings.HasPrefix(k, "Nats-Batch-") }
 
 // errCodeAtomicDisabled is JetStream's "atomic publish is disabled" (10174):
 // the stream was created without allow_atomic.
@@ -146,9 +153,15 @@ var ErrCommitterClosed = errors.New("group committer closed")
 // Publish stores msg and returns JetStream's acknowledgement, as
 // PublishDeduplicated does (ack.Duplicate is true when the stream already
 // held msg's id). On an error, msg may or may not have been stored, as for
-// any publish whose answer was lost.
+// any publish whose answer was lost; publishing it again is safe. msg
+// itself is never changed: the committer works on a copy, which it may
+// still be publishing after an error.
 func (g *GroupCommitter) Publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
-	r := &groupReq{ctx: ctx, msg: msg, done: make(chan struct{})}
+	own := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: make(nats.Header, len(msg.Header)+4)}
+	for k, v := range msg.Header {
+		own.Header[k] = v
+	}
+	r := &groupReq{ctx: ctx, msg: own, done: make(chan struct{})}
 	// Held while enqueueing so that Close, which takes it exclusively,
 	// answers everything enqueued before it.
 	g.mu.RLock()
@@ -282,9 +295,9 @@ func (g *GroupCommitter) commit(group []*groupReq) error {
 	nc := g.js.Conn()
 	id := g.idPrefix + "-" + strconv.FormatUint(g.nextID.Add(1), 10)
 	var resp *nats.Msg
-	// The batch headers go on the callers' own messages, saving a copy
-	// per message; a batch that fails takes them off again (unbatch)
-	// before its messages are published one by one.
+	// The batch headers go on the committer's copies of the messages; a
+	// batch that fails takes them off again (unbatch) before its messages
+	// are published one by one.
 	for i, r := range send {
 		m := r.msg
 		m.Header.Set(headerBatchID, id)

@@ -118,7 +118,7 @@ func RedriveMsg(dl DeadLetter) *nats.Msg {
 	for k, v := range dl.Header {
 		// Publish expectations were the dead-letter publish's own (its
 		// stream); the caller sets its own.
-		if strings.HasPrefix(k, "Nats-Expected-") {
+		if strings.HasPrefix(k, "Nats-Expected-") || IsBatchHeader(k) {
 			continue
 		}
 		msg.Header[k] = append([]string(nil), v...)
