@@ -490,7 +490,13 @@ func knownStatus(eventID, status string) error {
 	return nil
 }
 
-func decode(d cobo.Delivery, v any) error {
+func decode[T any](d cobo.Delivery, v *T) error {
+	// Decoded with the envelope (events.DecodeDelivery): the same bytes
+	// through the same decoder.
+	if p, ok := d.Decoded.(*T); ok {
+		*v = *p
+		return nil
+	}
 	if err := json.Unmarshal(d.Data, v); err != nil {
 		return fmt.Errorf("event %s (%s): %w: data does not decode: %v", d.EventID, d.Type, domain.ErrInvalid, err)
 	}
