@@ -194,7 +194,9 @@ func (p *Processor) Apply(ctx context.Context, ev events.Event) (handlers.Outcom
 		return out, err
 	}
 	m.handled(ev.Type, string(out.Result))
-	p.report(p.cfg.Logger.With().Str("event_id", ev.EventID).Str("order_id", ev.OrderID).Logger(), out)
+	p.report(func(c zerolog.Context) zerolog.Context {
+		return c.Str("event_id", ev.EventID).Str("order_id", ev.OrderID)
+	}, out)
 	if p.cfg.Observer != nil {
 		return out, p.cfg.Observer(ctx, ev, out)
 	}
@@ -218,7 +220,9 @@ func (p *Processor) Reconcile(ctx context.Context, d cobo.OrderData) (handlers.O
 	if err := p.publish(ctx, out); err != nil {
 		return out, err
 	}
-	p.report(p.cfg.Logger.With().Str("order_id", d.OrderID).Str("source", "reconcile").Logger(), out)
+	p.report(func(c zerolog.Context) zerolog.Context {
+		return c.Str("order_id", d.OrderID).Str("source", "reconcile")
+	}, out)
 	return out, nil
 }
 
@@ -240,11 +244,17 @@ func (p *Processor) publish(ctx context.Context, out handlers.Outcome) error {
 }
 
 // report counts and logs what a committed outcome did, whether an event
-// or reconciliation caused it.
-func (p *Processor) report(log zerolog.Logger, out handlers.Outcome) {
+// or reconciliation caused it; with adds the cause to the log lines.
+func (p *Processor) report(with func(zerolog.Context) zerolog.Context, out handlers.Outcome) {
 	m := p.cfg.Metrics
 	if out.StatusTo != "" {
 		m.transition(out.StatusTo)
+	}
+	// Most outcomes log nothing: the logger with the cause is built only
+	// for those that do, off the path every event takes.
+	var log zerolog.Logger
+	if out.FirstCompleted || len(out.LateRecorded) > 0 || out.ConflictingFinal != "" || len(out.Unclassified) > 0 {
+		log = with(p.cfg.Logger.With()).Logger()
 	}
 	if out.FirstCompleted {
 		m.orderCompleted()

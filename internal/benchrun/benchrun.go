@@ -188,7 +188,8 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 			return fmt.Errorf("%d workers: %w", n, err)
 		}
 		r.Workers = append(r.Workers, res)
-		say("  %d worker(s): %d events in %.2fs, %.0f events/s", n, res.Events, res.Seconds, res.PerSecond)
+		say("  %d worker(s): %d events in %.2fs, %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
+			n, res.Events, res.Seconds, res.PerSecond, res.WorkerCPUus, res.ServerCPUus)
 	}
 	ing.proc.Stop(15 * time.Second)
 
@@ -296,11 +297,17 @@ type WorkerResult struct {
 	Events    int
 	Seconds   float64
 	PerSecond float64
+	// WorkerCPUus is the workers' user+system CPU over the timed window
+	// per event, all worker processes summed; ServerCPUus is the
+	// JetStream server's (the ingest process hosting it) over the same
+	// window.
+	WorkerCPUus, ServerCPUus float64
 }
 
 // drain resets the worker consumer and the orders bucket, starts n
-// workers, and measures how fast they commit and ack want events. The
-// clock starts once 1% is acked, so process start-up is not counted.
+// workers, and measures how fast they commit and ack want events, and
+// the CPU the workers and the JetStream server spend on each. The clock
+// starts once 1% is acked, so process start-up is not counted.
 func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (WorkerResult, error) {
 	// Resetting the consumer and the bucket is an admin's change.
 	nc, err := ing.connect(natsembed.UserAdmin)
@@ -340,8 +347,24 @@ func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (Worker
 		}
 		ws = append(ws, w)
 	}
+	// cpu sums the workers' user+system time, then the server's.
+	cpu := func() (workers, server time.Duration, err error) {
+		for _, w := range ws {
+			c, err := w.CPU()
+			if err != nil {
+				return 0, 0, fmt.Errorf("%s CPU: %w", w.Name, err)
+			}
+			workers += c
+		}
+		server, err = ing.proc.CPU()
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s CPU: %w", ing.proc.Name, err)
+		}
+		return workers, server, nil
+	}
 	var t0 time.Time
 	var acked0 int
+	var wcpu0, scpu0 time.Duration
 	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
 		if ctx.Err() != nil {
@@ -358,11 +381,21 @@ func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (Worker
 		}
 		acked := int(info.AckFloor.Consumer)
 		if t0.IsZero() && acked >= max(1, total/100) {
+			if wcpu0, scpu0, err = cpu(); err != nil {
+				return WorkerResult{}, err
+			}
 			t0, acked0 = time.Now(), acked
 		}
 		if !t0.IsZero() && acked >= total {
 			secs := time.Since(t0).Seconds()
-			return WorkerResult{Workers: n, Events: total - acked0, Seconds: secs, PerSecond: float64(total-acked0) / secs}, nil
+			wcpu1, scpu1, err := cpu()
+			if err != nil {
+				return WorkerResult{}, err
+			}
+			events := total - acked0
+			perEvent := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(max(events, 1)) }
+			return WorkerResult{Workers: n, Events: events, Seconds: secs, PerSecond: float64(events) / secs,
+				WorkerCPUus: perEvent(wcpu1 - wcpu0), ServerCPUus: perEvent(scpu1 - scpu0)}, nil
 		}
 	}
 	return WorkerResult{}, fmt.Errorf("%d workers did not drain %d events within 5 minutes", n, total)

@@ -128,12 +128,12 @@ func (r *report) markdown() string {
 	p("")
 	p("### Workers: order events end to end")
 	p("")
-	p("The events stored above, drained from an empty consumer into an empty orders bucket by real `bin/worker` processes (no allocation rules): each event is decoded, applied with compare-and-set, committed and acked. The clock starts once 1%% is acked, so start-up is excluded.")
+	p("The events stored above, drained from an empty consumer into an empty orders bucket by real `bin/worker` processes (no allocation rules): each event is decoded, applied with compare-and-set, committed and acked. The clock starts once 1%% is acked, so start-up is excluded. CPU per event is user+system time over the timed window: all worker processes summed, and the JetStream server's (the ingest process that hosts it, receiving no webhooks meanwhile).")
 	p("")
-	p("| workers | events | seconds | events/s |")
-	p("|---|---|---|---|")
+	p("| workers | events | seconds | events/s | worker CPU per event µs | JetStream server CPU per event µs |")
+	p("|---|---|---|---|---|---|")
 	for _, w := range r.Workers {
-		p("| %d | %d | %.2f | %.0f |", w.Workers, w.Events, w.Seconds, w.PerSecond)
+		p("| %d | %d | %.2f | %.0f | %.0f | %.0f |", w.Workers, w.Events, w.Seconds, w.PerSecond, w.WorkerCPUus, w.ServerCPUus)
 	}
 	p("")
 	p("### Allocations through the batcher")

@@ -279,9 +279,13 @@ func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 		h := msg.Headers()
 		id, order, typ = h.Get(jetstream.MsgIDHeader), h.Get(HeaderOrderID), h.Get(HeaderEventType)
 	}
-	log := c.cfg.Logger.With().Uint64("seq", ev.Seq).Str("event_id", id).Str("order_id", order).Str("type", typ).Logger()
+	// Built only for the paths that log: an event that succeeds logs
+	// nothing, and the logger's context costs an allocation.
+	log := func() zerolog.Logger {
+		return c.cfg.Logger.With().Uint64("seq", ev.Seq).Str("event_id", id).Str("order_id", order).Str("type", typ).Logger()
+	}
 	if err != nil {
-		c.deadLetter(msg, ev, log, "unparseable", err.Error())
+		c.deadLetter(msg, ev, log(), "unparseable", err.Error())
 		return
 	}
 	if ev.NumDelivered > 1 && c.cfg.Metrics != nil {
@@ -290,7 +294,7 @@ func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 	if ev.NumDelivered > uint64(c.cfg.MaxDeliver) {
 		// Only reached when earlier deliveries never answered, e.g. the
 		// event crashed its workers.
-		c.deadLetter(msg, ev, log, "max_deliveries", fmt.Sprintf("delivered %d times without an answer", ev.NumDelivered))
+		c.deadLetter(msg, ev, log(), "max_deliveries", fmt.Sprintf("delivered %d times without an answer", ev.NumDelivered))
 		return
 	}
 
@@ -309,18 +313,20 @@ func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 	switch {
 	case err == nil:
 		if err := msg.Ack(); err != nil {
+			log := log()
 			log.Warn().Err(err).Msg("ack failed; the event will be redelivered and handled idempotently")
 		}
 	case errors.Is(err, domain.ErrInvalid):
-		c.deadLetter(msg, ev, log, refusedKind(err), err.Error())
+		c.deadLetter(msg, ev, log(), refusedKind(err), err.Error())
 	case ev.NumDelivered >= uint64(c.cfg.MaxDeliver):
 		kind := "max_deliveries"
 		if errors.Is(err, domain.ErrUnconfirmed) {
 			kind = "unconfirmed"
 		}
-		c.deadLetter(msg, ev, log, kind, fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
+		c.deadLetter(msg, ev, log(), kind, fmt.Sprintf("failed %d deliveries, last: %v", ev.NumDelivered, err))
 	default:
 		delay := c.retryDelay(ev.NumDelivered)
+		log := log()
 		log.Warn().Err(err).Uint64("delivery", ev.NumDelivered).Dur("retry_in", delay).Msg("event failed; will retry")
 		_ = msg.NakWithDelay(delay)
 	}

@@ -132,12 +132,15 @@ func NewMsg(d cobo.Delivery) *nats.Msg {
 // body. It fails, wrapping cobo.ErrMalformedEvent, when the body is not a
 // usable event.
 func DecodeDelivery(h nats.Header, body []byte) (cobo.Delivery, error) {
-	env, err := cobo.ParseEnvelope(body)
+	// The data is decoded for the handlers in the same pass that lifts the
+	// routing fields: it is read once.
+	env, decoded, err := cobo.ParseEnvelopeData(body)
 	if err != nil {
 		return cobo.Delivery{}, err
 	}
 	d := cobo.Delivery{
 		Envelope:  env,
+		Decoded:   decoded,
 		Body:      body,
 		Timestamp: h.Get(HeaderTimestamp),
 		Signature: h.Get(HeaderSignature),

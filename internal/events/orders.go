@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +15,11 @@ import (
 
 // OrderStore keeps order state in a JetStream key-value bucket. Writes are
 // compare-and-set on the entry's revision.
+//
+// A writer's store (OpenOrderStore) also remembers, for a bounded number
+// of orders, the state it last read or wrote with its revision (Cached),
+// so that a writer may try its compare-and-set without reading first. That
+// copy may be stale; the compare-and-set at its revision is the check.
 type OrderStore struct {
 	kv jetstream.KeyValue
 	// exp, when set, writes settled orders with the retention's TTL and
@@ -22,7 +28,14 @@ type OrderStore struct {
 	exp       *ExpiringKV
 	retention Retention
 	now       func() time.Time
+	// cache, when set, remembers what Get read and Put wrote; nil for
+	// readers (NewOrderStore).
+	cache *orderCache
 }
+
+// ErrNotCached is Cached's answer on a store that remembers nothing
+// (NewOrderStore): the caller reads with Get.
+var ErrNotCached = errors.New("this order store keeps no cache: read with Get")
 
 // NewOrderStore returns an OrderStore on the orders bucket kv that keeps
 // every order for ever: for readers, and for writers of buckets that keep
@@ -47,15 +60,17 @@ func OpenOrderStore(ctx context.Context, js jetstream.JetStream, kv jetstream.Ke
 	if err != nil {
 		return nil, err
 	}
-	return &OrderStore{kv: kv, exp: exp, retention: cfg.Retention, now: time.Now}, nil
+	return &OrderStore{kv: kv, exp: exp, retention: cfg.Retention, now: time.Now, cache: newOrderCache(DefaultOrderCacheSize)}, nil
 }
 
 // Get returns the order and its revision, or an error wrapping
 // domain.ErrNotFound: a *domain.AbsentError, with the horizon its new
 // state gets (see domain.Order.Horizon).
 func (s *OrderStore) Get(ctx context.Context, orderID string) (*domain.Order, uint64, error) {
-	e, err := s.kv.Get(ctx, OrderKey(orderID))
+	key := OrderKey(orderID)
+	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		s.forget(key, math.MaxUint64)
 		return nil, 0, &domain.AbsentError{OrderID: orderID, Horizon: s.horizon()}
 	}
 	if err != nil {
@@ -65,7 +80,35 @@ func (s *OrderStore) Get(ctx context.Context, orderID string) (*domain.Order, ui
 	if err := json.Unmarshal(e.Value(), &o); err != nil {
 		return nil, 0, fmt.Errorf("decode order %s at revision %d: %w", orderID, e.Revision(), err)
 	}
+	if s.cache != nil {
+		s.cache.put(key, e.Revision(), e.Value())
+	}
 	return &o, e.Revision(), nil
+}
+
+// Cached answers as Get would, without asking the server, from the state
+// this store last read or wrote of the order: the order and that
+// revision, or, for an order it does not remember (never seen, or
+// forgotten), a *domain.AbsentError as for an order without state. The
+// answer may be stale: another process may have written the order since,
+// or created it. Put at the revision it returns (Create for an absent
+// order) is the check, and a stale answer only costs that write's
+// conflict. A store that remembers nothing (NewOrderStore) answers
+// ErrNotCached; a remembered order that does not decode, that error.
+func (s *OrderStore) Cached(orderID string) (*domain.Order, uint64, error) {
+	if s.cache == nil {
+		return nil, 0, ErrNotCached
+	}
+	rev, val, ok := s.cache.get(OrderKey(orderID))
+	if !ok {
+		return nil, 0, &domain.AbsentError{OrderID: orderID, Horizon: s.horizon()}
+	}
+	// Decoded afresh each time: the caller changes what it gets.
+	var o domain.Order
+	if err := json.Unmarshal(val, &o); err != nil {
+		return nil, 0, fmt.Errorf("decode cached order %s at revision %d: %w", orderID, rev, err)
+	}
+	return &o, rev, nil
 }
 
 // horizon is the Horizon of state created now: zero while no order can
@@ -103,10 +146,54 @@ func (s *OrderStore) Put(ctx context.Context, o *domain.Order, rev uint64) (uint
 		newRev, err = s.kv.Update(ctx, key, b, rev)
 	}
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		s.forget(key, rev)
 		return 0, fmt.Errorf("put order %s at revision %d: %w", o.OrderID, rev, domain.ErrConflict)
 	}
 	if err != nil {
+		// The write may have been stored all the same (a lost reply):
+		// what is remembered is not known to be the stored state.
+		s.forget(key, rev)
 		return 0, fmt.Errorf("put order %s: %w", o.OrderID, err)
 	}
+	if s.cache != nil {
+		s.cache.put(key, newRev, b)
+	}
 	return newRev, nil
+}
+
+// Create writes o, an order Cached did not remember, in one round trip if
+// its key has no entry at all. Unlike Put at revision 0 it does not look
+// for the marker of a deleted or expired order, which costs a read when
+// the order exists: a key with any entry, or a lost race, returns an
+// error wrapping domain.ErrConflict, and the caller reads with Get (which
+// answers such an order as absent) and writes with Put.
+func (s *OrderStore) Create(ctx context.Context, o *domain.Order) (uint64, error) {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return 0, fmt.Errorf("encode order %s: %w", o.OrderID, err)
+	}
+	key := OrderKey(o.OrderID)
+	var newRev uint64
+	if s.exp != nil {
+		newRev, err = s.exp.CreateNew(ctx, key, b, o.Settled())
+	} else {
+		newRev, err = s.kv.Update(ctx, key, b, 0)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, fmt.Errorf("create order %s: %w", o.OrderID, domain.ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create order %s: %w", o.OrderID, err)
+	}
+	if s.cache != nil {
+		s.cache.put(key, newRev, b)
+	}
+	return newRev, nil
+}
+
+// forget drops what the cache remembers of key at revision rev or before.
+func (s *OrderStore) forget(key string, rev uint64) {
+	if s.cache != nil {
+		s.cache.forget(key, rev)
+	}
 }

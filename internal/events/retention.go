@@ -195,6 +195,32 @@ func (e *ExpiringKV) Put(ctx context.Context, key string, val []byte, rev uint64
 	return ack.Sequence, nil
 }
 
+// CreateNew writes val under key, in one round trip, only if the key has
+// no entry at all: unlike Put at revision 0 it does not replace the
+// marker of a deleted or expired key, which costs a read whenever the key
+// exists. Any entry, or a lost race, wraps jetstream.ErrKeyExists. It is
+// for a writer that only guesses that the key is new; a settled write
+// carries the TTL, as with Put.
+func (e *ExpiringKV) CreateNew(ctx context.Context, key string, val []byte, settled bool) (uint64, error) {
+	if e.ttl == 0 || !settled {
+		rev, err := e.kv.Update(ctx, key, val, 0)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return 0, fmt.Errorf("%w: %w", err, jetstream.ErrKeyExists)
+		}
+		return rev, err
+	}
+	m := nats.NewMsg(e.subject + key)
+	m.Data = val
+	ack, err := e.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0), jetstream.WithMsgTTL(e.ttl))
+	if wrongLastSequence(err) {
+		return 0, fmt.Errorf("%w: %w", err, jetstream.ErrKeyExists)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
 // Remove removes key, if its revision is still rev when rev is not 0.
 // The marker it leaves expires after the TTL when the bucket has per-key
 // TTLs; otherwise it is a delete marker kept for ever, as KeyValue's

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -26,6 +28,26 @@ type OrderRepo interface {
 	// Put stores o if the stored revision is still rev (0: o is new), or
 	// returns an error wrapping domain.ErrConflict.
 	Put(ctx context.Context, o *domain.Order, rev uint64) (uint64, error)
+}
+
+// CachedOrderRepo is an OrderRepo that also remembers the orders this
+// process last read or wrote, so that a change can be tried with
+// compare-and-set without reading first.
+type CachedOrderRepo interface {
+	OrderRepo
+	// Cached answers as Get would, without a round trip, from what this
+	// process last read or wrote: the order and that revision, or, for an
+	// order it does not remember, an error wrapping domain.ErrNotFound
+	// (with the horizon Get would give, see domain.HorizonOf). The answer
+	// may be stale. Any other error means it has nothing to answer with:
+	// the caller reads with Get.
+	Cached(orderID string) (*domain.Order, uint64, error)
+	// Create stores o as a new order, in one round trip, when its key has
+	// no entry at all; otherwise (the order exists, or existed and was
+	// removed, or a lost race) it returns an error wrapping
+	// domain.ErrConflict, and the caller reads with Get and writes with
+	// Put.
+	Create(ctx context.Context, o *domain.Order) (uint64, error)
 }
 
 // Planner decides the allocation items an order's changes make. Its items
@@ -131,15 +153,39 @@ const DefaultMaxCASAttempts = 50
 // Handler applies Cobo events to order state. It is safe for concurrent use
 // by any number of goroutines and processes.
 type Handler struct {
-	repo        OrderRepo
+	repo OrderRepo
+	// cached is repo when it remembers orders (CachedOrderRepo).
+	cached      CachedOrderRepo
 	planner     Planner
 	fetcher     OrderFetcher
 	maxAttempts int
+	// locks take turns between this Handler's updates of one order.
+	locks *orderLocks
+}
+
+// orderLocks take turns between the goroutines of one process that update
+// the same order, so that the second starts from the state the first
+// committed (a CachedOrderRepo remembers it) instead of losing its
+// compare-and-set to it: events of one order often arrive together. Orders
+// are spread over a fixed number of locks by a hash, so two orders
+// sharing one only wait for each other now and then. Nothing depends on
+// it for correctness: other processes race as before, and the
+// compare-and-set decides.
+type orderLocks struct {
+	seed maphash.Seed
+	mu   [1024]sync.Mutex
+}
+
+func (l *orderLocks) lock(orderID string) *sync.Mutex {
+	m := &l.mu[maphash.String(l.seed, orderID)%uint64(len(l.mu))]
+	m.Lock()
+	return m
 }
 
 // New returns a Handler over repo.
 func New(repo OrderRepo, opts ...Option) *Handler {
-	h := &Handler{repo: repo, maxAttempts: DefaultMaxCASAttempts}
+	h := &Handler{repo: repo, maxAttempts: DefaultMaxCASAttempts, locks: &orderLocks{seed: maphash.MakeSeed()}}
+	h.cached, _ = repo.(CachedOrderRepo)
 	for _, o := range opts {
 		o(h)
 	}
@@ -267,9 +313,32 @@ func (h *Handler) Handle(ctx context.Context, d cobo.Delivery) (Outcome, error) 
 // update runs mutate on the current state and commits it with
 // compare-and-set, retrying on conflicts. Effects are those of the attempt
 // that committed.
+//
+// With a CachedOrderRepo the first attempt starts from the state this
+// process remembers, without reading: a new order is created, a known one
+// written at the remembered revision. Only the compare-and-set decides:
+// when the remembered state is stale it fails, and every later attempt
+// reads the stored state. An attempt that would write nothing is never
+// taken from remembered state: that the event changes nothing must hold
+// of the stored state, so it is read.
 func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domain.Order, *effects)) (Outcome, error) {
-	for attempt := 1; attempt <= h.maxAttempts; attempt++ {
-		o, rev, err := h.repo.Get(ctx, orderID)
+	defer h.locks.lock(orderID).Unlock()
+	fromCache := h.cached != nil
+	// Attempts count reads: the one try from remembered state is extra.
+	for attempt := 0; attempt < h.maxAttempts; {
+		var o *domain.Order
+		var rev uint64
+		var err error
+		speculative := false
+		if fromCache {
+			fromCache = false
+			o, rev, err = h.cached.Cached(orderID)
+			speculative = err == nil || errors.Is(err, domain.ErrNotFound)
+		}
+		if !speculative {
+			attempt++
+			o, rev, err = h.repo.Get(ctx, orderID)
+		}
 		if errors.Is(err, domain.ErrNotFound) {
 			o, rev = &domain.Order{OrderID: orderID}, 0
 			// The store says whether earlier state of the order may have
@@ -284,9 +353,17 @@ func (h *Handler) update(ctx context.Context, orderID string, mutate func(*domai
 		mutate(o, &fx)
 		h.plan(o, &fx)
 		if !fx.changed {
+			if speculative {
+				continue
+			}
 			return Outcome{Result: Unchanged, Order: o}, nil
 		}
-		if _, err := h.repo.Put(ctx, o, rev); err != nil {
+		if speculative && rev == 0 {
+			_, err = h.cached.Create(ctx, o)
+		} else {
+			_, err = h.repo.Put(ctx, o, rev)
+		}
+		if err != nil {
 			if errors.Is(err, domain.ErrConflict) {
 				continue
 			}
@@ -413,7 +490,13 @@ func knownStatus(eventID, status string) error {
 	return nil
 }
 
-func decode(d cobo.Delivery, v any) error {
+func decode[T any](d cobo.Delivery, v *T) error {
+	// Decoded with the envelope (events.DecodeDelivery): the same bytes
+	// through the same decoder.
+	if p, ok := d.Decoded.(*T); ok {
+		*v = *p
+		return nil
+	}
 	if err := json.Unmarshal(d.Data, v); err != nil {
 		return fmt.Errorf("event %s (%s): %w: data does not decode: %v", d.EventID, d.Type, domain.ErrInvalid, err)
 	}

@@ -1,0 +1,88 @@
+package events
+
+import (
+	"container/list"
+	"sync"
+)
+
+// DefaultOrderCacheSize is how many orders a writer's OrderStore remembers
+// (OpenOrderStore): about 4 MiB of encoded orders, many times what one
+// worker has in flight and buffered (ConsumerConfig.PullMax).
+const DefaultOrderCacheSize = 4096
+
+// orderCache remembers, for a bounded number of orders, the encoded state
+// this process last read or wrote and its revision: a least-recently-used
+// list, safe for concurrent use. What it answers may be stale (another
+// process may have written since); the compare-and-set at the remembered
+// revision is what tells, never the cache.
+type orderCache struct {
+	mu  sync.Mutex
+	max int
+	// lru holds *cachedOrder, most recently used first.
+	lru  *list.List
+	byID map[string]*list.Element
+}
+
+type cachedOrder struct {
+	key string
+	rev uint64
+	// val is the encoded order at rev; never modified once stored.
+	val []byte
+}
+
+func newOrderCache(max int) *orderCache {
+	return &orderCache{max: max, lru: list.New(), byID: make(map[string]*list.Element, max)}
+}
+
+// get returns the remembered revision and encoded order of key.
+func (c *orderCache) get(key string) (rev uint64, val []byte, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.byID[key]
+	if !ok {
+		return 0, nil, false
+	}
+	c.lru.MoveToFront(e)
+	co := e.Value.(*cachedOrder)
+	return co.rev, co.val, true
+}
+
+// put remembers val as key's state at rev, unless a later revision is
+// remembered already: two goroutines of this process writing the same
+// order may finish in either order, and revisions only grow.
+func (c *orderCache) put(key string, rev uint64, val []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byID[key]; ok {
+		co := e.Value.(*cachedOrder)
+		if rev >= co.rev {
+			co.rev, co.val = rev, val
+		}
+		c.lru.MoveToFront(e)
+		return
+	}
+	c.byID[key] = c.lru.PushFront(&cachedOrder{key: key, rev: rev, val: val})
+	for c.lru.Len() > c.max {
+		oldest := c.lru.Back()
+		c.lru.Remove(oldest)
+		delete(c.byID, oldest.Value.(*cachedOrder).key)
+	}
+}
+
+// forget drops key if what is remembered of it is not later than rev: a
+// write at rev lost the race, so that state is stale.
+func (c *orderCache) forget(key string, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byID[key]; ok && e.Value.(*cachedOrder).rev <= rev {
+		c.lru.Remove(e)
+		delete(c.byID, key)
+	}
+}
+
+// len is how many orders are remembered.
+func (c *orderCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
+}
