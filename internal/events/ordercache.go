@@ -80,6 +80,14 @@ func (c *orderCache) forget(key string, rev uint64) {
 	}
 }
 
+// clear forgets every order.
+func (c *orderCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lru.Init()
+	clear(c.byID)
+}
+
 // len is how many orders are remembered.
 func (c *orderCache) len() int {
 	c.mu.Lock()

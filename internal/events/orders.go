@@ -74,6 +74,7 @@ func (s *OrderStore) Get(ctx context.Context, orderID string) (*domain.Order, ui
 		return nil, 0, &domain.AbsentError{OrderID: orderID, Horizon: s.horizon()}
 	}
 	if err != nil {
+		s.forgetAll() // as for Put: the bucket may be gone
 		return nil, 0, fmt.Errorf("get order %s: %w", orderID, err)
 	}
 	var o domain.Order
@@ -150,9 +151,11 @@ func (s *OrderStore) Put(ctx context.Context, o *domain.Order, rev uint64) (uint
 		return 0, fmt.Errorf("put order %s at revision %d: %w", o.OrderID, rev, domain.ErrConflict)
 	}
 	if err != nil {
-		// The write may have been stored all the same (a lost reply):
-		// what is remembered is not known to be the stored state.
-		s.forget(key, rev)
+		// The write may have been stored all the same (a lost reply), or
+		// the bucket may be gone and come back (recreated, its revisions
+		// counting from 1 again): nothing remembered is known to be the
+		// stored state any more.
+		s.forgetAll()
 		return 0, fmt.Errorf("put order %s: %w", o.OrderID, err)
 	}
 	if s.cache != nil {
@@ -183,12 +186,20 @@ func (s *OrderStore) Create(ctx context.Context, o *domain.Order) (uint64, error
 		return 0, fmt.Errorf("create order %s: %w", o.OrderID, domain.ErrConflict)
 	}
 	if err != nil {
+		s.forgetAll() // as for Put
 		return 0, fmt.Errorf("create order %s: %w", o.OrderID, err)
 	}
 	if s.cache != nil {
 		s.cache.put(key, newRev, b)
 	}
 	return newRev, nil
+}
+
+// forgetAll drops everything the cache remembers.
+func (s *OrderStore) forgetAll() {
+	if s.cache != nil {
+		s.cache.clear()
+	}
 }
 
 // forget drops what the cache remembers of key at revision rev or before.

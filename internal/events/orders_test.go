@@ -106,3 +106,25 @@ func TestCreateOfASettledOrderExpires(t *testing.T) {
 	_, err = store.Create(ctx, &domain.Order{OrderID: "O-settled", Status: domain.StatusExpired})
 	require.ErrorIs(t, err, domain.ErrConflict)
 }
+
+// When the bucket fails a write (it was deleted, say, and may come back
+// with its revisions counting from 1 again), the store forgets every order
+// it remembers, not only the one it wrote: no remembered revision may be
+// taken for one of a new bucket's.
+func TestAFailedWriteForgetsEveryRememberedOrder(t *testing.T) {
+	ctx := context.Background()
+	_, js := testutil.Connect(t, testutil.StartJetStream(t))
+	a, _ := openOrders(t, js, events.Retention{}, zerolog.Nop())
+	for _, id := range []string{"O-f1", "O-f2"} {
+		_, err := a.Create(ctx, &domain.Order{OrderID: id, Status: domain.StatusPending})
+		require.NoError(t, err)
+	}
+	require.NoError(t, js.DeleteKeyValue(ctx, events.OrdersBucket))
+	_, err := a.Put(ctx, &domain.Order{OrderID: "O-f1", Status: domain.StatusCompleted}, 1)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, domain.ErrConflict)
+	for _, id := range []string{"O-f1", "O-f2"} {
+		_, _, err := a.Cached(id)
+		require.ErrorIs(t, err, domain.ErrNotFound, "%s forgotten", id)
+	}
+}
