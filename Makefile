@@ -38,12 +38,19 @@ run: build ## local demo on loopback: embedded NATS, ingest, two workers, sandbo
 # windows are full after 4 minutes, BENCHMARKS.md).
 SOAK      ?= 1m
 
+# The worker `make bench` compares CPU per event with, in the same run: the
+# revision before issue 17's per-event work.
+BASELINE  ?= 11d2a21
+
 .PHONY: bench
 bench: build ## Go benchmarks, then loadgen and workers against the real binaries; rewrites BENCHMARKS.md
 	@mkdir -p .bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./internal/cobo ./internal/events | tee .bench/gobench.txt
 	$(GO) test -run '^$$' -bench AllocationThroughput -benchtime 3000x ./internal/allocation | tee -a .bench/gobench.txt
-	$(BIN)/benchrun -gobench .bench/gobench.txt -soak $(SOAK) -out BENCHMARKS.md
+	rm -rf .bench/baseline && mkdir -p .bench/baseline/src
+	git archive $(BASELINE) | tar -x -C .bench/baseline/src
+	cd .bench/baseline/src && $(GO) build -o ../bin/ ./cmd/worker
+	$(BIN)/benchrun -gobench .bench/gobench.txt -soak $(SOAK) -baseline-bin .bench/baseline/bin -baseline-rev $(BASELINE) -out BENCHMARKS.md
 
 .PHONY: clean
 clean: ## remove build output and demo data

@@ -52,6 +52,10 @@ type Options struct {
 	Concurrency               int
 	// WorkerEvents is how many events each worker run drains.
 	WorkerEvents int
+	// BaselineBin, when set, holds the worker of an earlier revision
+	// (BaselineRev names it), which drains the same events after each
+	// worker run: the CPU per event of both, measured in one run.
+	BaselineBin, BaselineRev string
 	// Soak is how long the soak runs, at SoakRate webhooks per second.
 	Soak     time.Duration
 	SoakRate int
@@ -182,14 +186,26 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	// Workers: the same stored events drained by 1, 2 and 4 workers, each
 	// run from an empty consumer and an empty orders bucket.
 	stored := int(r.Saturation.Stored + r.Fixed.Stored)
+	// With a baseline, its workers drain the same events right after, so
+	// that CPU per event is compared within one run.
 	for _, n := range []int{1, 2, 4} {
-		res, err := b.drain(ctx, ing, n, min(stored, o.WorkerEvents))
+		res, err := b.drain(ctx, ing, o.Bin, n, min(stored, o.WorkerEvents))
 		if err != nil {
 			return fmt.Errorf("%d workers: %w", n, err)
 		}
 		r.Workers = append(r.Workers, res)
 		say("  %d worker(s): %d events in %.2fs, %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
 			n, res.Events, res.Seconds, res.PerSecond, res.WorkerCPUus, res.ServerCPUus)
+		if o.BaselineBin == "" {
+			continue
+		}
+		base, err := b.drain(ctx, ing, o.BaselineBin, n, min(stored, o.WorkerEvents))
+		if err != nil {
+			return fmt.Errorf("%d baseline workers: %w", n, err)
+		}
+		r.BaselineWorkers = append(r.BaselineWorkers, base)
+		say("  %d baseline worker(s) (%s): %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
+			n, o.BaselineRev, base.PerSecond, base.WorkerCPUus, base.ServerCPUus)
 	}
 	ing.proc.Stop(15 * time.Second)
 
@@ -308,7 +324,7 @@ type WorkerResult struct {
 // workers, and measures how fast they commit and ack want events, and
 // the CPU the workers and the JetStream server spend on each. The clock
 // starts once 1% is acked, so process start-up is not counted.
-func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (WorkerResult, error) {
+func (b *bench) drain(ctx context.Context, ing *ingestProc, bin string, n, want int) (WorkerResult, error) {
 	// Resetting the consumer and the bucket is an admin's change.
 	nc, err := ing.connect(natsembed.UserAdmin)
 	if err != nil {
@@ -341,7 +357,10 @@ func (b *bench) drain(ctx context.Context, ing *ingestProc, n, want int) (Worker
 	}()
 	for i := range n {
 		name := fmt.Sprintf("worker-%d-of-%d", i+1, n)
-		w, _, err := b.startWorker(ing, name, 0)
+		if bin != b.o.Bin {
+			name = "baseline-" + name
+		}
+		w, _, err := b.startWorkerFrom(bin, ing, name, 0)
 		if err != nil {
 			return WorkerResult{}, err
 		}

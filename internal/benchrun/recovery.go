@@ -389,9 +389,14 @@ func (w orderWatch) items() (items, failed, cobo, bitgo int) {
 // <Dir>/<name>.log, with extra flags. It returns the worker and its
 // metrics address.
 func (b *bench) startWorker(ing *ingestProc, name string, settle time.Duration, extra ...string) (*procs.Proc, string, error) {
+	return b.startWorkerFrom(b.o.Bin, ing, name, settle, extra...)
+}
+
+// startWorkerFrom is startWorker with the worker binary of directory bin.
+func (b *bench) startWorkerFrom(bin string, ing *ingestProc, name string, settle time.Duration, extra ...string) (*procs.Proc, string, error) {
 	metrics := freeAddr()
 	args := append(ing.loginFlags(natsembed.UserWorker), "-cobo-pubkey", LoadgenPubKey(), "-metrics-listen", metrics, "-log-level", "warn")
-	w, err := procs.Start(name, filepath.Join(b.o.Bin, "worker"), append(args, extra...), filepath.Join(b.o.Dir, name+".log"), settle)
+	w, err := procs.Start(name, filepath.Join(bin, "worker"), append(args, extra...), filepath.Join(b.o.Dir, name+".log"), settle)
 	return w, metrics, err
 }
 

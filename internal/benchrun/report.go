@@ -35,6 +35,8 @@ type report struct {
 	IngestCPUus float64
 	Fixed       loadgen.Result
 	Workers     []WorkerResult
+	// BaselineWorkers are the same runs with Opts.BaselineBin's worker.
+	BaselineWorkers []WorkerResult
 	// Recovery is the kill -9 of a worker under load; zero when skipped.
 	Recovery RecoveryResult
 	Soak     SoakResult
@@ -134,6 +136,11 @@ func (r *report) markdown() string {
 	p("|---|---|---|---|---|---|")
 	for _, w := range r.Workers {
 		p("| %d | %d | %.2f | %.0f | %.0f | %.0f |", w.Workers, w.Events, w.Seconds, w.PerSecond, w.WorkerCPUus, w.ServerCPUus)
+	}
+	b.WriteString(r.baseline())
+	if len(r.Workers) > 1 && r.Workers[0].PerSecond > 0 {
+		p("")
+		p("2 workers do %.2f× what 1 does (target ≥ %.1f× where the server leaves room).", r.Workers[1].PerSecond/r.Workers[0].PerSecond, targetTwoWorkers)
 	}
 	p("")
 	p("### Allocations through the batcher")
@@ -329,5 +336,39 @@ func (s SoakResult) series() string {
 		parts = append(parts, fmt.Sprintf("%s %+.1f MiB (range %.1f MiB)", m.Name, mib(after[len(after)-1].RSS[i]-after[0].RSS[i]), mib(hi-lo)))
 	}
 	p("**Once the windows were full** (minute %.0f to %.0f): %s.", after[0].At.Minutes(), after[len(after)-1].At.Minutes(), strings.Join(parts, ", "))
+	return b.String()
+}
+
+// Targets of issue 17 for the workers.
+const (
+	targetWorkerCPU  = 0.70
+	targetTwoWorkers = 1.4
+)
+
+// baseline compares the workers' CPU per event with the baseline
+// revision's, drained from the same events in this run.
+func (r *report) baseline() string {
+	if len(r.BaselineWorkers) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	p("")
+	p("The same events drained by the worker of `%s` (the revision before issue 17), right after each run above (target: worker CPU per event at most %.2f of it, i.e. 30%% less):", r.Opts.BaselineRev, targetWorkerCPU)
+	p("")
+	p("| workers | baseline events/s | baseline worker CPU per event µs | this worker ÷ baseline, CPU per event | target | baseline server CPU per event µs | this server ÷ baseline |")
+	p("|---|---|---|---|---|---|---|")
+	for i, base := range r.BaselineWorkers {
+		if i >= len(r.Workers) || base.WorkerCPUus == 0 || base.ServerCPUus == 0 {
+			continue
+		}
+		w := r.Workers[i]
+		ratio := w.WorkerCPUus / base.WorkerCPUus
+		verdict := "✔"
+		if ratio > targetWorkerCPU {
+			verdict = "✘"
+		}
+		p("| %d | %.0f | %.0f | %.2f | ≤ %.2f %s | %.0f | %.2f |", base.Workers, base.PerSecond, base.WorkerCPUus, ratio, targetWorkerCPU, verdict, base.ServerCPUus, w.ServerCPUus/base.ServerCPUus)
+	}
 	return b.String()
 }
