@@ -290,7 +290,8 @@ func TestWarnsAboutKeysOnlyWhenCalled(t *testing.T) {
 		return resp.StatusCode
 	}
 	require.Equal(t, http.StatusOK, get("/sandbox/state"))
-	require.Contains(t, logs.String(), "sandbox listening")
+	// Serve logs it, and the bound listener may answer first.
+	testutil.WaitFor(t, 5*time.Second, "the start line", func() bool { return strings.Contains(logs.String(), "sandbox listening") })
 	require.NotContains(t, logs.String(), "API request arrived", "nothing called the APIs yet")
 
 	require.Equal(t, http.StatusUnauthorized, get("/v2/payments/orders"))

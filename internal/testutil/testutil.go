@@ -33,9 +33,14 @@ func StartJetStream(t testing.TB) *server.Server {
 
 // StartJetStreamAt starts a JetStream server storing in dir, listening on
 // listen ("" for in-process only). It is shut down when the test ends.
+//
+// It syncs to disk lazily, not before every acknowledgement as paystream's
+// embedded server does: no test here survives a power loss, and an fsync
+// per write would make the suite wait on the disk. Tests of durability
+// start natsembed (or ingest) with its defaults instead.
 func StartJetStreamAt(t testing.TB, dir, listen string) *server.Server {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Config{Listen: listen, StoreDir: dir, ServerName: "test"})
+	srv, err := natsembed.Start(natsembed.Config{Listen: listen, StoreDir: dir, ServerName: "test", SyncInterval: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		srv.Shutdown()
