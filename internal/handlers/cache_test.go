@@ -110,8 +110,7 @@ func TestConcurrentCachedProcessesKeepEveryChange(t *testing.T) {
 	ctx := context.Background()
 	stores, _ := cachedStores(t, 2)
 	const orders, racers, perRacer = 4, 6, 5
-	var mu sync.Mutex
-	completed, late := map[string]int{}, map[string]int{}
+	tl := newTally()
 	var wg sync.WaitGroup
 	for r := range racers {
 		h := handlers.New(stores[r%2])
@@ -123,17 +122,9 @@ func TestConcurrentCachedProcessesKeepEveryChange(t *testing.T) {
 					tx := fmt.Sprintf("r%d-tx%d", r, i)
 					bodies := [][]byte{testutil.TransactionEvent(orderID+"-"+tx, "completed", orderID, tx, "1"), evs[(i+r)%len(evs)]}
 					for _, body := range bodies {
-						out, err := h.Handle(ctx, delivery(t, body))
-						if err != nil {
-							t.Errorf("handle: %v", err)
+						if !tl.handle(t, h, orderID, body) {
 							return
 						}
-						mu.Lock()
-						if out.FirstCompleted {
-							completed[orderID]++
-						}
-						late[orderID] += len(out.LateRecorded)
-						mu.Unlock()
 					}
 				}
 			}
@@ -148,8 +139,8 @@ func TestConcurrentCachedProcessesKeepEveryChange(t *testing.T) {
 				require.Contains(t, got, fmt.Sprintf("r%d-tx%d", r, i), orderID)
 			}
 		}
-		require.Equal(t, 1, completed[orderID], orderID)
-		require.Equal(t, 1, late[orderID], orderID)
+		require.Equal(t, 1, tl.completed[orderID], orderID)
+		require.Equal(t, 1, tl.late[orderID], orderID)
 		st, _, err := stores[1].Get(ctx, orderID)
 		require.NoError(t, err)
 		require.Equal(t, domain.StatusCompleted, st.Status)

@@ -196,9 +196,7 @@ func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
 	store := newStore(t)
 	ctx := context.Background()
 	const orders, racers = 10, 6
-	var mu sync.Mutex
-	completed := map[string]int{}
-	late := map[string]int{}
+	tl := newTally()
 	var wg sync.WaitGroup
 	for r := range racers {
 		h := handlers.New(store)
@@ -208,17 +206,9 @@ func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
 				evs := lifecycle(orderID)
 				for i := range evs {
 					body := evs[(i+r)%len(evs)]
-					out, err := h.Handle(ctx, delivery(t, body))
-					if err != nil {
-						t.Errorf("handle: %v", err)
+					if !tl.handle(t, h, orderID, body) {
 						return
 					}
-					mu.Lock()
-					if out.FirstCompleted {
-						completed[orderID]++
-					}
-					late[orderID] += len(out.LateRecorded)
-					mu.Unlock()
 				}
 			}
 		})
@@ -226,12 +216,38 @@ func TestConcurrentHandlersCommitEachTransitionOnce(t *testing.T) {
 	wg.Wait()
 	for o := range orders {
 		orderID := fmt.Sprintf("O-race-%d", o)
-		require.Equal(t, 1, completed[orderID], orderID)
-		require.Equal(t, 1, late[orderID], orderID)
+		require.Equal(t, 1, tl.completed[orderID], orderID)
+		require.Equal(t, 1, tl.late[orderID], orderID)
 		got, _, err := store.Get(ctx, orderID)
 		require.NoError(t, err)
 		require.Equal(t, domain.StatusCompleted, got.Status)
 	}
+}
+
+// tally counts, per order, the events of concurrent handlers that
+// completed it and the late payments they recorded.
+type tally struct {
+	mu              sync.Mutex
+	completed, late map[string]int
+}
+
+func newTally() *tally { return &tally{completed: map[string]int{}, late: map[string]int{}} }
+
+// handle handles body with h and counts its outcome for orderID; false
+// (the failure reported) when it failed. Safe from any goroutine.
+func (tl *tally) handle(t *testing.T, h *handlers.Handler, orderID string, body []byte) bool {
+	out, err := h.Handle(context.Background(), delivery(t, body))
+	if err != nil {
+		t.Errorf("handle: %v", err)
+		return false
+	}
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if out.FirstCompleted {
+		tl.completed[orderID]++
+	}
+	tl.late[orderID] += len(out.LateRecorded)
+	return true
 }
 
 // fetcher answers as Cobo's order API would for the lifecycle orders.
