@@ -85,6 +85,7 @@ func TestBitGoLostAnswerNonceOnce(t *testing.T) {
 // recorded the allocation, before reading the answer; the worker that
 // takes the item over must find it rather than allocate again.
 func TestBitGoWorkerKilledAfterResponseNonceOnce(t *testing.T) {
+	t.Parallel()
 	for _, conflict := range []bool{false, true} {
 		t.Run(map[bool]string{false: "replays answered with the allocation", true: "replays refused 409"}[conflict], func(t *testing.T) {
 			s := startBitGoStack(t, bitgosim.Config{NonceOnce: true, ReplayConflict: conflict})
@@ -105,6 +106,7 @@ func TestBitGoWorkerKilledAfterResponseNonceOnce(t *testing.T) {
 // working ones, each completes exactly once. A wrong signing key is
 // refused per request, so the item needs a request signed anew.
 func TestBitGoRefusedCredentialsWait(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name  string
 		spoil func(b *bitgoSide)

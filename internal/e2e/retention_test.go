@@ -53,6 +53,7 @@ func heldKey(t *testing.T, js jetstream.JetStream, bucket, key string) bool {
 // plan nothing more: at Cobo and at BitGo every allocation of the order's
 // two lives exists exactly once.
 func TestLatePaymentOfExpiredOrderAllocatesOnce(t *testing.T) {
+	t.Parallel()
 	s := startAllocStackWith(t, cobosim.Config{}, ingest.Config{Stream: events.StreamConfig{MaxAge: 5 * time.Second, DuplicateWindow: time.Second}})
 	s.addBitGo(t, bitgosim.Config{})
 	s.reconcile = reconcile.Config{Off: true}

@@ -91,9 +91,22 @@ func TestGroupCommitterStoresEachEventOnceAndAnswersWithItsSequence(t *testing.T
 	info, err := stream.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 120, info.State.Msgs, "each event stored once")
-	batches, batched, _ := g.Stats()
-	require.Positive(t, batches, "concurrent publishes were grouped into atomic batches")
-	require.Positive(t, batched)
+	// Copies of stored events make most batches above roll back (10201)
+	// and fall back; new events only are grouped. How many wait at once
+	// depends on scheduling, so rounds go on until one batch committed.
+	for round := 0; ; round++ {
+		if batches, _, _ := g.Stats(); batches > 0 {
+			break
+		}
+		require.Less(t, round, 50, "concurrent publishes of new events were never grouped into an atomic batch")
+		var fresh []string
+		for i := range 100 {
+			fresh = append(fresh, fmt.Sprintf("new-%d-%d", round, i))
+		}
+		for _, ack := range publishConcurrently(t, g, fresh) {
+			require.False(t, ack.Duplicate)
+		}
+	}
 }
 
 // A stream created before atomic batches were enabled refuses them; the

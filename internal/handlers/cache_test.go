@@ -152,6 +152,7 @@ func TestConcurrentCachedProcessesKeepEveryChange(t *testing.T) {
 // with the events split between two processes: the state is the same as
 // without a cache, whatever the order and whoever handles each event.
 func TestCachedStoreGivesEveryPermutationTheSameState(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	plain := newStore(t)
 	stores, _ := cachedStores(t, 2)

@@ -83,6 +83,7 @@ func replaceAll(b []byte, old, new string) []byte {
 }
 
 func TestEveryPermutationGivesTheSameState(t *testing.T) {
+	t.Parallel()
 	store := newStore(t)
 	h := handlers.New(store)
 	ctx := context.Background()
@@ -291,6 +292,7 @@ func (c *coboAPI) FetchOrder(_ context.Context, orderID string) (*handlers.Provi
 }
 
 func TestEveryPermutationPlansTheSameAllocationsOnce(t *testing.T) {
+	t.Parallel()
 	store := newStore(t)
 	rules, err := allocation.ParseRules([]byte(`{"splits":[
 		{"merchant_id":"M1001","destination_account":"developer","share":"0.10","description":"platform commission"},

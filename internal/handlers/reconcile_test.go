@@ -53,6 +53,7 @@ func providerFor(o cobo.OrderData) *handlers.ProviderOrder {
 // payment are recorded, although Cobo's tx ids are not the webhooks'
 // transaction ids (the hashes tie them).
 func TestReconcileAndWebhooksInEveryOrderPlanOnce(t *testing.T) {
+	t.Parallel()
 	store := newStore(t)
 	rules := testRules(t)
 	api := &coboAPI{orders: map[string]*handlers.ProviderOrder{}}
