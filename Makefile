@@ -20,7 +20,7 @@ build: ## build ingest, worker and the other binaries into bin/
 test: ## go vet, then the whole suite under -race (fuzz seed corpora included), ending with a summary line
 	$(GO) vet $(PKGS)
 	$(GO) build -o $(BIN)/testsum ./cmd/testsum
-	set -o pipefail; $(GO) test -race -count=1 -p 4 -timeout 8m -json $(PKGS) | $(BIN)/testsum
+	set -o pipefail; $(GO) test -race -count=1 -timeout 8m -json $(PKGS) | $(BIN)/testsum
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)

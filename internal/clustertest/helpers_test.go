@@ -25,7 +25,9 @@ import (
 	"github.com/paystream/paystream/internal/worker"
 )
 
-var httpClient = &http.Client{Timeout: 5 * time.Second}
+// The timeout is generous: a 3-node cluster in one test process, under the
+// rest of the suite's load, can take seconds to answer after an election.
+var httpClient = &http.Client{Timeout: 20 * time.Second}
 
 // logBook keeps the JSON log lines of the processes of one test, shows the
 // tail when the test fails, and answers questions about them.
