@@ -9,7 +9,6 @@ package sandbox
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/paystream/paystream/internal/bitgo"
 	"github.com/paystream/paystream/internal/cli"
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/loadgen"
 	"github.com/paystream/paystream/internal/sandbox/bitgosim"
 	"github.com/paystream/paystream/internal/sandbox/cobosim"
 	"github.com/paystream/paystream/internal/sandbox/payer"
@@ -56,14 +56,15 @@ const PrintKeyCommand = "bin/sandbox -print-webhook-pubkey"
 // WebhookKeyFromSeed derives the sandbox's webhook signing key: Ed25519
 // from the seed SHA256(seed). Anyone knowing the seed can sign.
 func WebhookKeyFromSeed(seed string) ed25519.PrivateKey {
-	sum := sha256.Sum256([]byte(seed))
-	return ed25519.NewKeyFromSeed(sum[:])
+	// The load generator derives its key the same way, so one seed makes
+	// the sandbox and loadgen sign alike.
+	return loadgen.KeyFromSeed(seed)
 }
 
 // WebhookPubKeyHex is the hex public key of WebhookKeyFromSeed(seed), as
 // ingest's -cobo-pubkey takes it.
 func WebhookPubKeyHex(seed string) string {
-	return hex.EncodeToString(WebhookKeyFromSeed(seed).Public().(ed25519.PublicKey))
+	return loadgen.PublicKeyHex(WebhookKeyFromSeed(seed))
 }
 
 // Config configures a Sandbox. Fields map one to one to the sandbox
