@@ -289,12 +289,7 @@ func TestGroupAttackConnectionCutsMidBatch(t *testing.T) {
 // back; each id is stored once and reported new at most once.
 func TestGroupAttackSameIDsInConcurrentBatches(t *testing.T) {
 	ctx := context.Background()
-	_, js := testutil.Connect(t, testutil.StartJetStream(t))
-	stream, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
-	require.NoError(t, err)
-	g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{MinBatch: 2, MaxBatch: 16, InFlight: 4})
-	require.NoError(t, err)
-	defer g.Close()
+	js, stream, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, MaxBatch: 16, InFlight: 4})
 	pre := map[string]bool{}
 	for i := 0; i < 50; i += 7 {
 		id := fmt.Sprintf("ev-%d", i)
@@ -381,12 +376,7 @@ func TestGroupAttackCloseDuringTraffic(t *testing.T) {
 // no id stored twice.
 func TestGroupAttackDeadlinesExpireMidCommit(t *testing.T) {
 	ctx := context.Background()
-	_, js := testutil.Connect(t, testutil.StartJetStream(t))
-	stream, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
-	require.NoError(t, err)
-	g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{MinBatch: 2, MaxBatch: 256, InFlight: 1})
-	require.NoError(t, err)
-	defer g.Close()
+	_, stream, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, MaxBatch: 256, InFlight: 1})
 	var all []attackResult
 	for round := range 20 {
 		var ids []string
@@ -421,12 +411,7 @@ func TestGroupAttackDeadlinesExpireMidCommit(t *testing.T) {
 // committer keeps using the caller's message after Publish returned.
 func TestGroupAttackRetrySameMsgAfterTimeout(t *testing.T) {
 	ctx := context.Background()
-	_, js := testutil.Connect(t, testutil.StartJetStream(t))
-	_, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
-	require.NoError(t, err)
-	g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{MinBatch: 2, MaxBatch: 256, InFlight: 1})
-	require.NoError(t, err)
-	defer g.Close()
+	js, _, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, MaxBatch: 256, InFlight: 1})
 	var wg sync.WaitGroup
 	for i := range 200 {
 		wg.Go(func() {

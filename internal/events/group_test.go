@@ -23,6 +23,19 @@ func groupMsg(id string) *nats.Msg {
 	return m
 }
 
+// newGroupOnStream starts a JetStream server with the event stream and a
+// GroupCommitter of cfg on it, closed when the test ends.
+func newGroupOnStream(t *testing.T, cfg events.GroupConfig) (jetstream.JetStream, jetstream.Stream, *events.GroupCommitter) {
+	t.Helper()
+	_, js := testutil.Connect(t, testutil.StartJetStream(t))
+	stream, err := events.EnsureEventStream(context.Background(), js, events.StreamConfig{})
+	require.NoError(t, err)
+	g, err := events.NewGroupCommitter(js, events.StreamName, cfg)
+	require.NoError(t, err)
+	t.Cleanup(g.Close)
+	return js, stream, g
+}
+
 // publishConcurrently publishes every id at once through g and returns
 // each answer by position.
 func publishConcurrently(t *testing.T, g *events.GroupCommitter, ids []string) []*jetstream.PubAck {
@@ -51,14 +64,8 @@ func publishConcurrently(t *testing.T, g *events.GroupCommitter, ids []string) [
 // published one by one) or an earlier copy was stored before.
 func TestGroupCommitterStoresEachEventOnceAndAnswersWithItsSequence(t *testing.T) {
 	ctx := context.Background()
-	_, js := testutil.Connect(t, testutil.StartJetStream(t))
-	stream, err := events.EnsureEventStream(ctx, js, events.StreamConfig{})
-	require.NoError(t, err)
+	_, stream, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, InFlight: 1})
 	require.True(t, stream.CachedInfo().Config.AllowAtomicPublish)
-
-	g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{MinBatch: 2, InFlight: 1})
-	require.NoError(t, err)
-	t.Cleanup(g.Close)
 
 	// Stored before: their copies below must be duplicates.
 	pre := []string{"ev-0", "ev-1", "ev-2"}
