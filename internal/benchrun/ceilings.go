@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -152,7 +151,7 @@ func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, s
 	}
 	var next atomic.Int64
 	var failed atomic.Int64
-	cpu0 := selfCPU()
+	cpu0 := loadgen.ProcessCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range concurrency {
@@ -176,18 +175,9 @@ func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, s
 		return res, fmt.Errorf("%s: %d of %d publishes failed", name, f, n)
 	}
 	res.PerSecond = float64(n) / secs
-	res.CPUus = float64((selfCPU() - cpu0).Microseconds()) / float64(n)
+	res.CPUus = float64((loadgen.ProcessCPU() - cpu0).Microseconds()) / float64(n)
 	if g != nil {
 		res.Batches, res.Batched, _ = g.Stats()
 	}
 	return res, ctx.Err()
-}
-
-// selfCPU is this process's user+system CPU time so far.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -117,7 +117,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			presigned[i] = sign(o, i)
 		}
 	}
-	cpu0 := processCPU()
+	cpu0 := ProcessCPU()
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
 	client := &http.Client{
@@ -212,7 +212,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := processCPU() - cpu0
+	cpu := ProcessCPU() - cpu0
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -233,9 +233,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}, nil
 }
 
-// processCPU returns the user+system CPU time this process has used, or 0
+// ProcessCPU returns the user+system CPU time this process has used, or 0
 // where the platform does not say.
-func processCPU() time.Duration {
+func ProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
