@@ -277,11 +277,12 @@ func (g *GroupCommitter) commit(group []*groupReq) error {
 	var send []*groupReq
 	var dups []*groupReq
 	for _, r := range group {
-		if _, ok := seen[r.msg.Header.Get(jetstream.MsgIDHeader)]; ok {
+		id := r.msg.Header.Get(jetstream.MsgIDHeader)
+		if _, ok := seen[id]; ok {
 			dups = append(dups, r)
 			continue
 		}
-		seen[r.msg.Header.Get(jetstream.MsgIDHeader)] = r
+		seen[id] = r
 		send = append(send, r)
 	}
 	// The batch is bounded by the latest of its callers' deadlines: a
