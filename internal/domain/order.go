@@ -5,6 +5,7 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -220,6 +221,35 @@ func (o *Order) Settled() bool {
 		}
 	}
 	return true
+}
+
+// Clone returns a deep copy of o: changing either one, its slices or what
+// its pointers point to, leaves the other as it was. Decimals are shared,
+// as they are immutable. Stores use it to hand out what they remember
+// without handing out what they keep.
+func (o *Order) Clone() *Order {
+	c := *o
+	c.Snapshot = clonePtr(o.Snapshot)
+	c.Notice = clonePtr(o.Notice)
+	c.LatePayments = slices.Clone(o.LatePayments)
+	c.Deposits = slices.Clone(o.Deposits)
+	c.Unclassified = slices.Clone(o.Unclassified)
+	c.ConflictingFinals = slices.Clone(o.ConflictingFinals)
+	c.Allocations = slices.Clone(o.Allocations)
+	for i := range c.Allocations {
+		c.Allocations[i].StuckSince = clonePtr(c.Allocations[i].StuckSince)
+	}
+	c.Horizon = clonePtr(o.Horizon)
+	return &c
+}
+
+// clonePtr returns a pointer to a copy of *p, or nil for nil.
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
 }
 
 // AbsentError is an order store's answer for an order it holds no state

@@ -3,15 +3,17 @@ package events
 import (
 	"container/list"
 	"sync"
+
+	"github.com/paystream/paystream/internal/domain"
 )
 
 // DefaultOrderCacheSize is how many orders a writer's OrderStore remembers
-// (OpenOrderStore): about 4 MiB of encoded orders, many times what one
-// worker has in flight and buffered (ConsumerConfig.PullMax).
+// (OpenOrderStore): a few MiB of orders, many times what one worker has in
+// flight and buffered (ConsumerConfig.PullMax).
 const DefaultOrderCacheSize = 4096
 
-// orderCache remembers, for a bounded number of orders, the encoded state
-// this process last read or wrote and its revision: a least-recently-used
+// orderCache remembers, for a bounded number of orders, the state this
+// process last read or wrote and its revision: a least-recently-used
 // list, safe for concurrent use. What it answers may be stale (another
 // process may have written since); the compare-and-set at the remembered
 // revision is what tells, never the cache.
@@ -26,16 +28,18 @@ type orderCache struct {
 type cachedOrder struct {
 	key string
 	rev uint64
-	// val is the encoded order at rev; never modified once stored.
-	val []byte
+	// order is the order at rev; never modified once stored (the store
+	// puts and hands out copies).
+	order *domain.Order
 }
 
 func newOrderCache(max int) *orderCache {
 	return &orderCache{max: max, lru: list.New(), byID: make(map[string]*list.Element, max)}
 }
 
-// get returns the remembered revision and encoded order of key.
-func (c *orderCache) get(key string) (rev uint64, val []byte, ok bool) {
+// get returns the remembered revision and order of key. The order is
+// shared: the caller must not modify it.
+func (c *orderCache) get(key string) (rev uint64, order *domain.Order, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.byID[key]
@@ -44,24 +48,25 @@ func (c *orderCache) get(key string) (rev uint64, val []byte, ok bool) {
 	}
 	c.lru.MoveToFront(e)
 	co := e.Value.(*cachedOrder)
-	return co.rev, co.val, true
+	return co.rev, co.order, true
 }
 
-// put remembers val as key's state at rev, unless a later revision is
+// put remembers order, which nobody may modify afterwards, as key's state
+// at rev, unless a later revision is
 // remembered already: two goroutines of this process writing the same
 // order may finish in either order, and revisions only grow.
-func (c *orderCache) put(key string, rev uint64, val []byte) {
+func (c *orderCache) put(key string, rev uint64, order *domain.Order) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byID[key]; ok {
 		co := e.Value.(*cachedOrder)
 		if rev >= co.rev {
-			co.rev, co.val = rev, val
+			co.rev, co.order = rev, order
 		}
 		c.lru.MoveToFront(e)
 		return
 	}
-	c.byID[key] = c.lru.PushFront(&cachedOrder{key: key, rev: rev, val: val})
+	c.byID[key] = c.lru.PushFront(&cachedOrder{key: key, rev: rev, order: order})
 	for c.lru.Len() > c.max {
 		oldest := c.lru.Back()
 		c.lru.Remove(oldest)

@@ -6,17 +6,22 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/paystream/paystream/internal/domain"
 )
+
+// named is an order whose id carries a value, for the cache's tests.
+func named(id string) *domain.Order { return &domain.Order{OrderID: id} }
 
 func TestOrderCacheIsBoundedLeastRecentlyUsed(t *testing.T) {
 	c := newOrderCache(3)
 	for i := range 3 {
-		c.put(fmt.Sprint("o", i), uint64(i+1), []byte{byte(i)})
+		c.put(fmt.Sprint("o", i), uint64(i+1), named(fmt.Sprint(i)))
 	}
 	// o0 used last: o1 is now the least recently used.
 	_, _, ok := c.get("o0")
 	require.True(t, ok)
-	c.put("o3", 4, []byte{3})
+	c.put("o3", 4, named("3"))
 	require.Equal(t, 3, c.len())
 	_, _, ok = c.get("o1")
 	require.False(t, ok, "the least recently used order is dropped")
@@ -28,13 +33,13 @@ func TestOrderCacheIsBoundedLeastRecentlyUsed(t *testing.T) {
 
 func TestOrderCacheKeepsTheLaterRevision(t *testing.T) {
 	c := newOrderCache(10)
-	c.put("o", 7, []byte("seven"))
+	c.put("o", 7, named("seven"))
 	// A write of this process that finished later but committed earlier.
-	c.put("o", 5, []byte("five"))
+	c.put("o", 5, named("five"))
 	rev, val, ok := c.get("o")
 	require.True(t, ok)
 	require.EqualValues(t, 7, rev)
-	require.Equal(t, "seven", string(val))
+	require.Equal(t, "seven", val.OrderID)
 
 	// A lost race at an earlier revision says nothing of the later one.
 	c.forget("o", 6)
@@ -58,10 +63,10 @@ func TestOrderCacheConcurrentUse(t *testing.T) {
 				rev := uint64(i + 1)
 				switch i % 3 {
 				case 0:
-					c.put(key, rev, []byte(fmt.Sprint(key, "@", rev)))
+					c.put(key, rev, named(fmt.Sprint(key, "@", rev)))
 				case 1:
-					if r, v, ok := c.get(key); ok && string(v) != fmt.Sprint(key, "@", r) {
-						t.Errorf("%s at %d has %q", key, r, v)
+					if r, v, ok := c.get(key); ok && v.OrderID != fmt.Sprint(key, "@", r) {
+						t.Errorf("%s at %d has %q", key, r, v.OrderID)
 					}
 				default:
 					c.forget(key, rev)
