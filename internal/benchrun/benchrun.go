@@ -52,6 +52,10 @@ type Options struct {
 	Concurrency               int
 	// WorkerEvents is how many events each worker run drains.
 	WorkerEvents int
+	// Reps is how many times the durable-publish ceilings and the worker
+	// drains run, in turns with what they are compared with; the report
+	// gives medians.
+	Reps int
 	// BaselineBin, when set, holds the worker of an earlier revision
 	// (BaselineRev names it), which drains the same events after each
 	// worker run: the CPU per event of both, measured in one run.
@@ -73,6 +77,7 @@ type Options struct {
 // Run measures, printing progress to stdout, and rewrites o.Out.
 func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	say := func(format string, a ...any) { fmt.Fprintf(stdout, "bench │ "+format+"\n", a...) }
+	o.Reps = max(o.Reps, 1)
 	r := &report{Date: time.Now().UTC(), Machine: machine(), Opts: o}
 	var err error
 	// Read before the working directory is recreated: it may live there.
@@ -116,22 +121,42 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	vProc.Stop(15 * time.Second)
 	say("  %.0f answered/s, CPU %.0f µs per webhook", r.VerifyOnly.PerSecond, r.VerifyOnlyCPUus)
 	// Durable publish: concurrent fsync-always publishes of the same
-	// payloads, one by one and group-committed; and lazy, for reference.
-	for _, c := range []struct {
-		name  string
-		sync  time.Duration
-		group bool
-		into  *PublishCeiling
-	}{
-		{"publish-always", 0, false, &r.PublishAlways},
-		{"publish-always-group", 0, true, &r.PublishGroup},
-		{"publish-lazy", lazySyncInterval, false, &r.PublishLazy},
-	} {
-		say("%s ceiling: %d publishes, %d in flight", c.name, o.SaturationN, o.Concurrency)
-		if *c.into, err = publishCeiling(ctx, o.Dir, c.name, o.SaturationN, o.Concurrency, c.sync, c.group); err != nil {
+	// payloads, one by one and group-committed, Reps times each in turns
+	// (a disk's fsync time drifts; paired runs and the median ratio
+	// stand against that); and lazy once, for reference.
+	ceiling := func(name string, sync time.Duration, group bool) (PublishCeiling, error) {
+		say("%s ceiling: %d publishes, %d in flight", name, o.SaturationN, o.Concurrency)
+		c, err := publishCeiling(ctx, o.Dir, name, o.SaturationN, o.Concurrency, sync, group)
+		if err == nil {
+			say("  %.0f stored/s, CPU %.0f µs per message", c.PerSecond, c.CPUus)
+		}
+		return c, err
+	}
+	for rep := range o.Reps {
+		var pair [2]PublishCeiling
+		for _, k := range turns(rep) {
+			name := []string{"publish-always", "publish-always-group"}[k]
+			if pair[k], err = ceiling(fmt.Sprintf("%s-%d", name, rep+1), 0, k == 1); err != nil {
+				return err
+			}
+		}
+		r.PublishAlwaysRuns = append(r.PublishAlwaysRuns, pair[0])
+		r.PublishGroupRuns = append(r.PublishGroupRuns, pair[1])
+	}
+	r.PublishAlways, r.PublishGroup = medianCeiling(r.PublishAlwaysRuns), medianCeiling(r.PublishGroupRuns)
+	if r.PublishLazy, err = ceiling("publish-lazy", lazySyncInterval, false); err != nil {
+		return err
+	}
+	// The durable write rate the workers' compare-and-sets share, at one
+	// and at two workers' events in flight.
+	for _, inFlight := range []int{events.DefaultConcurrency, 2 * events.DefaultConcurrency} {
+		say("key-value write ceiling: %d creates, %d in flight", o.SaturationN, inFlight)
+		c, err := kvCeiling(ctx, o.Dir, o.SaturationN, inFlight)
+		if err != nil {
 			return err
 		}
-		say("  %.0f stored/s, CPU %.0f µs per message", c.into.PerSecond, c.into.CPUus)
+		r.KVCeilings = append(r.KVCeilings, c)
+		say("  %.0f writes/s", c.PerSecond)
 	}
 
 	// Ingest: saturation, then the fixed rate, against one process.
@@ -184,28 +209,37 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 	say("  %.0f stored/s, p50 %.1f ms, p99 %.1f ms", r.Fixed.PerSecond, r.Fixed.P50ms, r.Fixed.P99ms)
 
 	// Workers: the same stored events drained by 1, 2 and 4 workers, each
-	// run from an empty consumer and an empty orders bucket.
+	// run from an empty consumer and an empty orders bucket, Reps times.
 	stored := int(r.Saturation.Stored + r.Fixed.Stored)
-	// With a baseline, its workers drain the same events right after, so
-	// that CPU per event is compared within one run.
+	// With a baseline, its workers drain the same events right before or
+	// after (in turns), so that CPU per event is compared in pairs.
 	for _, n := range []int{1, 2, 4} {
-		res, err := b.drain(ctx, ing, o.Bin, n, min(stored, o.WorkerEvents))
-		if err != nil {
-			return fmt.Errorf("%d workers: %w", n, err)
+		s := WorkerSeries{Workers: n}
+		for rep := range o.Reps {
+			for _, k := range turns(rep) {
+				if k == 0 {
+					res, err := b.drain(ctx, ing, o.Bin, n, min(stored, o.WorkerEvents))
+					if err != nil {
+						return fmt.Errorf("%d workers: %w", n, err)
+					}
+					s.Runs = append(s.Runs, res)
+					say("  %d worker(s): %d events in %.2fs, %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
+						n, res.Events, res.Seconds, res.PerSecond, res.WorkerCPUus, res.ServerCPUus)
+					continue
+				}
+				if o.BaselineBin == "" {
+					continue
+				}
+				base, err := b.drain(ctx, ing, o.BaselineBin, n, min(stored, o.WorkerEvents))
+				if err != nil {
+					return fmt.Errorf("%d baseline workers: %w", n, err)
+				}
+				s.Baseline = append(s.Baseline, base)
+				say("  %d baseline worker(s) (%s): %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
+					n, o.BaselineRev, base.PerSecond, base.WorkerCPUus, base.ServerCPUus)
+			}
 		}
-		r.Workers = append(r.Workers, res)
-		say("  %d worker(s): %d events in %.2fs, %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
-			n, res.Events, res.Seconds, res.PerSecond, res.WorkerCPUus, res.ServerCPUus)
-		if o.BaselineBin == "" {
-			continue
-		}
-		base, err := b.drain(ctx, ing, o.BaselineBin, n, min(stored, o.WorkerEvents))
-		if err != nil {
-			return fmt.Errorf("%d baseline workers: %w", n, err)
-		}
-		r.BaselineWorkers = append(r.BaselineWorkers, base)
-		say("  %d baseline worker(s) (%s): %.0f events/s; CPU per event: workers %.0f µs, JetStream server %.0f µs",
-			n, o.BaselineRev, base.PerSecond, base.WorkerCPUus, base.ServerCPUus)
+		r.Workers = append(r.Workers, s)
 	}
 	ing.proc.Stop(15 * time.Second)
 
@@ -234,6 +268,16 @@ func Run(ctx context.Context, o Options, stdout io.Writer) error {
 		return fmt.Errorf("recovery: %s", p)
 	}
 	return nil
+}
+
+// turns is the order of a pair's two runs in repetition rep: 0 then 1,
+// then the other way round, so that a drift of the machine (a disk's
+// fsync time, another tenant) does not always favour the same one.
+func turns(rep int) [2]int {
+	if rep%2 == 1 {
+		return [2]int{1, 0}
+	}
+	return [2]int{0, 1}
 }
 
 // lazySync is the -store-sync interval of the lazy-fsync measurement:

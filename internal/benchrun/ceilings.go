@@ -181,3 +181,67 @@ func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, s
 	}
 	return res, ctx.Err()
 }
+
+// KVCeiling is one run of concurrent compare-and-set creates on a
+// key-value bucket whose server syncs every write: the durable write rate
+// the workers' order updates share, one synced write per event.
+type KVCeiling struct {
+	InFlight  int
+	Writes    int
+	PerSecond float64
+}
+
+// kvCeiling creates n keys, each holding one of loadgen's payloads (the
+// size of an order), from inFlight writers into a fresh embedded server
+// in this process syncing every write.
+func kvCeiling(ctx context.Context, dir string, n, inFlight int) (KVCeiling, error) {
+	res := KVCeiling{InFlight: inFlight, Writes: n}
+	name := fmt.Sprintf("kv-always-%d", inFlight)
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(dir, name)})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	nc, err := nats.Connect("", nats.InProcessServer(srv))
+	if err != nil {
+		return res, fmt.Errorf("%s: connect: %w", name, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "ceiling"})
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", name, err)
+	}
+	vals := make([][]byte, n)
+	for i := range vals {
+		vals[i] = loadgen.Body(name, i)
+	}
+	var next, failed atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range inFlight {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if _, err := kv.Create(ctx, fmt.Sprintf("o%d", i), vals[i]); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return res, fmt.Errorf("%s: %d of %d creates failed", name, f, n)
+	}
+	res.PerSecond = float64(n) / time.Since(start).Seconds()
+	return res, ctx.Err()
+}

@@ -1,9 +1,11 @@
 package benchrun
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,16 +29,20 @@ type report struct {
 	// storing nothing; VerifyOnlyCPUus its CPU per webhook.
 	VerifyOnly      loadgen.Result
 	VerifyOnlyCPUus float64
-	// The publish ceilings: fsync always one by one and group-committed,
-	// and lazy fsync one by one.
+	// The publish ceilings: fsync always one by one and group-committed
+	// (the median runs of the Runs, which ran in pairs), and lazy fsync
+	// one by one.
 	PublishAlways, PublishGroup, PublishLazy PublishCeiling
+	PublishAlwaysRuns, PublishGroupRuns      []PublishCeiling
+	// KVCeilings are the synced key-value write rates at one and two
+	// workers' events in flight.
+	KVCeilings []KVCeiling
 	// IngestCPUus is ingest's CPU per webhook sent at saturation, its
 	// embedded JetStream server included.
 	IngestCPUus float64
 	Fixed       loadgen.Result
-	Workers     []WorkerResult
-	// BaselineWorkers are the same runs with Opts.BaselineBin's worker.
-	BaselineWorkers []WorkerResult
+	// Workers are the drains by 1, 2 and 4 workers.
+	Workers []WorkerSeries
 	// Recovery is the kill -9 of a worker under load; zero when skipped.
 	Recovery RecoveryResult
 	Soak     SoakResult
@@ -132,16 +138,16 @@ func (r *report) markdown() string {
 	p("")
 	p("The events stored above, drained from an empty consumer into an empty orders bucket by real `bin/worker` processes (no allocation rules): each event is decoded, applied with compare-and-set, committed and acked. The clock starts once 1%% is acked, so start-up is excluded. CPU per event is user+system time over the timed window: all worker processes summed, and the JetStream server's (the ingest process that hosts it, receiving no webhooks meanwhile).")
 	p("")
-	p("| workers | events | seconds | events/s | worker CPU per event µs | JetStream server CPU per event µs |")
-	p("|---|---|---|---|---|---|")
-	for _, w := range r.Workers {
-		p("| %d | %d | %.2f | %.0f | %.0f | %.0f |", w.Workers, w.Events, w.Seconds, w.PerSecond, w.WorkerCPUus, w.ServerCPUus)
+	p("Each drain ran %d times; the row is the run with the median worker CPU per event, and the last column lists every run's.", r.Opts.Reps)
+	p("")
+	p("| workers | events | seconds | events/s | worker CPU per event µs | JetStream server CPU per event µs | worker CPU per event of each run µs |")
+	p("|---|---|---|---|---|---|---|")
+	for _, s := range r.Workers {
+		w := s.Median()
+		p("| %d | %d | %.2f | %.0f | %.0f | %.0f | %s |", w.Workers, w.Events, w.Seconds, w.PerSecond, w.WorkerCPUus, w.ServerCPUus, joinFloats(s.CPUs(), "%.0f"))
 	}
 	b.WriteString(r.baseline())
-	if len(r.Workers) > 1 && r.Workers[0].PerSecond > 0 {
-		p("")
-		p("2 workers do %.2f× what 1 does (target ≥ %.1f× where the server leaves room).", r.Workers[1].PerSecond/r.Workers[0].PerSecond, targetTwoWorkers)
-	}
+	b.WriteString(r.scaling())
 	p("")
 	p("### Allocations through the batcher")
 	p("")
@@ -262,7 +268,7 @@ func (r *report) ceilings() string {
 	}
 	p("### Ingest against its ceilings, measured in this run")
 	p("")
-	p("Each ceiling gets the same load as ingest: %d webhooks (or publishes), %d in flight, payloads built before the clock starts. **Verify-only** is ingest's HTTP stack and verifier (the same handler, server limits and Ed25519 check) in a process of its own, answering 200 without storing. **Durable publish** is %d concurrent synchronous publishes of the same payloads, as ingest stores them, into a fresh embedded server syncing every write, from publishers connected in-process as ingest is; **group-committed** sends them through ingest's group committer (`-group-commit`, atomic batches of what is waiting).", r.Opts.SaturationN, r.Opts.Concurrency, r.Opts.Concurrency)
+	p("Each ceiling gets the same load as ingest: %d webhooks (or publishes), %d in flight, payloads built before the clock starts. **Verify-only** is ingest's HTTP stack and verifier (the same handler, server limits and Ed25519 check) in a process of its own, answering 200 without storing. **Durable publish** is %d concurrent synchronous publishes of the same payloads, as ingest stores them, into a fresh embedded server syncing every write, from publishers connected in-process as ingest is; **group-committed** sends them through ingest's group committer (`-group-commit`, atomic batches of what is waiting). The two durable ceilings ran %d times each, in pairs and in turns; their rows are the median runs (one by one: %s/s), and the group commit's ratio is the median of the pairs' ratios.", r.Opts.SaturationN, r.Opts.Concurrency, r.Opts.Concurrency, r.Opts.Reps, joinFloats(rates(r.PublishAlwaysRuns), "%.0f"))
 	p("")
 	p("| ceiling | per second | CPU per message | compared with | ratio | target |")
 	p("|---|---|---|---|---|---|")
@@ -271,12 +277,18 @@ func (r *report) ceilings() string {
 	durRatio := r.Saturation.PerSecond / r.PublishAlways.PerSecond
 	p("| durable publish, fsync always, one by one | %.0f | %.0f µs | ingest (default): %.0f/s | %.2f | ≥ %.2f %s |", r.PublishAlways.PerSecond, r.PublishAlways.CPUus, r.Saturation.PerSecond, durRatio, targetDurableOfPublish, verdict(durRatio, targetDurableOfPublish))
 	if r.PublishGroup.PerSecond > 0 {
-		groupRatio := r.PublishGroup.PerSecond / r.PublishAlways.PerSecond
+		var pairs []float64
+		for i := range min(len(r.PublishAlwaysRuns), len(r.PublishGroupRuns)) {
+			if a := r.PublishAlwaysRuns[i].PerSecond; a > 0 {
+				pairs = append(pairs, r.PublishGroupRuns[i].PerSecond/a)
+			}
+		}
+		groupRatio := median(pairs)
 		avg := 0.0
 		if r.PublishGroup.Batches > 0 {
 			avg = float64(r.PublishGroup.Batched) / float64(r.PublishGroup.Batches)
 		}
-		p("| durable publish, fsync always, group-committed (%d batches, %.0f messages each on average) | %.0f | %.0f µs | durable publish one by one | %.2f | goal ≥ %.1f %s |", r.PublishGroup.Batches, avg, r.PublishGroup.PerSecond, r.PublishGroup.CPUus, groupRatio, goalGroupOfPublish, verdict(groupRatio, goalGroupOfPublish))
+		p("| durable publish, fsync always, group-committed (%d batches, %.0f messages each on average) | %.0f | %.0f µs | durable publish one by one, pair by pair (%s) | %.2f | goal ≥ %.1f %s |", r.PublishGroup.Batches, avg, r.PublishGroup.PerSecond, r.PublishGroup.CPUus, joinFloats(pairs, "%.2f"), groupRatio, goalGroupOfPublish, verdict(groupRatio, goalGroupOfPublish))
 		p("| | | | ingest (default) against the group-committed ceiling | %.2f | |", r.Saturation.PerSecond/r.PublishGroup.PerSecond)
 	}
 	if r.SaturationSingle.PerSecond > 0 {
@@ -346,29 +358,156 @@ const (
 )
 
 // baseline compares the workers' CPU per event with the baseline
-// revision's, drained from the same events in this run.
+// revision's, drained from the same events in this run, pair by pair.
 func (r *report) baseline() string {
-	if len(r.BaselineWorkers) == 0 {
+	if len(r.Workers) == 0 || len(r.Workers[0].Baseline) == 0 {
 		return ""
 	}
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	p("")
-	p("The same events drained by the worker of `%s` (the revision before issue 17), right after each run above (target: worker CPU per event at most %.2f of it, i.e. 30%% less):", r.Opts.BaselineRev, targetWorkerCPU)
+	p("The same events drained by the worker of `%s` (the revision before issue 17), right before or after each run above, in turns (target: worker CPU per event at most %.2f of it, i.e. 30%% less). The ratio is the median of the pairs' ratios:", r.Opts.BaselineRev, targetWorkerCPU)
 	p("")
-	p("| workers | baseline events/s | baseline worker CPU per event µs | this worker ÷ baseline, CPU per event | target | baseline server CPU per event µs | this server ÷ baseline |")
-	p("|---|---|---|---|---|---|---|")
-	for i, base := range r.BaselineWorkers {
-		if i >= len(r.Workers) || base.WorkerCPUus == 0 || base.ServerCPUus == 0 {
+	p("| workers | baseline events/s | baseline worker CPU per event µs | this worker ÷ baseline, CPU per event | target | each pair's ratio | baseline server CPU per event µs | this server ÷ baseline |")
+	p("|---|---|---|---|---|---|---|---|")
+	for _, s := range r.Workers {
+		ratios := s.CPURatios()
+		if len(ratios) == 0 {
 			continue
 		}
-		w := r.Workers[i]
-		ratio := w.WorkerCPUus / base.WorkerCPUus
+		base := s.BaselineMedian()
+		ratio := median(ratios)
 		verdict := "✔"
 		if ratio > targetWorkerCPU {
 			verdict = "✘"
 		}
-		p("| %d | %.0f | %.0f | %.2f | ≤ %.2f %s | %.0f | %.2f |", base.Workers, base.PerSecond, base.WorkerCPUus, ratio, targetWorkerCPU, verdict, base.ServerCPUus, w.ServerCPUus/base.ServerCPUus)
+		p("| %d | %.0f | %.0f | %.2f | ≤ %.2f %s | %s | %.0f | %.2f |", s.Workers, base.PerSecond, base.WorkerCPUus, ratio, targetWorkerCPU, verdict, joinFloats(ratios, "%.2f"), base.ServerCPUus, median(s.ServerRatios()))
 	}
 	return b.String()
+}
+
+// scaling compares 2 workers with 1, median with median, next to the
+// synced key-value write ceiling at their events in flight.
+func (r *report) scaling() string {
+	if len(r.Workers) < 2 || r.Workers[0].PerSecond() == 0 {
+		return ""
+	}
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	one, two := r.Workers[0].PerSecond(), r.Workers[1].PerSecond()
+	p("")
+	p("2 workers do %.2f× what 1 does, median events/s against median (target ≥ %.1f× where the server leaves room).", two/one, targetTwoWorkers)
+	if len(r.KVCeilings) == 2 && r.KVCeilings[0].PerSecond > 0 {
+		k1, k2 := r.KVCeilings[0], r.KVCeilings[1]
+		p("Room the server leaves: every event is one synced key-value write. Concurrent creates of order-sized values on a fresh server syncing every write (%d each) reach %.0f/s with %d in flight (one worker's events in flight) and %.0f/s with %d (two workers'), %.2f×; one worker already runs at %.2f of the first, two at %.2f of the second.",
+			k1.Writes, k1.PerSecond, k1.InFlight, k2.PerSecond, k2.InFlight, k2.PerSecond/k1.PerSecond, one/k1.PerSecond, two/k2.PerSecond)
+	}
+	return b.String()
+}
+
+// WorkerSeries is the drains by one number of workers: Runs[i] and
+// Baseline[i] (when a baseline ran) drained the same events back to back.
+type WorkerSeries struct {
+	Workers        int
+	Runs, Baseline []WorkerResult
+}
+
+// Median is the run with the median worker CPU per event.
+func (s WorkerSeries) Median() WorkerResult { return medianRun(s.Runs) }
+
+// BaselineMedian is the baseline run with the median worker CPU per
+// event.
+func (s WorkerSeries) BaselineMedian() WorkerResult { return medianRun(s.Baseline) }
+
+// PerSecond is the median events per second of the runs.
+func (s WorkerSeries) PerSecond() float64 {
+	var xs []float64
+	for _, w := range s.Runs {
+		xs = append(xs, w.PerSecond)
+	}
+	return median(xs)
+}
+
+// CPUs is each run's worker CPU per event.
+func (s WorkerSeries) CPUs() []float64 {
+	var xs []float64
+	for _, w := range s.Runs {
+		xs = append(xs, w.WorkerCPUus)
+	}
+	return xs
+}
+
+// CPURatios is each pair's worker CPU per event, run over baseline.
+func (s WorkerSeries) CPURatios() []float64 {
+	return s.pairRatios(func(w WorkerResult) float64 { return w.WorkerCPUus })
+}
+
+// ServerRatios is each pair's server CPU per event, run over baseline.
+func (s WorkerSeries) ServerRatios() []float64 {
+	return s.pairRatios(func(w WorkerResult) float64 { return w.ServerCPUus })
+}
+
+func (s WorkerSeries) pairRatios(f func(WorkerResult) float64) []float64 {
+	var xs []float64
+	for i := range min(len(s.Runs), len(s.Baseline)) {
+		if d := f(s.Baseline[i]); d > 0 {
+			xs = append(xs, f(s.Runs[i])/d)
+		}
+	}
+	return xs
+}
+
+// medianRun is the run with the median worker CPU per event (the lower
+// of the two middle ones of an even count); zero for none.
+func medianRun(runs []WorkerResult) WorkerResult {
+	if len(runs) == 0 {
+		return WorkerResult{}
+	}
+	sorted := slices.Clone(runs)
+	slices.SortFunc(sorted, func(a, b WorkerResult) int { return cmp.Compare(a.WorkerCPUus, b.WorkerCPUus) })
+	return sorted[(len(sorted)-1)/2]
+}
+
+// medianCeiling is the ceiling run with the median rate (the lower of the
+// two middle ones of an even count); zero for none.
+func medianCeiling(runs []PublishCeiling) PublishCeiling {
+	if len(runs) == 0 {
+		return PublishCeiling{}
+	}
+	sorted := slices.Clone(runs)
+	slices.SortFunc(sorted, func(a, b PublishCeiling) int { return cmp.Compare(a.PerSecond, b.PerSecond) })
+	return sorted[(len(sorted)-1)/2]
+}
+
+// median is the median of xs (the mean of the two middle ones of an even
+// count); 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(xs)
+	slices.Sort(sorted)
+	m := len(sorted) / 2
+	if len(sorted)%2 == 0 {
+		return (sorted[m-1] + sorted[m]) / 2
+	}
+	return sorted[m]
+}
+
+// rates is each ceiling run's rate.
+func rates(runs []PublishCeiling) []float64 {
+	xs := make([]float64, len(runs))
+	for i, c := range runs {
+		xs[i] = c.PerSecond
+	}
+	return xs
+}
+
+// joinFloats formats xs with format, separated by " / ".
+func joinFloats(xs []float64, format string) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(parts, " / ")
 }
