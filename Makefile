@@ -25,6 +25,7 @@ test: ## go vet, then the whole suite under -race (fuzz seed corpora included), 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZ_TIME (default 30s)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZ_TIME)
+	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzVerifyKeyMatchesStdlib$$' -fuzztime $(FUZZ_TIME)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZ_TIME)
 	$(GO) test ./internal/cobo -run '^$$' -fuzz '^FuzzAmount$$' -fuzztime $(FUZZ_TIME)
 	$(GO) test ./internal/allocation -run '^$$' -fuzz '^FuzzParseRules$$' -fuzztime $(FUZZ_TIME)

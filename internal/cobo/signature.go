@@ -77,10 +77,13 @@ func SignWebhook(key ed25519.PrivateKey, body []byte, timestamp string) string {
 // signature valid under any key is accepted, which allows key rotation.
 // It is safe for concurrent use.
 type Verifier struct {
-	keys []ed25519.PublicKey
+	keys []verifyKey
 }
 
 // NewVerifier returns a Verifier trusting the given hex Ed25519 public keys.
+// A key that is not hex, not 32 bytes or not the encoding of a curve point
+// is an error naming its index: crypto/ed25519 would reject every signature
+// under such a key, so trusting it can only be a configuration mistake.
 func NewVerifier(hexKeys ...string) (*Verifier, error) {
 	if len(hexKeys) == 0 {
 		return nil, errors.New("no trusted webhook keys")
@@ -94,7 +97,11 @@ func NewVerifier(hexKeys ...string) (*Verifier, error) {
 		if len(raw) != ed25519.PublicKeySize {
 			return nil, fmt.Errorf("webhook key %d has %d bytes, want %d", i, len(raw), ed25519.PublicKeySize)
 		}
-		v.keys = append(v.keys, ed25519.PublicKey(raw))
+		vk, err := newVerifyKey(raw)
+		if err != nil {
+			return nil, fmt.Errorf("webhook key %d: %w", i, err)
+		}
+		v.keys = append(v.keys, vk)
 	}
 	return v, nil
 }
@@ -118,8 +125,9 @@ func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
 		return err
 	}
 	digest := webhookDigest(body, timestamp)
-	for _, k := range v.keys {
-		if ed25519.Verify(k, digest, sig) {
+	// By index: a verifyKey holds a decoded point, too big to copy per key.
+	for i := range v.keys {
+		if v.keys[i].verify(digest, sig) {
 			return nil
 		}
 	}

@@ -100,6 +100,10 @@ func TestNewVerifierRejectsBadKeys(t *testing.T) {
 	require.ErrorContains(t, err, "key 0 is not hex")
 	_, err = cobo.NewVerifier(cobo.DevWebhookKey, "abcd")
 	require.ErrorContains(t, err, "key 1 has 2 bytes")
+	// 32 bytes, but y = 2 has no x on the curve: crypto/ed25519 would
+	// reject every signature under it.
+	_, err = cobo.NewVerifier(cobo.DevWebhookKey, "02"+strings.Repeat("00", 31))
+	require.ErrorContains(t, err, "webhook key 1: not an Ed25519 public key")
 	_, err = cobo.NewVerifier(cobo.DevWebhookKey, cobo.ProdWebhookKey)
 	require.NoError(t, err)
 }
