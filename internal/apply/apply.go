@@ -251,9 +251,11 @@ func (p *Processor) report(with func(zerolog.Context) zerolog.Context, out handl
 		m.transition(out.StatusTo)
 	}
 	// Most outcomes log nothing: the logger with the cause is built only
-	// for those that do, off the path every event takes.
+	// for those that do, off the path every event takes. Completions and
+	// late payments are logged at info, which production often turns off.
 	var log zerolog.Logger
-	if out.FirstCompleted || len(out.LateRecorded) > 0 || out.ConflictingFinal != "" || len(out.Unclassified) > 0 {
+	infoOn := p.cfg.Logger.GetLevel() <= zerolog.InfoLevel && zerolog.GlobalLevel() <= zerolog.InfoLevel
+	if (out.FirstCompleted || len(out.LateRecorded) > 0) && infoOn || out.ConflictingFinal != "" || len(out.Unclassified) > 0 {
 		log = with(p.cfg.Logger.With()).Logger()
 	}
 	if out.FirstCompleted {
