@@ -55,8 +55,9 @@ func BenchmarkPublishSync(b *testing.B) {
 					_, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(events.StreamName))
 					return err
 				}
+				var g *events.GroupCommitter
 				if strings.HasPrefix(name, "group") {
-					g, err := events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{})
+					g, err = events.NewGroupCommitter(js, events.StreamName, events.GroupConfig{})
 					require.NoError(b, err)
 					b.Cleanup(g.Close)
 					pub = func(m *nats.Msg) error {
@@ -79,6 +80,11 @@ func BenchmarkPublishSync(b *testing.B) {
 					})
 				}
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
+				if g != nil {
+					if batches, batched, _ := g.Stats(); batches > 0 {
+						b.ReportMetric(float64(batched)/float64(batches), "msgs/batch")
+					}
+				}
 			})
 		}
 	}

@@ -40,6 +40,7 @@ const (
 	DefaultGroupMinBatch = 8
 	DefaultGroupMaxBatch = 256
 	DefaultGroupInFlight = 1
+	DefaultGroupLinger   = time.Millisecond
 )
 
 // GroupConfig configures a GroupCommitter.
@@ -56,6 +57,14 @@ type GroupConfig struct {
 	// arrives while a batch commits is the next batch, and a file store
 	// commits batches one at a time anyway (measured best on 2 cores).
 	InFlight int
+	// Linger is how long a group may wait for the callers of the batch
+	// just committed to publish again: after a batch of n messages, the
+	// next group waits up to Linger for n more than had queued meanwhile.
+	// Under steady load they come back within moments, and a batch's
+	// fixed cost is shared by every publisher in flight instead of by
+	// the half that queued while the other half was stored. After single
+	// publishes (light load) a group never waits. Negative: never wait.
+	Linger time.Duration
 	// Logger gets a line when batches are refused and the committer falls
 	// back to single publishes.
 	Logger zerolog.Logger
@@ -72,6 +81,9 @@ func (c GroupConfig) WithDefaults() GroupConfig {
 	if c.InFlight == 0 {
 		c.InFlight = DefaultGroupInFlight
 	}
+	if c.Linger == 0 {
+		c.Linger = DefaultGroupLinger
+	}
 	return c
 }
 
@@ -84,6 +96,8 @@ func (c GroupConfig) Validate() error {
 		return fmt.Errorf("MaxBatch must be between MinBatch and 1000, got %d", c.MaxBatch)
 	case c.InFlight < 1:
 		return fmt.Errorf("InFlight must be at least 1, got %d", c.InFlight)
+	case c.Linger > maxGroupLinger:
+		return fmt.Errorf("Linger must be at most %s, got %s", maxGroupLinger, c.Linger)
 	}
 	return nil
 }
@@ -216,6 +230,9 @@ func (g *GroupCommitter) Stats() (batches, messages, fallbacks int64) {
 
 func (g *GroupCommitter) loop() {
 	group := make([]*groupReq, 0, g.cfg.MaxBatch)
+	// last is the size of the batch this loop committed last; 0 after
+	// single publishes.
+	last := 0
 	for {
 		group = group[:0]
 		select {
@@ -224,27 +241,65 @@ func (g *GroupCommitter) loop() {
 		case <-g.stop:
 			return
 		}
-		// Take what is waiting now, without waiting for more: whatever
-		// arrives while this group is stored is the next group.
-	fill:
-		for len(group) < g.cfg.MaxBatch {
-			select {
-			case r := <-g.queue:
-				group = append(group, r)
-			default:
-				break fill
-			}
+		// Take what is waiting now: whatever arrived while the last
+		// group was stored.
+		group = g.take(group, g.cfg.MaxBatch)
+		// Under load the callers of the batch just committed publish
+		// again within moments: wait a little for them, so that the fixed
+		// cost of a batch is shared by everyone in flight instead of by
+		// the half that queued while the other half was being stored.
+		if last >= g.cfg.MinBatch {
+			group = g.linger(group, min(len(group)+last, g.cfg.MaxBatch))
 		}
 		if len(group) < g.cfg.MinBatch || g.atomicOff.Load() {
 			g.singles(group)
+			last = 0
 			continue
 		}
 		if err := g.commit(group); err != nil {
 			g.fallbacks.Add(1)
 			g.cfg.Logger.Debug().Err(err).Int("messages", len(group)).Msg("atomic batch refused; publishing its messages one by one")
 			g.singles(group)
+			last = 0
+			continue
+		}
+		last = len(group)
+	}
+}
+
+// take adds to group what is waiting in the queue, without waiting, up to
+// max messages in all.
+func (g *GroupCommitter) take(group []*groupReq, max int) []*groupReq {
+	for len(group) < max {
+		select {
+		case r := <-g.queue:
+			group = append(group, r)
+		default:
+			return group
 		}
 	}
+	return group
+}
+
+// linger adds to group what arrives within Linger, up to max messages in
+// all; Close ends the wait early (the group is still answered).
+func (g *GroupCommitter) linger(group []*groupReq, max int) []*groupReq {
+	if g.cfg.Linger <= 0 {
+		return group
+	}
+	t := time.NewTimer(g.cfg.Linger)
+	defer t.Stop()
+	for len(group) < max {
+		select {
+		case r := <-g.queue:
+			group = append(group, r)
+		case <-t.C:
+			return group
+		case <-g.stop:
+			return group
+		}
+	}
+	return group
 }
 
 // singles publishes each request on its own, concurrently, and answers it.
@@ -358,6 +413,10 @@ func unbatch(rs []*groupReq) {
 
 // defaultCommitTimeout bounds a batch whose callers set no deadline.
 const defaultCommitTimeout = 5 * time.Second
+
+// maxGroupLinger bounds GroupConfig.Linger: a wait that long would be
+// felt by every caller of every batch under load.
+const maxGroupLinger = 50 * time.Millisecond
 
 // latestDeadline is the latest deadline among the requests' contexts;
 // false when one of them has none.

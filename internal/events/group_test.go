@@ -162,7 +162,62 @@ func TestGroupConfigValidateNamesTheField(t *testing.T) {
 		{events.GroupConfig{MaxBatch: 1001}, "MaxBatch"},
 		{events.GroupConfig{MinBatch: 10, MaxBatch: 5}, "MaxBatch"},
 		{events.GroupConfig{InFlight: -1}, "InFlight"},
+		{events.GroupConfig{Linger: time.Second}, "Linger"},
 	} {
 		require.ErrorContains(t, tc.cfg.WithDefaults().Validate(), tc.want)
 	}
+}
+
+// TestGroupCommitterWaitsForTheCallersOfTheLastBatch: publishers that each
+// publish again as soon as they are answered share batches. Without the
+// linger, the callers queued while a batch was stored made the next batch
+// on their own, and batches settled at half the publishers (measured: 32
+// messages per batch with 64 publishers; 59 with it). The linger here is
+// long enough that the returning callers are always in time.
+func TestGroupCommitterWaitsForTheCallersOfTheLastBatch(t *testing.T) {
+	t.Parallel()
+	const publishers, rounds = 16, 12
+	_, stream, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, Linger: 40 * time.Millisecond})
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for r := range rounds {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := g.Publish(ctx, groupMsg(fmt.Sprintf("linger-%d-%d", p, r)))
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	info, err := stream.Info(context.Background())
+	require.NoError(t, err)
+	require.EqualValues(t, publishers*rounds, info.State.Msgs)
+	batches, batched, fallbacks := g.Stats()
+	require.Zero(t, fallbacks)
+	// Every publisher is in every batch but the first few, which form
+	// while the publishers start.
+	require.Greater(t, float64(batched)/float64(batches), 0.75*publishers, "%d messages in %d batches", batched, batches)
+}
+
+// TestGroupCommitterWithoutLinger: a negative Linger never waits, and
+// every message is stored all the same.
+func TestGroupCommitterWithoutLinger(t *testing.T) {
+	t.Parallel()
+	_, stream, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, Linger: -1})
+	ids := make([]string, 40)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("nolinger-%d", i)
+	}
+	for range 2 {
+		for _, ack := range publishConcurrently(t, g, ids) {
+			require.NotNil(t, ack)
+		}
+	}
+	info, err := stream.Info(context.Background())
+	require.NoError(t, err)
+	require.EqualValues(t, len(ids), info.State.Msgs)
 }
