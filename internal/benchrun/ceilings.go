@@ -108,23 +108,11 @@ type PublishCeiling struct {
 // through an events.GroupCommitter, as ingest with -group-commit does.
 func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, syncEvery time.Duration, group bool) (PublishCeiling, error) {
 	res := PublishCeiling{Name: name, Messages: n}
-	srv, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(dir, name), SyncInterval: syncEvery})
+	js, stop, err := inProcessJetStream(filepath.Join(dir, name), syncEvery)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("%s: %w", name, err)
 	}
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
-	nc, err := nats.Connect("", nats.InProcessServer(srv))
-	if err != nil {
-		return res, fmt.Errorf("%s: connect: %w", name, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return res, err
-	}
+	defer stop()
 	if _, err := events.EnsureEventStream(ctx, js, events.StreamConfig{}); err != nil {
 		return res, err
 	}
@@ -197,23 +185,11 @@ type KVCeiling struct {
 func kvCeiling(ctx context.Context, dir string, n, inFlight int) (KVCeiling, error) {
 	res := KVCeiling{InFlight: inFlight, Writes: n}
 	name := fmt.Sprintf("kv-always-%d", inFlight)
-	srv, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(dir, name)})
+	js, stop, err := inProcessJetStream(filepath.Join(dir, name), 0)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("%s: %w", name, err)
 	}
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
-	nc, err := nats.Connect("", nats.InProcessServer(srv))
-	if err != nil {
-		return res, fmt.Errorf("%s: connect: %w", name, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return res, err
-	}
+	defer stop()
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "ceiling"})
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", name, err)
@@ -244,4 +220,29 @@ func kvCeiling(ctx context.Context, dir string, n, inFlight int) (KVCeiling, err
 	}
 	res.PerSecond = float64(n) / time.Since(start).Seconds()
 	return res, ctx.Err()
+}
+
+// inProcessJetStream starts a fresh embedded server storing in dir with
+// fsync interval syncEvery (0: every write) and connects to it in-process,
+// as ingest does; stop closes both.
+func inProcessJetStream(dir string, syncEvery time.Duration) (js jetstream.JetStream, stop func(), err error) {
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: dir, SyncInterval: syncEvery})
+	if err != nil {
+		return nil, nil, err
+	}
+	shutdown := func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(srv))
+	if err != nil {
+		shutdown()
+		return nil, nil, fmt.Errorf("connect: %w", err)
+	}
+	if js, err = jetstream.New(nc); err != nil {
+		nc.Close()
+		shutdown()
+		return nil, nil, err
+	}
+	return js, func() { nc.Close(); shutdown() }, nil
 }

@@ -460,22 +460,25 @@ func (s WorkerSeries) pairRatios(f func(WorkerResult) float64) []float64 {
 // medianRun is the run with the median worker CPU per event (the lower
 // of the two middle ones of an even count); zero for none.
 func medianRun(runs []WorkerResult) WorkerResult {
-	if len(runs) == 0 {
-		return WorkerResult{}
-	}
-	sorted := slices.Clone(runs)
-	slices.SortFunc(sorted, func(a, b WorkerResult) int { return cmp.Compare(a.WorkerCPUus, b.WorkerCPUus) })
-	return sorted[(len(sorted)-1)/2]
+	return medianBy(runs, func(w WorkerResult) float64 { return w.WorkerCPUus })
 }
 
 // medianCeiling is the ceiling run with the median rate (the lower of the
 // two middle ones of an even count); zero for none.
 func medianCeiling(runs []PublishCeiling) PublishCeiling {
+	return medianBy(runs, func(c PublishCeiling) float64 { return c.PerSecond })
+}
+
+// medianBy is the element with the median key, the lower of the two
+// middle ones of an even count, so that it is a run that happened; zero
+// for none.
+func medianBy[T any](runs []T, key func(T) float64) T {
 	if len(runs) == 0 {
-		return PublishCeiling{}
+		var zero T
+		return zero
 	}
 	sorted := slices.Clone(runs)
-	slices.SortFunc(sorted, func(a, b PublishCeiling) int { return cmp.Compare(a.PerSecond, b.PerSecond) })
+	slices.SortFunc(sorted, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
 	return sorted[(len(sorted)-1)/2]
 }
 
