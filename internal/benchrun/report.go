@@ -279,8 +279,8 @@ func (r *report) ceilings() string {
 	if r.PublishGroup.PerSecond > 0 {
 		var pairs []float64
 		for i := range min(len(r.PublishAlwaysRuns), len(r.PublishGroupRuns)) {
-			if a := r.PublishAlwaysRuns[i].PerSecond; a > 0 {
-				pairs = append(pairs, r.PublishGroupRuns[i].PerSecond/a)
+			if a, g := r.PublishAlwaysRuns[i].PerSecond, r.PublishGroupRuns[i].PerSecond; a > 0 && g > 0 {
+				pairs = append(pairs, g/a)
 			}
 		}
 		groupRatio := median(pairs)
@@ -450,8 +450,10 @@ func (s WorkerSeries) ServerRatios() []float64 {
 func (s WorkerSeries) pairRatios(f func(WorkerResult) float64) []float64 {
 	var xs []float64
 	for i := range min(len(s.Runs), len(s.Baseline)) {
-		if d := f(s.Baseline[i]); d > 0 {
-			xs = append(xs, f(s.Runs[i])/d)
+		// A run without a figure (zero) makes no ratio, on either side:
+		// a zero numerator would pull the median in this worker's favour.
+		if n, d := f(s.Runs[i]), f(s.Baseline[i]); n > 0 && d > 0 {
+			xs = append(xs, n/d)
 		}
 	}
 	return xs

@@ -25,6 +25,10 @@ func TestWorkerSeriesRatiosArePairwise(t *testing.T) {
 	}
 	// The third pair has no baseline figure and gives no ratio.
 	require.Equal(t, []float64{0.7, 0.75}, s.CPURatios())
+	// Nor does a run without a figure: its ratio of 0 would flatter it.
+	s.Runs[1].WorkerCPUus = 0
+	require.Equal(t, []float64{0.7}, s.CPURatios())
+	s.Runs[1].WorkerCPUus = 300
 	require.Equal(t, 20.0, s.PerSecond())
 	require.Equal(t, 150.0, s.Median().WorkerCPUus)
 }

@@ -118,3 +118,31 @@ func requireNothingShared(t *testing.T, a, b reflect.Value, path string) {
 		}
 	}
 }
+
+// TestCloneMarshalsAsTheStoredBytesDecode: a store hands out a clone of
+// the order it wrote instead of decoding what it stored; the next write
+// must not tell the difference. Amounts with trailing zeros and empty
+// lists are where a decoded order and the written one differ in memory.
+func TestCloneMarshalsAsTheStoredBytesDecode(t *testing.T) {
+	horizon := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	amount := decimal.RequireFromString("102.00")
+	o := &domain.Order{
+		OrderID:      "o-1",
+		Status:       domain.StatusCompleted,
+		Snapshot:     &domain.Snapshot{Status: domain.StatusCompleted, PayableAmount: decimal.NewNullDecimal(amount), ReceivedTokenAmount: decimal.NewNullDecimal(decimal.RequireFromString("0.000000"))},
+		LatePayments: []domain.LatePayment{},
+		Deposits:     []domain.Deposit{{TransactionID: "t-1", Amount: amount}},
+		Allocations:  []domain.AllocationItem{{ID: "a-1", Amount: decimal.RequireFromString("1.50"), StuckSince: &horizon}},
+		Horizon:      &horizon,
+	}
+	stored, err := json.Marshal(o)
+	require.NoError(t, err)
+	var decoded domain.Order
+	require.NoError(t, json.Unmarshal(stored, &decoded))
+	again, err := json.Marshal(&decoded)
+	require.NoError(t, err)
+	cloned, err := json.Marshal(o.Clone())
+	require.NoError(t, err)
+	require.Equal(t, string(again), string(cloned))
+	require.Equal(t, string(stored), string(cloned))
+}

@@ -59,11 +59,13 @@ type GroupConfig struct {
 	InFlight int
 	// Linger is how long a group may wait for the callers of the batch
 	// just committed to publish again: after a batch of n messages, the
-	// next group waits up to Linger for n more than had queued meanwhile.
+	// next group, when its first message came within Linger of that
+	// commit, waits up to Linger for n more than had queued meanwhile.
 	// Under steady load they come back within moments, and a batch's
 	// fixed cost is shared by every publisher in flight instead of by
 	// the half that queued while the other half was stored. After single
-	// publishes (light load) a group never waits. Negative: never wait.
+	// publishes or a pause (light load) a group never waits. Negative:
+	// never wait.
 	Linger time.Duration
 	// Logger gets a line when batches are refused and the committer falls
 	// back to single publishes.
@@ -135,6 +137,8 @@ type GroupCommitter struct {
 	nextID   atomic.Uint64
 
 	batches, batched, fallbacks atomic.Int64
+	// lingers counts the groups that waited for more (linger).
+	lingers atomic.Int64
 }
 
 type groupReq struct {
@@ -230,9 +234,10 @@ func (g *GroupCommitter) Stats() (batches, messages, fallbacks int64) {
 
 func (g *GroupCommitter) loop() {
 	group := make([]*groupReq, 0, g.cfg.MaxBatch)
-	// last is the size of the batch this loop committed last; 0 after
-	// single publishes.
+	// last is the size of the batch this loop committed last, at
+	// committed; 0 after single publishes.
 	last := 0
+	var committed time.Time
 	for {
 		group = group[:0]
 		select {
@@ -247,8 +252,10 @@ func (g *GroupCommitter) loop() {
 		// Under load the callers of the batch just committed publish
 		// again within moments: wait a little for them, so that the fixed
 		// cost of a batch is shared by everyone in flight instead of by
-		// the half that queued while the other half was being stored.
-		if last >= g.cfg.MinBatch {
+		// the half that queued while the other half was being stored. A
+		// first message that came later than that follows a pause: its
+		// group goes at once.
+		if last >= g.cfg.MinBatch && time.Since(committed) <= g.cfg.Linger {
 			group = g.linger(group, min(len(group)+last, g.cfg.MaxBatch))
 		}
 		if len(group) < g.cfg.MinBatch || g.atomicOff.Load() {
@@ -263,7 +270,7 @@ func (g *GroupCommitter) loop() {
 			last = 0
 			continue
 		}
-		last = len(group)
+		last, committed = len(group), time.Now()
 	}
 }
 
@@ -287,6 +294,7 @@ func (g *GroupCommitter) linger(group []*groupReq, max int) []*groupReq {
 	if g.cfg.Linger <= 0 {
 		return group
 	}
+	g.lingers.Add(1)
 	t := time.NewTimer(g.cfg.Linger)
 	defer t.Stop()
 	for len(group) < max {

@@ -221,31 +221,3 @@ func TestGroupCommitterWithoutLinger(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, len(ids), info.State.Msgs)
 }
-
-// TestGroupCommitterDoesNotLingerAfterIdle: the linger is for the callers
-// of the batch just committed, who come back within moments under load.
-// After a burst has ended and the committer has sat idle far longer than
-// Linger, a lone publish is light load: it should not wait for the last
-// batch's callers, who are long gone. The loop keeps last (the size of the
-// burst's final batch) across the idle time, so the lone publish waits the
-// full Linger before it is even sent.
-func TestGroupCommitterDoesNotLingerAfterIdle(t *testing.T) {
-	const linger = 40 * time.Millisecond
-	_, _, g := newGroupOnStream(t, events.GroupConfig{MinBatch: 2, Linger: linger})
-	ids := make([]string, 40)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("burst-%d", i)
-	}
-	publishConcurrently(t, g, ids)
-	batches, _, _ := g.Stats()
-	require.NotZero(t, batches, "the burst went out as at least one atomic batch")
-
-	time.Sleep(10 * linger) // idle: nobody is coming back
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	start := time.Now()
-	_, err := g.Publish(ctx, groupMsg("lone"))
-	require.NoError(t, err)
-	require.Less(t, time.Since(start), linger, "a lone publish after an idle period waited for the callers of a batch committed %s earlier", 10*linger)
-}
