@@ -125,7 +125,6 @@ func (v *Verifier) Verify(body []byte, timestamp, signatureHex string) error {
 		return err
 	}
 	digest := webhookDigest(body, timestamp)
-	// By index: a verifyKey holds a decoded point, too big to copy per key.
 	for i := range v.keys {
 		if v.keys[i].verify(digest, sig) {
 			return nil

@@ -5,22 +5,25 @@ import (
 	"crypto/ed25519"
 	"crypto/sha512"
 	"fmt"
+	"sync"
 
 	"filippo.io/edwards25519"
 )
 
-// verifyKey is a trusted Ed25519 public key decoded once. crypto/ed25519
-// decompresses the key (a square root in the field) on every Verify; the
-// workers verify every event they apply, so the Verifier keeps the
-// decoded point instead.
+// verifyKey is a trusted Ed25519 public key decoded once, with a table of
+// multiples of it. crypto/ed25519 decompresses the key (a square root in
+// the field) on every Verify and computes [k]A by repeated doubling; the
+// workers and ingest verify every event, so a verifyKey keeps what only
+// depends on the key: the multiples (see combTable), which replace the
+// doublings with additions.
 type verifyKey struct {
 	// encoded is the key exactly as configured: the challenge hashes these
 	// bytes, not a re-encoding, so that a non-canonical encoding verifies
 	// as crypto/ed25519 verifies it.
 	encoded [ed25519.PublicKeySize]byte
-	// minusA is -A, the decoded point negated, as the verification
-	// equation uses it.
-	minusA edwards25519.Point
+	// minusA holds the multiples of -A, the decoded point negated, as the
+	// verification equation uses it.
+	minusA *combTable
 }
 
 // newVerifyKey decodes a 32-byte Ed25519 public key. It accepts exactly
@@ -33,7 +36,7 @@ func newVerifyKey(raw []byte) (verifyKey, error) {
 	}
 	var k verifyKey
 	copy(k.encoded[:], raw)
-	k.minusA.Negate(&a)
+	k.minusA = newCombTable(new(edwards25519.Point).Negate(&a))
 	return k, nil
 }
 
@@ -41,7 +44,8 @@ func newVerifyKey(raw []byte) (verifyKey, error) {
 // k. It answers exactly what crypto/ed25519.Verify answers for the same
 // key, message and signature: pure Ed25519 (RFC 8032 section 5.1.7) with
 // Go's checks, a canonical S and the cofactorless equation [S]B = R + [k]A
-// compared on R's encoding.
+// compared on R's encoding. Only how [S]B + [k](-A) is computed differs,
+// and the point it gives, hence its encoding, is the same.
 func (k *verifyKey) verify(message, sig []byte) bool {
 	if len(sig) != ed25519.SignatureSize {
 		return false
@@ -71,11 +75,73 @@ func (k *verifyKey) verify(message, sig []byte) bool {
 		return false
 	}
 
-	// [S]B = R + [k]A  <=>  [k](-A) + [S]B = R
-	var r edwards25519.Point
-	r.VarTimeDoubleScalarBaseMult(kScalar, &k.minusA, s)
+	// [S]B = R + [k]A  <=>  [S]B + [k](-A) = R
+	r := edwards25519.NewIdentityPoint()
+	basePointTable().addMultiple(r, s)
+	k.minusA.addMultiple(r, kScalar)
 	// The inputs are public, so the comparison need not be constant time
 	// (crypto/ed25519 uses bytes.Equal too). Comparing encodings rejects a
 	// non-canonical R, as crypto/ed25519 does.
 	return bytes.Equal(sig[:32], r.Bytes())
 }
+
+// combTable holds the multiples j·16^i·P of a point P for i < 64 and
+// 1 <= j <= 8 (80 KiB): [s]P for a scalar s written in signed radix 16,
+// s = Σ d_i·16^i with -8 <= d_i <= 8, is then the sum of at most 64 of
+// them, without a doubling. It runs in variable time, as verification
+// may: every input is public.
+type combTable [64][8]edwards25519.Point
+
+// newCombTable computes p's table: 512 additions, once per key.
+func newCombTable(p *edwards25519.Point) *combTable {
+	t := new(combTable)
+	var base edwards25519.Point
+	base.Set(p)
+	for i := range t {
+		t[i][0].Set(&base)
+		for j := 1; j < len(t[i]); j++ {
+			t[i][j].Add(&t[i][j-1], &base)
+		}
+		// 16·base = 8·base + 8·base.
+		base.Add(&t[i][7], &t[i][7])
+	}
+	return t
+}
+
+// addMultiple adds [s]P to acc, P being the table's point.
+func (t *combTable) addMultiple(acc *edwards25519.Point, s *edwards25519.Scalar) {
+	digits := signedRadix16(s.Bytes())
+	for i, d := range digits {
+		switch {
+		case d > 0:
+			acc.Add(acc, &t[i][d-1])
+		case d < 0:
+			acc.Subtract(acc, &t[i][-d-1])
+		}
+	}
+}
+
+// signedRadix16 writes a reduced scalar (little endian, below 2^255, as
+// every Scalar's encoding is: below L < 2^253) as 64 digits d_i in
+// [-8, 8] with s = Σ d_i·16^i: its nibbles, each above 7 borrowing 16 from
+// itself and carrying one into the next. The last digit takes the final
+// carry and stays below 8 because s < 2^255.
+func signedRadix16(s []byte) [64]int8 {
+	var d [64]int8
+	for i, b := range s[:32] {
+		d[2*i] = int8(b & 15)
+		d[2*i+1] = int8(b >> 4)
+	}
+	for i := range 63 {
+		carry := (d[i] + 8) >> 4
+		d[i] -= carry << 4
+		d[i+1] += carry
+	}
+	return d
+}
+
+// basePointTable is the table of Ed25519's base point B, built on first
+// use.
+var basePointTable = sync.OnceValue(func() *combTable {
+	return newCombTable(edwards25519.NewGeneratorPoint())
+})

@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
+	"fmt"
+	"math/big"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
+	"filippo.io/edwards25519"
 	"github.com/stretchr/testify/require"
 )
 
@@ -196,4 +202,69 @@ func decodeHex(s string) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// TestSignedRadix16Recombines: the digits of any scalar are in [-8, 8]
+// and add up to it.
+func TestSignedRadix16Recombines(t *testing.T) {
+	t.Parallel()
+	for i := range 2000 {
+		wide := sha512.Sum512([]byte(fmt.Sprint("scalar ", i)))
+		s, err := edwards25519.NewScalar().SetUniformBytes(wide[:])
+		require.NoError(t, err)
+		enc := s.Bytes()
+		if i == 0 {
+			// L-1, the largest scalar.
+			enc = bytes.Clone(groupOrderL)
+			enc[0]--
+		}
+		sum, pow := new(big.Int), big.NewInt(1)
+		for j, d := range signedRadix16(enc) {
+			require.True(t, d >= -8 && d <= 8, "digit %d of %x is %d", j, enc, d)
+			sum.Add(sum, new(big.Int).Mul(big.NewInt(int64(d)), pow))
+			pow.Lsh(pow, 4)
+		}
+		bigEndian := bytes.Clone(enc)
+		slices.Reverse(bigEndian)
+		require.Zero(t, sum.Cmp(new(big.Int).SetBytes(bigEndian)), "%x", enc)
+	}
+}
+
+// TestVerifyKeyMatchesStdlibOnRandomKeys: many keys, each with a valid
+// signature and a corrupted one, answered as crypto/ed25519 answers; and
+// one key's table used by many goroutines at once (for -race: verify only
+// reads it).
+func TestVerifyKeyMatchesStdlibOnRandomKeys(t *testing.T) {
+	t.Parallel()
+	for i := range 150 {
+		priv := ed25519.NewKeyFromSeed(seed32([]byte(fmt.Sprint("random key ", i))))
+		msg := Digest([]byte(fmt.Sprint("message ", i)))
+		sig := ed25519.Sign(priv, msg)
+		pub := priv.Public().(ed25519.PublicKey)
+		require.True(t, requireVerifyKeyMatchesStdlib(t, pub, msg, sig))
+		bad := bytes.Clone(sig)
+		bad[i%64] ^= 1 << (i % 8)
+		requireVerifyKeyMatchesStdlib(t, pub, msg, bad)
+	}
+
+	priv := ed25519.NewKeyFromSeed(seed32([]byte("shared key")))
+	k, err := newVerifyKey(priv.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 20 {
+				msg := []byte(fmt.Sprint(g, "/", i))
+				sig := ed25519.Sign(priv, msg)
+				if !k.verify(msg, sig) {
+					t.Errorf("goroutine %d: valid signature %d refused", g, i)
+				}
+				sig[40] ^= 4
+				if k.verify(msg, sig) {
+					t.Errorf("goroutine %d: corrupted signature %d accepted", g, i)
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
