@@ -126,6 +126,42 @@ func TestSlowHandlerIsNotRedelivered(t *testing.T) {
 	require.Zero(t, f.info(t).NumRedelivered)
 }
 
+// TestEventsBufferedAheadAreHandledWithinTheAckWait: a worker pulls
+// events ahead of its handlers, and a buffered event is not marked in
+// progress. With the default buffer (two per handler) every buffered
+// event reaches a handler long before the ack wait, even when handlers
+// are slow. Before, the default buffered 256 events: behind slow handlers
+// the later ones waited unmarked past the ack wait and were delivered
+// again, each time a delivery towards MaxDeliver (a dead letter for an
+// event nobody failed).
+func TestEventsBufferedAheadAreHandledWithinTheAckWait(t *testing.T) {
+	f := newConsumerFixture(t, events.ConsumerConfig{AckWait: 2 * time.Second, HandleTimeout: 10 * time.Second, Concurrency: 4})
+	slow := func(ctx context.Context, ev events.Event) error {
+		select {
+		case <-time.After(200 * time.Millisecond):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// 80 events behind 4 handlers of 200 ms: the last waits 4 s when all
+	// are buffered at once, twice the ack wait.
+	const n = 80
+	var ids []string
+	for i := range n {
+		ids = append(ids, f.publish(t, i))
+	}
+	f.startWorker(t, "a", slow)
+	testutil.WaitFor(t, 60*time.Second, "every event to be acked", func() bool {
+		info := f.info(t)
+		return info.AckFloor.Stream == n && info.NumAckPending == 0
+	})
+	for _, id := range ids {
+		require.Len(t, f.deliveries(id), 1, "event %s", id)
+	}
+	require.Zero(t, f.info(t).NumRedelivered)
+}
+
 // TestDeadWorkersEventComesBack kills a worker in the middle of an event:
 // its marks stop with it, and the event goes to another worker once the
 // ack wait has passed.

@@ -9,7 +9,7 @@ import (
 
 // DefaultOrderCacheSize is how many orders a writer's OrderStore remembers
 // (OpenOrderStore): a few MiB of orders, many times what one worker has in
-// flight and buffered (ConsumerConfig.PullMax).
+// flight and buffered (ConsumerConfig.Concurrency and PullMax).
 const DefaultOrderCacheSize = 4096
 
 // orderCache remembers, for a bounded number of orders, the state this
