@@ -34,7 +34,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.FixedN, "fixed-n", 20000, "webhooks sent at the fixed rate")
 	fs.IntVar(&o.Rate, "rate", 2000, "the fixed offered rate, webhooks/s")
 	fs.IntVar(&o.WorkerEvents, "worker-events", 40000, "events each worker-throughput run drains")
-	fs.IntVar(&o.Reps, "reps", 3, "runs of each durable-publish ceiling and worker drain, in turns with what each is compared with; the report gives medians")
+	fs.IntVar(&o.Reps, "reps", 5, "runs of each durable-publish ceiling and worker drain, in turns with what each is compared with; the report gives medians")
 	fs.StringVar(&o.BaselineBin, "baseline-bin", "", "directory with an earlier revision's worker, run on the same events after each worker run (make bench builds BASELINE there)")
 	fs.StringVar(&o.BaselineRev, "baseline-rev", "baseline", "the revision -baseline-bin was built from, for the report")
 	fs.DurationTo(&o.Soak, "soak", "PAYSTREAM_BENCH_SOAK", time.Minute, "soak duration (8m for the published figure: the short windows are full after 4m)")

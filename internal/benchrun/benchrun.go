@@ -54,7 +54,8 @@ type Options struct {
 	WorkerEvents int
 	// Reps is how many times the durable-publish ceilings and the worker
 	// drains run, in turns with what they are compared with; the report
-	// gives medians.
+	// gives medians. An odd number makes every median a run that
+	// happened.
 	Reps int
 	// BaselineBin, when set, holds the worker of an earlier revision
 	// (BaselineRev names it), which drains the same events after each
