@@ -268,3 +268,32 @@ func TestVerifyKeyMatchesStdlibOnRandomKeys(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestCombTableEntries: every entry of the base point's table and of a
+// key's table is its multiple, computed the usual way.
+func TestCombTableEntries(t *testing.T) {
+	t.Parallel()
+	priv := ed25519.NewKeyFromSeed(seed32([]byte("table key")))
+	a, err := new(edwards25519.Point).SetBytes(priv.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	for name, c := range map[string]struct {
+		table *combTable
+		point *edwards25519.Point
+	}{
+		"base point": {basePointTable(), edwards25519.NewGeneratorPoint()},
+		"key":        {newCombTable(a), a},
+	} {
+		for i := range c.table {
+			for j := range c.table[i] {
+				// (j+1)·256^i, little endian, reduced mod L: both points
+				// have order L.
+				var b [64]byte
+				b[i] = byte(j + 1)
+				s, err := edwards25519.NewScalar().SetUniformBytes(b[:])
+				require.NoError(t, err)
+				want := new(edwards25519.Point).ScalarMult(s, c.point)
+				require.Equal(t, 1, want.Equal(&c.table[i][j]), "%s table [%d][%d]", name, i, j)
+			}
+		}
+	}
+}

@@ -48,10 +48,12 @@ const (
 
 // DefaultPullMaxPerHandler is how many messages a worker buffers ahead per
 // handler when ConsumerConfig.PullMax is not set: two, so that a buffered
-// message waits about two handler runs, well within the ack wait even
-// when Cobo answers slowly. (256 for 16 handlers, before, kept slow
-// handlers' buffered messages unmarked past the ack wait; and 32 drains
-// faster than 256 here, measured in benchrun.)
+// message waits about three handler runs before a handler takes it, within
+// the default 5 s ack wait while handler runs (mostly Cobo calls) take
+// under 1.7 s. 256 for 16 handlers, before, made that 0.3 s. Handlers
+// slower than that still get buffered messages redelivered; only pulling
+// no more than the idle handlers take would end it. 32 also drains faster
+// than 256 here (benchrun).
 const DefaultPullMaxPerHandler = 2
 
 // ConsumerConfig configures a Consumer. All workers should use the same
@@ -79,9 +81,10 @@ type ConsumerConfig struct {
 	HandleTimeout time.Duration
 	// PullMax is how many messages a worker buffers ahead (default
 	// DefaultPullMaxPerHandler per handler). A buffered message is not
-	// marked in progress: it must reach a handler within the ack wait,
-	// after about PullMax/Concurrency handler runs, or it is redelivered
-	// meanwhile, a delivery that counts towards MaxDeliver.
+	// marked in progress: it reaches a handler after about
+	// PullMax/Concurrency + 1 handler runs, and if that is longer than the
+	// ack wait it is redelivered meanwhile, a delivery that counts towards
+	// MaxDeliver.
 	PullMax int
 	// StopGrace bounds the soft stop's wait for the pull to drain.
 	StopGrace time.Duration

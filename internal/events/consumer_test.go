@@ -156,10 +156,11 @@ func TestEventsBufferedAheadAreHandledWithinTheAckWait(t *testing.T) {
 		info := f.info(t)
 		return info.AckFloor.Stream == n && info.NumAckPending == 0
 	})
+	// Every delivery is counted, the stale copy of a redelivered event
+	// too (the consumer's NumRedelivered forgets acked events).
 	for _, id := range ids {
 		require.Len(t, f.deliveries(id), 1, "event %s", id)
 	}
-	require.Zero(t, f.info(t).NumRedelivered)
 }
 
 // TestDeadWorkersEventComesBack kills a worker in the middle of an event:
