@@ -221,7 +221,13 @@ func (r RecoveryResult) markdown() string {
 		last = fmt.Sprintf("not within %.0f min", recoveryTimeout.Minutes())
 	}
 	p("| kill → last affected order final and allocated | **%s** (target ≤ %.0f s) %s |", last, recoveryTarget.Seconds(), verdict)
-	p("| kill → first event the killed worker held handled again (redelivered to the survivor) | %s |", secs(r.Redelivered, r.FirstRedelivery))
+	redelivered := secs(r.Redelivered, r.FirstRedelivery)
+	if !r.Redelivered && r.Settled {
+		// Watched for longer than an ack wait after the kill: an event
+		// the killed worker held would have come back.
+		redelivered = "none: the killed worker held no unacked event"
+	}
+	p("| kill → first event the killed worker held handled again (redelivered to the survivor) | %s |", redelivered)
 	p("| unacked by the two workers at the kill | %d events, %d allocation intents |", r.HeldEvents, r.HeldIntents)
 	p("| orders in flight at the kill (stored, not settled) | %d of %d; worker-1 had handled %d events |", r.InFlight, r.Orders, r.VictimEvents)
 	p("| kill → the payer's last order played | %s |", secs(r.LoadEnded, r.LoadEnd))
