@@ -94,17 +94,24 @@ func exceptionDescription(ev runtime.EventExceptionThrown) string {
 // do runs steps within 20 s.
 func (b *browser) do(t *testing.T, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, browserPatience)
 	defer cancel()
 	require.NoError(t, chromedp.Do(ctx, steps...))
 }
 
+// browserPatience is how long a step or a wait may take before the test
+// fails: long, because a cold CI machine compiles other packages under
+// -race while Chromium and the stack share its two cores (a cold run here
+// once took over 20 s to redrive a dead letter); a passing run never waits
+// for it.
+const browserPatience = 60 * time.Second
+
 // wait waits until the JavaScript expression is true.
 func (b *browser) wait(t *testing.T, what, expr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 25*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, browserPatience+5*time.Second)
 	defer cancel()
-	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(20*time.Second), chromedp.WithPollingInterval(50*time.Millisecond)))
+	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(browserPatience), chromedp.WithPollingInterval(50*time.Millisecond)))
 	if err != nil {
 		body, _ := evalIn[string](b, `document.body.innerText`)
 		t.Fatalf("waiting for %s (%s): %v\npage text:\n%s", what, expr, err, body)
