@@ -101,19 +101,24 @@ func (f *consumerFixture) info(t *testing.T) *jetstream.ConsumerInfo {
 	return info
 }
 
-// TestSlowHandlerIsNotRedelivered runs a handler three times as long as the
-// ack wait, with a second worker waiting for work: the event is marked in
-// progress while it runs, so it is handled once, by one worker, and acked.
-func TestSlowHandlerIsNotRedelivered(t *testing.T) {
-	f := newConsumerFixture(t, events.ConsumerConfig{AckWait: time.Second, HandleTimeout: 10 * time.Second, Concurrency: 2})
-	slow := func(ctx context.Context, ev events.Event) error {
+// handlerTaking is a handler that takes d, or until its context ends.
+func handlerTaking(d time.Duration) func(ctx context.Context, ev events.Event) error {
+	return func(ctx context.Context, ev events.Event) error {
 		select {
-		case <-time.After(3 * time.Second):
+		case <-time.After(d):
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// TestSlowHandlerIsNotRedelivered runs a handler three times as long as the
+// ack wait, with a second worker waiting for work: the event is marked in
+// progress while it runs, so it is handled once, by one worker, and acked.
+func TestSlowHandlerIsNotRedelivered(t *testing.T) {
+	f := newConsumerFixture(t, events.ConsumerConfig{AckWait: time.Second, HandleTimeout: 10 * time.Second, Concurrency: 2})
+	slow := handlerTaking(3 * time.Second)
 	f.startWorker(t, "a", slow)
 	f.startWorker(t, "b", slow)
 	id := f.publish(t, 0)
@@ -136,14 +141,7 @@ func TestSlowHandlerIsNotRedelivered(t *testing.T) {
 // event nobody failed).
 func TestEventsBufferedAheadAreHandledWithinTheAckWait(t *testing.T) {
 	f := newConsumerFixture(t, events.ConsumerConfig{AckWait: 2 * time.Second, HandleTimeout: 10 * time.Second, Concurrency: 4})
-	slow := func(ctx context.Context, ev events.Event) error {
-		select {
-		case <-time.After(200 * time.Millisecond):
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	slow := handlerTaking(200 * time.Millisecond)
 	// 80 events behind 4 handlers of 200 ms: the last waits 4 s when all
 	// are buffered at once, twice the ack wait.
 	const n = 80
