@@ -95,7 +95,12 @@ func scan(ctx context.Context, js jetstream.JetStream, spec scanSpec, fn func(st
 	if info := cons.CachedInfo(); info == nil || info.NumPending == 0 {
 		return 0, nil
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	// A short pull expiry and heartbeat, as the workers' consumer has: a
+	// pull lost with its server (a leader change in a cluster) shows as
+	// missing heartbeats within two seconds, and the ordered consumer
+	// starts again where it was, well before the idle limit below. With
+	// the library's defaults (30 s expiry) that took longer than the limit.
+	it, err := cons.Messages(jetstream.PullMaxMessages(256), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return 0, fmt.Errorf("replay %s: %w", spec.stream, err)
 	}
