@@ -57,10 +57,7 @@ func storedEvents(t *testing.T, js jetstream.JetStream, orderID string) uint64 {
 func waitDrained(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
 	testutil.WaitFor(t, 30*time.Second, "every stored event processed", func() bool {
-		c, err := js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
-		require.NoError(t, err)
-		info, err := c.Info(context.Background())
-		require.NoError(t, err)
+		info := testutil.WorkerConsumerInfo(t, js)
 		return info.NumPending == 0 && info.NumAckPending == 0
 	})
 }

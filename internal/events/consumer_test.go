@@ -94,11 +94,7 @@ func (f *consumerFixture) deliveries(id string) []string {
 
 func (f *consumerFixture) info(t *testing.T) *jetstream.ConsumerInfo {
 	t.Helper()
-	cons, err := f.js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
-	require.NoError(t, err)
-	info, err := cons.Info(context.Background())
-	require.NoError(t, err)
-	return info
+	return testutil.WorkerConsumerInfo(t, f.js)
 }
 
 // handlerTaking is a handler that takes d, or until its context ends.

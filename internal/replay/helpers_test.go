@@ -199,11 +199,7 @@ func (s *stack) streamInfo(t *testing.T, name string) *jetstream.StreamInfo {
 
 func (s *stack) workerConsumer(t *testing.T) *jetstream.ConsumerInfo {
 	t.Helper()
-	c, err := s.js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
-	require.NoError(t, err)
-	info, err := c.Info(context.Background())
-	require.NoError(t, err)
-	return info
+	return testutil.WorkerConsumerInfo(t, s.js)
 }
 
 // waitWorkersIdle waits until the durable consumer has delivered and had

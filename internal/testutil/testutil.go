@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -21,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/paystream/paystream/internal/cobo"
+	"github.com/paystream/paystream/internal/events"
 	"github.com/paystream/paystream/internal/natsembed"
 )
 
@@ -179,4 +181,15 @@ func CoboTx(txID, hash, amount string, isLate *bool) cobo.OrderTransaction {
 	}
 	return cobo.OrderTransaction{TxID: txID, TxHash: hash, TokenID: "ETH_USDT", Amount: a, Status: cobo.TxStatusCompleted,
 		CreatedTimestamp: 1700000400000, UpdatedTimestamp: 1700000400000, IsLate: isLate}
+}
+
+// WorkerConsumerInfo reads the workers' durable consumer on the event
+// stream: what it has delivered, acked and still holds.
+func WorkerConsumerInfo(t testing.TB, js jetstream.JetStream) *jetstream.ConsumerInfo {
+	t.Helper()
+	c, err := js.Consumer(context.Background(), events.StreamName, events.ConsumerName)
+	require.NoError(t, err)
+	info, err := c.Info(context.Background())
+	require.NoError(t, err)
+	return info
 }
