@@ -137,30 +137,17 @@ func publishCeiling(ctx context.Context, dir, name string, n, concurrency int, s
 		}
 		ds[i] = cobo.Delivery{Envelope: env, Body: body, Timestamp: "1700000000000", Signature: sig, ReceivedAt: time.Now()}
 	}
-	var next atomic.Int64
-	var failed atomic.Int64
 	cpu0 := loadgen.ProcessCPU()
 	start := time.Now()
-	var wg sync.WaitGroup
-	for range concurrency {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				if _, err := publish.Store(pctx, ds[i]); err != nil {
-					failed.Add(1)
-				}
-				cancel()
-			}
-		})
-	}
-	wg.Wait()
+	failed := eachConcurrently(ctx, n, concurrency, func(i int) error {
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := publish.Store(pctx, ds[i])
+		return err
+	})
 	secs := time.Since(start).Seconds()
-	if f := failed.Load(); f > 0 {
-		return res, fmt.Errorf("%s: %d of %d publishes failed", name, f, n)
+	if failed > 0 {
+		return res, fmt.Errorf("%s: %d of %d publishes failed", name, failed, n)
 	}
 	res.PerSecond = float64(n) / secs
 	res.CPUus = float64((loadgen.ProcessCPU() - cpu0).Microseconds()) / float64(n)
@@ -198,8 +185,23 @@ func kvCeiling(ctx context.Context, dir string, n, inFlight int) (KVCeiling, err
 	for i := range vals {
 		vals[i] = loadgen.Body(name, i)
 	}
-	var next, failed atomic.Int64
 	start := time.Now()
+	failed := eachConcurrently(ctx, n, inFlight, func(i int) error {
+		_, err := kv.Create(ctx, fmt.Sprintf("o%d", i), vals[i])
+		return err
+	})
+	if failed > 0 {
+		return res, fmt.Errorf("%s: %d of %d creates failed", name, failed, n)
+	}
+	res.PerSecond = float64(n) / time.Since(start).Seconds()
+	return res, ctx.Err()
+}
+
+// eachConcurrently calls do for 0 <= i < n from inFlight goroutines, each
+// taking the next i, until all are done or ctx is; it returns how many
+// calls failed.
+func eachConcurrently(ctx context.Context, n, inFlight int, do func(i int) error) int64 {
+	var next, failed atomic.Int64
 	var wg sync.WaitGroup
 	for range inFlight {
 		wg.Go(func() {
@@ -208,18 +210,14 @@ func kvCeiling(ctx context.Context, dir string, n, inFlight int) (KVCeiling, err
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				if _, err := kv.Create(ctx, fmt.Sprintf("o%d", i), vals[i]); err != nil {
+				if err := do(i); err != nil {
 					failed.Add(1)
 				}
 			}
 		})
 	}
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		return res, fmt.Errorf("%s: %d of %d creates failed", name, f, n)
-	}
-	res.PerSecond = float64(n) / time.Since(start).Seconds()
-	return res, ctx.Err()
+	return failed.Load()
 }
 
 // inProcessJetStream starts a fresh embedded server storing in dir with
