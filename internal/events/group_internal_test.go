@@ -24,7 +24,12 @@ func TestGroupCommitterDoesNotLingerAfterAPause(t *testing.T) {
 	t.Parallel()
 	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir()})
 	require.NoError(t, err)
-	t.Cleanup(srv.Shutdown)
+	// Waited for, so that none of its goroutines outlives the test (the
+	// package checks for leaks).
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
 	nc, err := nats.Connect("", nats.InProcessServer(srv))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
